@@ -14,6 +14,7 @@ hooks (``request`` → ``responseheaders`` → ``response``) around one chat-com
    upstream SSE event, byte-exact, and the stream guard decides what the client receives through ``sink``. When
    ``stream_guard.stopped`` turns true (a block), the proxy stops reading and closes the upstream response so the
    generation stops. ``on_end`` is called once when the upstream ends (or the client went away).
+4. When the exchange is over, every :class:`ExchangeObserver` gets ``exchange_finished(exchange)``.
 
 :class:`PassThrough` is the guard when no guardrail configuration is loaded: every event goes out unchanged.
 """
@@ -41,6 +42,12 @@ class Exchange:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_ns: int = field(default_factory=time.time_ns)
     outcome: dict[str, Any] = field(default_factory=dict)
+    # Filled by the proxy as the call completes, for ExchangeObserver (trace recording) off the hot path:
+    status: int | None = None            # HTTP status sent to the client
+    response_body: bytes | None = None   # non-streaming upstream body, as received
+    stream_data: list[bytes] = field(default_factory=list)  # upstream SSE `data:` payloads, in order
+    error: str | None = None             # transport failure or client disconnect, if any
+    finished_ns: int | None = None
 
     @property
     def stream(self) -> bool:
@@ -92,6 +99,13 @@ class Guard(Protocol):
     async def check_response(self, exchange: Exchange, body: dict[str, Any]) -> dict[str, Any] | None: ...
 
     def open_stream(self, exchange: Exchange, sink: StreamSink) -> StreamGuard: ...
+
+
+class ExchangeObserver(Protocol):
+    """Told once per finished exchange (after the client got its last byte). Must not block: enqueue and return.
+    The trace recorder in ``streams/`` is one; it parses ``stream_data`` off the hot path."""
+
+    def exchange_finished(self, exchange: Exchange) -> None: ...
 
 
 class _PassThroughStream:
