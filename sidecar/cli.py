@@ -43,6 +43,7 @@ def _add_command_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--fileset-root", required=True, help="directory holding nemo-agent-security/")
         p.add_argument("--out", required=True, help="HTML file to write")
     elif name == "inject":
+        p.add_argument("--host", default="0.0.0.0", help="address of the webhook (in-cluster Service reaches it)")
         p.add_argument("--port", type=int, default=8443, help="HTTPS port of the webhook")
         p.add_argument("--tls-cert", default="/etc/railcar/tls/tls.crt", help="certificate (PEM)")
         p.add_argument("--tls-key", default="/etc/railcar/tls/tls.key", help="private key (PEM)")
