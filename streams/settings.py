@@ -44,6 +44,8 @@ class KafkaConfig:
     compression_type: str = opt("zstd", "Producer compression.", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     linger_ms: int = opt(5, "Producer batching delay in ms.")
     max_batch_size: int = opt(1024 * 1024, "Producer batch size in bytes.")
+    request_timeout_ms: int = opt(5000, "Producer request timeout in ms; past it, unsent events go to the spool.")
+    retry_backoff_ms: int = opt(200, "Wait between reconnect/replay attempts while the broker is unreachable.")
     security_protocol: str = opt("PLAINTEXT", "Kafka security protocol.",
                                  choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     sasl_mechanism: str = opt("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER).")
@@ -52,6 +54,37 @@ class KafkaConfig:
     ssl_cafile: str = opt("", "CA bundle for TLS.")
     ssl_certfile: str = opt("", "Client certificate for mutual TLS.")
     ssl_keyfile: str = opt("", "Client key for mutual TLS.")
+
+    def validate(self) -> None:
+        if self.enable_idempotence and self.acks != "all":
+            raise ConfigError("kafka.acks: must be 'all' when kafka.enable_idempotence is true")
+        for name in ("linger_ms", "max_batch_size", "request_timeout_ms", "retry_backoff_ms"):
+            if getattr(self, name) < (0 if name == "linger_ms" else 1):
+                raise ConfigError(f"kafka.{name}: must be > 0")
+
+    def client_options(self, environ=None) -> dict:
+        """aiokafka connection keyword arguments (bootstrap, client id, TLS, SASL) shared by producer and consumer.
+
+        The SASL password is read from the variable named by ``sasl_password_env``; TLS uses
+        ``aiokafka.helpers.create_ssl_context`` with the configured files.
+        """
+        import os
+
+        env = os.environ if environ is None else environ
+        kw: dict = {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
+                    "security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile or None,
+                                                   certfile=self.ssl_certfile or None,
+                                                   keyfile=self.ssl_keyfile or None)
+        if self.security_protocol.startswith("SASL"):
+            if not self.sasl_mechanism:
+                raise ConfigError("kafka.sasl_mechanism: required with a SASL security_protocol")
+            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username or None,
+                      sasl_plain_password=env.get(self.sasl_password_env) or None)
+        return kw
 
 
 @dataclass

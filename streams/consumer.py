@@ -1,0 +1,303 @@
+"""``railcar consume``: the security consumer group on the trace topic.
+
+Per record (an OTLP ``TracesData`` from :mod:`streams.recorder`, or any OpenTelemetry Collector's
+``otlp_proto`` record): decode, keep the published contents of the trace (``railcar.content`` events, by ref)
+so deduped message lists can be rebuilt, scan every string (content texts, every span/event/resource attribute
+string) with the detector catalog, merge the sidecar's ``railcar.redaction`` notes (a secret redacted inline is
+still a finding: it was in the traffic and must be rotated), and record the model path with its rails for the
+guardrail-coverage suggestion. Findings aggregate in a :class:`streams.findings.FindingsAggregator`.
+
+After each fetched batch, in this order: the fileset commit (``streams.fileset``: this writer's state file, the
+merged snapshot replaced atomically, suggestions appended by id, all under the fileset lock) — durable — then the
+new findings published to ``[kafka] findings_topic`` (JSON, key the finding id), then the offsets committed. A
+consumer killed between two of these steps re-reads records after its last committed offset; finding ids are
+stable (detector, fingerprint, agent, path) and its state is restored from its writer file, so no finding is lost
+or duplicated (only an occurrence ``count`` may count a re-read record twice).
+
+Several consumers of one group: each instance is one fileset writer (own state file) and the snapshot is the
+merge of all writers' states rebuilt under the lock, so they never overwrite each other and a suggestion id is
+never appended twice (see ``.notes/pipeline.md``).
+
+Undecodable records go to ``[kafka] dead_letter_topic`` unchanged, with headers ``railcar.dlq.reason``,
+``railcar.dlq.topic``, ``railcar.dlq.partition``, ``railcar.dlq.offset``; they are counted and the group goes on.
+
+Metrics (prometheus_client): ``railcar_consumer_records_total``, ``railcar_consumer_lag{partition}``,
+``railcar_consumer_findings_total{type}``, ``railcar_consumer_dead_lettered_total``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any, Iterable
+
+import orjson
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from streams import otlp
+
+__all__ = ["SecurityProcessor", "ConsumerGroupWorker", "main", "consumer_metrics"]
+
+log = logging.getLogger("railcar.consumer")
+
+_METRICS: dict[int, dict[str, Any]] = {}
+
+
+def consumer_metrics(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
+    """The consumer's Prometheus metrics in ``registry`` (created once per registry)."""
+    m = _METRICS.get(id(registry))
+    if m is None:
+        m = {
+            "records": Counter("railcar_consumer_records", "Trace records processed.", registry=registry),
+            "lag": Gauge("railcar_consumer_lag", "Records behind the partition end.", ["partition"],
+                         registry=registry),
+            "findings": Counter("railcar_consumer_findings", "New findings.", ["type"], registry=registry),
+            "dlq": Counter("railcar_consumer_dead_lettered", "Records sent to the dead-letter topic.",
+                           registry=registry),
+        }
+        _METRICS[id(registry)] = m
+    return m
+
+
+class _Trace:
+    __slots__ = ("texts", "chains")
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}                      # content ref -> redacted text
+        self.chains: dict[str, tuple[str, dict[str, Any]]] = {}  # chain ref -> (parent chain ref, entry)
+
+
+class SecurityProcessor:
+    """Consumer logic without Kafka (also the embedded default's). Not thread-safe; one per consumer instance.
+
+    ``scanner``: :class:`rails.scanner.Scanner`; ``fileset``: from :func:`streams.fileset.open_fileset`;
+    ``writer_id``: this instance's fileset writer name (stable across restarts of the same instance).
+    ``max_traces`` bounds the content kept to rebuild deduped conversations (LRU).
+    """
+
+    def __init__(self, scanner: Any, fileset: Any, writer_id: str, *, max_traces: int = 10000,
+                 metrics: dict[str, Any] | None = None) -> None:
+        from streams.findings import FindingsAggregator
+
+        self.scanner, self.fileset, self.writer_id = scanner, fileset, writer_id
+        self.agg = FindingsAggregator(scanner.detectors, source="consume")
+        load = getattr(fileset, "load_state", None)
+        self.agg.restore(load(writer_id) if load else None)
+        self._published: set[str] = {f.id for f in self.agg.findings()}
+        self._traces: collections.OrderedDict[bytes, _Trace] = collections.OrderedDict()
+        self._max_traces = max_traces
+        self._m = metrics or consumer_metrics()
+        self.records = 0
+        self.bytes = 0
+
+    def _trace(self, trace_id: bytes) -> _Trace:
+        t = self._traces.get(trace_id)
+        if t is None:
+            t = self._traces[trace_id] = _Trace()
+            while len(self._traces) > self._max_traces:
+                self._traces.popitem(last=False)
+        else:
+            self._traces.move_to_end(trace_id)
+        return t
+
+    def process(self, value: bytes) -> int:
+        """Scan one record value; returns the number of spans. Raises :class:`streams.otlp.OTLPDecodeError`
+        for a value that is not OTLP ``TracesData`` (nothing is recorded then)."""
+        from streams.recorder import chain_ref
+
+        td = otlp.decode(value)
+        n = 0
+        for res, sp in otlp.iter_spans(td):
+            n += 1
+            attrs = otlp.attributes_of(sp.attributes)
+            agent = str(attrs.get("gen_ai.agent.id") or res.get("gen_ai.agent.id") or res.get("service.name", ""))
+            loc = {"agent": agent, "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex()}
+            tr = self._trace(sp.trace_id)
+            for ev in sp.events:
+                ea = otlp.attributes_of(ev.attributes)
+                if ev.name == "railcar.content":
+                    tr.texts[str(ea.get("ref", ""))] = str(ea.get("text", ""))
+                elif ev.name == "railcar.redaction":
+                    note = {k.removeprefix("railcar.redaction."): v for k, v in ea.items()}
+                    try:
+                        self.agg.add_note(note, loc)
+                    except ValueError:
+                        log.warning("ignored a malformed redaction note in trace %s", sp.trace_id.hex())
+            # Rebuild the message list (prefix from earlier spans + this span's entries) to register chains.
+            chain = str(attrs.get("railcar.input.prefix", ""))
+            try:
+                entries = orjson.loads(attrs.get("railcar.input.messages") or "[]")
+                out_entry = orjson.loads(attrs.get("railcar.output.message") or "null")
+            except orjson.JSONDecodeError:
+                entries, out_entry = [], None
+            for e in entries if isinstance(entries, list) else ():
+                nxt = chain_ref(chain, e)
+                tr.chains.setdefault(nxt, (chain, e))
+                chain = nxt
+            if isinstance(out_entry, dict):
+                tr.chains.setdefault(chain_ref(chain, out_entry), (chain, out_entry))
+            # Scan every string: content texts, span, event and resource attributes.
+            for ev in sp.events:
+                for key, val in otlp.attributes_of(ev.attributes).items():
+                    self._scan(val, f"$.events.{ev.name}.{key}", loc)
+            for key, val in attrs.items():
+                self._scan(val, f"$.attributes.{key}", loc)
+            for key, val in res.items():
+                self._scan(val, f"$.resource.{key}", loc)
+            model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
+            if model:
+                self.agg.observe_model_path(agent, model, attrs.get("railcar.rails.activated") or ())
+        self.records += 1
+        self.bytes += len(value)
+        self.agg.note_scan(bytes_scanned=len(value), records=1, free_text=True)
+        self._m["records"].inc()
+        return n
+
+    def _scan(self, val: Any, path: str, loc: dict[str, Any]) -> None:
+        if isinstance(val, str):
+            if val and self.scanner.gate(val):
+                for m in self.scanner.scan_text(val, path):
+                    self.agg.add_match(m, loc)
+        elif isinstance(val, list):
+            for i, v in enumerate(val):
+                self._scan(v, f"{path}[{i}]", loc)
+
+    def messages(self, trace_id: bytes, chain: str) -> list[dict[str, Any]]:
+        """The conversation's message list ending at chain ref ``chain``, with ``content`` resolved from the
+        trace's texts (``None`` where the text was published before this consumer's memory)."""
+        tr = self._traces.get(trace_id)
+        out: list[dict[str, Any]] = []
+        while tr and chain in tr.chains:
+            chain, entry = tr.chains[chain]
+            out.append({**entry, "content": tr.texts.get(entry.get("ref", ""))})
+        return out[::-1]
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Write the fileset durably (blocking I/O: call it in a thread); returns the findings (dicts) not yet
+        handed out by an earlier commit, for the findings topic."""
+        self.fileset.commit(self.agg.state(self.writer_id), self.agg.suggestions(), self.writer_id)
+        new = [f for f in self.agg.findings() if f.id not in self._published]
+        self._published.update(f.id for f in new)
+        for f in new:
+            self._m["findings"].labels(f.type).inc()
+        return [f.as_dict() for f in new]
+
+
+def default_writer_id(kafka: Any) -> str:
+    """``<group>-<host>``: stable across restarts of one pod, distinct between pods."""
+    return f"{kafka.group_id}-{os.environ.get('POD_NAME') or socket.gethostname()}"
+
+
+class ConsumerGroupWorker:
+    """One member of the ``[kafka] group_id`` consumer group. ``run()`` until ``stop()``.
+
+    ``consumer_kwargs`` are passed to ``AIOKafkaConsumer`` (tests use it for timeouts).
+    """
+
+    def __init__(self, config: Any, *, scanner: Any = None, writer_id: str = "",
+                 registry: CollectorRegistry = REGISTRY, **consumer_kwargs: Any) -> None:
+        from streams.fileset import open_fileset
+
+        if scanner is None:
+            from rails.scanner import scanner_from_config
+            scanner = scanner_from_config(config.detection)
+        self.config = config
+        self.k = config.kafka
+        self.metrics = consumer_metrics(registry)
+        self.proc = SecurityProcessor(scanner, open_fileset(config.fileset.root, config.fileset.s3_endpoint_url),
+                                      writer_id or default_writer_id(self.k), metrics=self.metrics)
+        self.consumer_kwargs = consumer_kwargs
+        self._stop = asyncio.Event()
+        self.dead_lettered = 0
+        self.batches = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, max_records: int = 1000) -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        opts = self.k.client_options()
+        consumer = AIOKafkaConsumer(self.k.trace_topic, group_id=self.k.group_id, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", **opts, **self.consumer_kwargs)
+        producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=5)
+        await producer.start()
+        await consumer.start()
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=300, max_records=max_records)
+                if not batch:
+                    continue
+                await self._handle(batch, producer)
+                await consumer.commit()
+                self.batches += 1
+                for tp in consumer.assignment():
+                    hw, pos = consumer.highwater(tp), None
+                    try:
+                        pos = await consumer.position(tp)
+                    except Exception:
+                        pass
+                    if hw is not None and pos is not None:
+                        self.metrics["lag"].labels(str(tp.partition)).set(max(hw - pos, 0))
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _handle(self, batch: dict[Any, list[Any]], producer: Any) -> None:
+        dlq = []
+        for tp, records in batch.items():
+            for r in records:
+                try:
+                    self.proc.process(r.value)
+                except otlp.OTLPDecodeError as exc:
+                    dlq.append((r, str(exc)))
+        for r, reason in dlq:
+            headers = [("railcar.dlq.reason", reason.encode()), ("railcar.dlq.topic", r.topic.encode()),
+                       ("railcar.dlq.partition", str(r.partition).encode()),
+                       ("railcar.dlq.offset", str(r.offset).encode())]
+            await producer.send_and_wait(self.k.dead_letter_topic, r.value, key=r.key, headers=headers)
+            self.dead_lettered += 1
+            self.metrics["dlq"].inc()
+            log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset, reason)
+        new = await asyncio.to_thread(self.proc.commit)  # durable before offsets move
+        futs = [await producer.send(self.k.findings_topic, orjson.dumps(f), key=f["id"].encode()) for f in new]
+        if futs:
+            await asyncio.gather(*futs)
+
+
+def main(args: argparse.Namespace, config: Any) -> int:
+    """``railcar consume``: run one group member until SIGINT/SIGTERM. Exit 2 when ``[kafka] bootstrap_servers``
+    is empty (the embedded default runs inside ``railcar serve`` instead)."""
+    if not config.kafka.bootstrap_servers:
+        print("railcar consume: configuration error: kafka.bootstrap_servers: required "
+              "(RAILCAR_KAFKA_BOOTSTRAP_SERVERS); without Kafka, `railcar serve` scans in-process",
+              file=__import__("sys").stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def run() -> None:
+        worker = ConsumerGroupWorker(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        t0 = time.monotonic()
+        await worker.run()
+        log.info("consumed %d records in %.1fs, %d dead-lettered", worker.proc.records, time.monotonic() - t0,
+                 worker.dead_lettered)
+
+    asyncio.run(run())
+    return 0
+
+
+def iter_findings(values: Iterable[bytes], scanner: Any, fileset: Any, writer_id: str) -> list[dict[str, Any]]:
+    """Process record values in-process and commit once; returns the new findings (scripts, tests)."""
+    proc = SecurityProcessor(scanner, fileset, writer_id, metrics=consumer_metrics(CollectorRegistry()))
+    for v in values:
+        proc.process(v)
+    return proc.commit()

@@ -1,0 +1,413 @@
+"""The trace recorder: an ``ExchangeObserver`` that turns finished exchanges into redacted OTLP records.
+
+``exchange_finished`` only appends to a bounded deque (O(1), never blocks the request path); a background task
+takes exchanges off it, reassembles the answer (streamed ``stream_data`` chunks or the non-streaming body: content,
+tool calls, usage, finish reason, response model and id), redacts every content string with the detector catalog,
+builds one span (:mod:`streams.otlp`) and hands ``(trace id, TracesData bytes)`` to the publisher.
+
+Content layout on the span (all content already redacted; ``ref`` = first 16 hex of SHA-256 of the text):
+
+- event ``railcar.content`` ``{ref, text}``: a text not yet published in this
+  trace (message content, tool-call arguments, the request's tool definitions as JSON). Each text is published
+  once per trace; later spans reference it by ``ref``.
+- ``railcar.input.prefix`` (chain hash): the first request messages are the ones already described by an
+  earlier span of the trace (agents resend the whole conversation every turn), so
+  only the messages after them are listed in ``railcar.input.messages`` (JSON list of
+  ``{"role", "ref", "name"?, "tool_call_id"?, "tool_calls"?: [{"id", "name", "args_ref"}]}``). The chain hash of a
+  message list is ``h(parent_chain + json(entry))`` per message, so a consumer rebuilds the list by walking it.
+- ``railcar.output.message``: the answer as one such entry, plus ``railcar.request.tools_ref``.
+- ``railcar.rails.activated`` (string array, when any) and ``railcar.rails.blocked`` / ``railcar.rails.blocked_rail``
+  (only when a rail blocked).
+- event ``railcar.redaction`` per redaction note: detector, kind, path, fingerprint, masked_preview (never the value).
+
+The agent identity (``gen_ai.agent.id``) is a resource attribute; the conversation is the trace (the trace id
+serves as ``gen_ai.conversation.id``). The trace id is the caller's W3C ``traceparent`` trace id when sent, else derived from the agent id and the
+conversation's first message, so one conversation is one trace and all its spans share one Kafka key and
+partition (the consumer needs earlier spans of the trace to resolve refs). Dedup state is an LRU over traces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from sidecar.guard import Exchange
+from streams import otlp
+
+__all__ = ["TraceRecorder", "reassemble", "start_recording", "content_ref", "chain_ref"]
+
+log = logging.getLogger("railcar.recorder")
+
+
+def content_ref(text: str) -> str:
+    """The reference of a (redacted) text: 16 hex chars of SHA-256 over its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def chain_ref(parent: str, entry: dict[str, Any]) -> str:
+    """The chain hash of a message list after appending ``entry`` (16 hex; ``parent`` is ``""`` at the start)."""
+    return hashlib.sha256(parent.encode() + orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def reassemble(exchange: Exchange) -> dict[str, Any]:
+    """The answer of ``exchange`` as ``{"content": str, "tool_calls": [{"id","name","arguments"}],
+    "finish_reasons": [str], "usage": dict | None, "model": str | None, "id": str | None}``.
+
+    Streaming: from the SSE ``data:`` payloads (OpenAI chat.completion.chunk: ``choices[].delta.content``,
+    ``delta.tool_calls[]`` merged by ``index``, ``finish_reason``, a final ``usage``); non-JSON payloads and
+    ``[DONE]`` are skipped. Non-streaming: ``choices[0].message`` of the body. Never raises on bad upstream data.
+    """
+    out: dict[str, Any] = {"content": "", "tool_calls": [], "finish_reasons": [], "usage": None, "model": None,
+                           "id": None}
+    if exchange.stream_data:
+        parts: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        for data in exchange.stream_data:
+            if data.strip() == b"[DONE]":
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            out["model"] = chunk.get("model") or out["model"]
+            out["id"] = chunk.get("id") or out["id"]
+            if isinstance(chunk.get("usage"), dict):
+                out["usage"] = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str):
+                    parts.append(delta["content"])
+                for tc in delta.get("tool_calls") or ():
+                    slot = calls.setdefault(tc.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
+                    slot["id"] = tc.get("id") or slot["id"]
+                    fn = tc.get("function") or {}
+                    slot["name"] = fn.get("name") or slot["name"]
+                    slot["arguments"] += fn.get("arguments") or ""
+                if choice.get("finish_reason"):
+                    out["finish_reasons"] = [choice["finish_reason"]]
+        out["content"] = "".join(parts)
+        out["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return out
+    if exchange.response_body:
+        try:
+            body = orjson.loads(exchange.response_body)
+        except orjson.JSONDecodeError:
+            return out
+        if not isinstance(body, dict):
+            return out
+        out["model"], out["id"] = body.get("model"), body.get("id")
+        out["usage"] = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        choices = body.get("choices") or []
+        if choices and isinstance(choices[0], dict):
+            msg = choices[0].get("message") or {}
+            out["content"] = msg.get("content") if isinstance(msg.get("content"), str) else ""
+            out["tool_calls"] = [{"id": tc.get("id", ""), "name": (tc.get("function") or {}).get("name", ""),
+                                  "arguments": (tc.get("function") or {}).get("arguments", "")}
+                                 for tc in msg.get("tool_calls") or () if isinstance(tc, dict)]
+            if choices[0].get("finish_reason"):
+                out["finish_reasons"] = [choices[0]["finish_reason"]]
+    return out
+
+
+def _text_of(content: Any) -> str:
+    """Message content as text: strings as is, content-part lists as compact JSON (so every part is scanned)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return orjson.dumps(content).decode()
+
+
+class _Redactor:
+    """``redact(text, path) -> (redacted, [note dicts])`` over the catalog's :class:`rails.scanner.Scanner`."""
+
+    def __init__(self, scanner: Any) -> None:
+        self.scanner = scanner
+        try:
+            from rails import redaction as _r  # the catalog's redaction (issue 4), when present
+            self._redact_text = lambda text, path: _r.redact_text(scanner, text, path)
+        except ImportError:  # pragma: no cover - until rails/redaction.py lands
+            self._redact_text = self._fallback
+
+    def _fallback(self, text: str, path: str) -> tuple[str, list[Any]]:
+        matches = self.scanner.scan_text(text, path)
+        if not matches:
+            return text, []
+        out, pos = [], 0
+        for m in matches:
+            out += [text[pos:m.start], f"[REDACTED:{m.detector}:{m.fingerprint[:8]}]"]
+            pos = m.end
+        out.append(text[pos:])
+        return "".join(out), matches
+
+    def __call__(self, text: str, path: str) -> tuple[str, list[dict[str, Any]]]:
+        if not text or not self.scanner.gate(text):
+            return text, []  # fast path: the literal prefilter says nothing can match
+        red, notes = self._redact_text(text, path)
+        return red, [_note_dict(n) for n in notes]
+
+
+def _note_dict(n: Any) -> dict[str, Any]:
+    d = n if isinstance(n, dict) else n.as_dict()
+    return {"detector": str(d.get("detector", "")), "kind": str(d.get("kind", "")), "path": str(d.get("path", "")),
+            "fingerprint": str(d.get("fingerprint", "")),
+            "masked_preview": str(d.get("masked_preview", d.get("preview", ""))),
+            "confidence": float(d.get("confidence", 0.0) or 0.0), "severity": str(d.get("severity", ""))}
+
+
+class _TraceState:
+    __slots__ = ("refs", "chains")
+
+    def __init__(self) -> None:
+        self.refs: set[str] = set()
+        self.chains: set[str] = set()
+
+
+class TraceRecorder:
+    """Builds and publishes one redacted span per finished exchange.
+
+    ``scanner``: a :class:`rails.scanner.Scanner` (one per process). ``publish(key, value)``: non-blocking sink
+    (e.g. :meth:`streams.producer.Publisher.publish` or the embedded consumer). ``resource``: from
+    :func:`streams.otlp.make_resource`. ``max_pending`` bounds exchanges waiting to be recorded (beyond: dropped
+    and counted in ``stats["dropped"]``); ``max_traces`` bounds the dedup state (LRU).
+    """
+
+    def __init__(self, scanner: Any, publish: Callable[[bytes, bytes], Any], resource: Any = None, *,
+                 agent_id: str = "", max_pending: int = 10000, max_traces: int = 10000) -> None:
+        self.redact = _Redactor(scanner)
+        self.publish = publish
+        self.resource = resource if resource is not None else otlp.make_resource(agent_id=agent_id)
+        self.agent_id = agent_id or str(self.resource.attributes.get("gen_ai.agent.id", ""))
+        self._pending: collections.deque[Exchange] = collections.deque()
+        self._max_pending = max_pending
+        self._traces: collections.OrderedDict[int, _TraceState] = collections.OrderedDict()
+        self._max_traces = max_traces
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = {"recorded": 0, "dropped": 0, "errors": 0, "bytes": 0}
+
+    # ------------------------------------------------------------ ExchangeObserver
+    def exchange_finished(self, exchange: Exchange) -> None:
+        """Queue ``exchange`` for recording (O(1)); drops and counts when ``max_pending`` are waiting."""
+        if len(self._pending) >= self._max_pending:
+            self.stats["dropped"] += 1
+            return
+        self._pending.append(exchange)
+        self._wake.set()
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="railcar-recorder")
+
+    async def close(self) -> None:
+        """Record what is pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def drain(self) -> None:
+        """Wait until every queued exchange has been recorded (tests, shutdown)."""
+        while self._pending:
+            await asyncio.sleep(0.005)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            exchange = self._pending.popleft()
+            try:
+                key, value = self.build(exchange)
+                self.publish(key, value)
+                self.stats["recorded"] += 1
+                self.stats["bytes"] += len(value)
+            except Exception:  # a bad exchange must not stop recording; never log content
+                self.stats["errors"] += 1
+                log.exception("trace recording failed for request %s", exchange.request_id)
+            await asyncio.sleep(0)  # let requests run between records
+
+    # ------------------------------------------------------------ building
+    def _trace_ids(self, exchange: Exchange) -> tuple[int, int | None]:
+        tp = otlp.parse_traceparent(exchange.headers.get("traceparent"))
+        if tp:
+            return tp
+        msgs = exchange.body.get("messages") or []
+        conv = exchange.headers.get("x-conversation-id") or exchange.headers.get("x-session-id")
+        if not conv:
+            first = [m for m in msgs[:2] if isinstance(m, dict)]
+            # Redacted so the hash input never depends on a raw secret being kept around.
+            conv = "|".join(self.redact(_text_of(m.get("content")), "$")[0] for m in first) or exchange.request_id
+        digest = hashlib.sha256(f"{self.agent_id}\x00{conv}".encode("utf-8", "surrogatepass")).digest()
+        return int.from_bytes(digest[:16], "big") or 1, None
+
+    def _state(self, trace_id: int) -> _TraceState:
+        st = self._traces.get(trace_id)
+        if st is None:
+            st = self._traces[trace_id] = _TraceState()
+            while len(self._traces) > self._max_traces:
+                self._traces.popitem(last=False)
+        else:
+            self._traces.move_to_end(trace_id)
+        return st
+
+    def build(self, exchange: Exchange) -> tuple[bytes, bytes]:
+        """``(key, value)`` for one exchange: key the 32-hex trace id, value ``TracesData`` bytes. Updates the
+        per-trace dedup state (so call it once per exchange, in order)."""
+        trace_id, parent = self._trace_ids(exchange)
+        st = self._state(trace_id)
+        now = time.time_ns()
+        events: list[tuple[str, dict[str, Any], int]] = []
+        notes: list[dict[str, Any]] = []
+
+        def ref_of(text: str, path: str) -> str:
+            red, found = self.redact(text, path)
+            r = content_ref(red)
+            if r not in st.refs:  # notes travel with the content's first publication only
+                st.refs.add(r)
+                notes.extend(found)
+                events.append(("railcar.content", {"ref": r, "text": red}, now))
+            return r
+
+        body = exchange.body
+        msgs = [m for m in (body.get("messages") or []) if isinstance(m, dict)]
+        # Which leading messages an earlier span already described: walk the chain without publishing.
+        entries: list[dict[str, Any]] = []
+        chain, prefix_chain, prefix_n = "", "", 0
+        for i, m in enumerate(msgs):
+            entry = self._entry(m, f"$.messages[{i}]", ref_of)
+            chain = chain_ref(chain, entry)
+            entries.append(entry)
+            if chain in st.chains:  # an earlier span described messages[0..i]
+                prefix_chain, prefix_n = chain, i + 1
+        st.chains.add(chain)
+        ans = reassemble(exchange)
+        out_entry: dict[str, Any] = {"role": "assistant", "ref": ref_of(ans["content"], "$.output.content")}
+        if ans["tool_calls"]:
+            out_entry["tool_calls"] = [
+                {"id": tc["id"], "name": tc["name"],
+                 "args_ref": ref_of(tc["arguments"], f"$.output.tool_calls[{j}].function.arguments")}
+                for j, tc in enumerate(ans["tool_calls"])]
+        st.chains.add(chain_ref(chain, out_entry))
+
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": exchange.model,
+            "railcar.input.messages": orjson.dumps(entries[prefix_n:]).decode(),
+            "railcar.output.message": orjson.dumps(out_entry).decode(),
+        }
+        if prefix_n:  # messages[0:prefix_n] are the list whose chain hash is prefix_chain
+            attrs["railcar.input.prefix"] = prefix_chain
+        if exchange.stream:
+            attrs["railcar.request.stream"] = True
+        for src, dst in (("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"),
+                         ("max_tokens", "gen_ai.request.max_tokens"),
+                         ("max_completion_tokens", "gen_ai.request.max_tokens")):
+            v = body.get(src)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                attrs[dst] = v
+        if body.get("tools"):
+            attrs["railcar.request.tools_ref"] = ref_of(orjson.dumps(body["tools"]).decode(), "$.tools")
+        if ans["model"]:
+            attrs["gen_ai.response.model"] = str(ans["model"])
+        if ans["id"]:
+            attrs["gen_ai.response.id"] = str(ans["id"])
+        if ans["finish_reasons"]:
+            attrs["gen_ai.response.finish_reasons"] = [str(x) for x in ans["finish_reasons"]]
+        usage = ans["usage"] or {}
+        for src, dst in (("prompt_tokens", "gen_ai.usage.input_tokens"),
+                         ("completion_tokens", "gen_ai.usage.output_tokens")):
+            if isinstance(usage.get(src), int):
+                attrs[dst] = usage[src]
+        if exchange.status is not None:
+            attrs["http.response.status_code"] = int(exchange.status)
+        outcome = exchange.outcome or {}
+        if outcome.get("activated_rails"):
+            attrs["railcar.rails.activated"] = [str(r) for r in outcome["activated_rails"]]
+        if outcome.get("blocked"):
+            attrs["railcar.rails.blocked"] = True
+        if outcome.get("blocked_rail"):
+            attrs["railcar.rails.blocked_rail"] = str(outcome["blocked_rail"])
+        error = None
+        if exchange.error:
+            error, _ = self.redact(str(exchange.error), "$.error")
+            attrs["error.type"] = error.split(":")[0][:64]
+        elif exchange.status and exchange.status >= 400:
+            attrs["error.type"] = str(exchange.status)
+        # Inline redactions made by the guard on the live stream are findings too.
+        notes.extend(_note_dict(n) for n in outcome.get("redactions") or ())
+        for n in notes:
+            events.append(("railcar.redaction", {f"railcar.redaction.{k}": v for k, v in n.items()}, now))
+        span = otlp.CallSpan(
+            name=f"chat {exchange.model}".strip(), trace_id=trace_id, span_id=random.getrandbits(64) or 1,
+            parent_span_id=parent, start_ns=exchange.started_ns, end_ns=exchange.finished_ns or now,
+            attributes=attrs, events=events, error=error)
+        value = otlp.encode([otlp.build_span(span, self.resource)])
+        return f"{trace_id:032x}".encode(), value
+
+    def _entry(self, m: dict[str, Any], path: str, ref_of: Callable[[str, str], str]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"role": str(m.get("role", "")), "ref": ref_of(_text_of(m.get("content")),
+                                                                             f"{path}.content")}
+        for k in ("name", "tool_call_id"):
+            if isinstance(m.get(k), str):
+                entry[k] = m[k]
+        if m.get("tool_calls"):
+            entry["tool_calls"] = [
+                {"id": str(tc.get("id", "")), "name": str((tc.get("function") or {}).get("name", "")),
+                 "args_ref": ref_of(_text_of((tc.get("function") or {}).get("arguments")),
+                                    f"{path}.tool_calls[{j}].function.arguments")}
+                for j, tc in enumerate(m["tool_calls"]) if isinstance(tc, dict)]
+        return entry
+
+
+def start_recording(config: Any, scanner: Any = None) -> tuple[TraceRecorder | None, Callable[[], Awaitable[None]]]:
+    """Wire trace recording for ``railcar serve``: returns ``(observer, close)`` to be called inside the running
+    event loop's startup (``close`` on shutdown). ``observer`` is None when ``[telemetry] enabled`` is false.
+
+    With ``[kafka] bootstrap_servers`` set, records go to a :class:`streams.producer.Publisher`; otherwise to the
+    embedded in-process consumer (:mod:`streams.embedded`) that writes the fileset locally. Must be called with
+    a running loop (it starts background tasks).
+    """
+    tel = config.telemetry
+    if not tel.enabled:
+        async def _noop() -> None:
+            return None
+        return None, _noop
+    if scanner is None:
+        from rails.scanner import scanner_from_config
+        scanner = scanner_from_config(config.detection)
+    resource = otlp.make_resource(tel.service_name, tel.agent_id, tel.agent_namespace)
+    if config.kafka.bootstrap_servers:
+        from streams.producer import Publisher
+        sink: Any = Publisher(config.kafka, tel)
+    else:
+        from streams.embedded import EmbeddedPipeline
+        sink = EmbeddedPipeline(config, scanner=scanner)
+    recorder = TraceRecorder(scanner, sink.publish, resource, max_pending=tel.queue_size)
+    loop = asyncio.get_running_loop()
+    starting = loop.create_task(sink.start())
+    loop.create_task(recorder.start())
+
+    async def close() -> None:
+        await starting
+        await recorder.close()
+        await sink.close()
+
+    return recorder, close

@@ -1,0 +1,238 @@
+"""A durable local spool for records the broker could not take: append-only segments, fsync'd, size-capped.
+
+Layout of ``directory``::
+
+    00000000000000000001.seg   segment files, named by a growing sequence number, oldest first
+    cursor                     "<segment seq> <byte offset>": how far replay has been acknowledged
+
+A segment is a sequence of frames ``>I length | >I crc32(payload) | payload`` where payload is
+``>H key length | key | value``. Appends go to the newest segment until it exceeds ``segment_bytes``; every
+:meth:`Spool.append` call ends with one ``fsync`` (batch appends to amortise it). When the spool's total size
+exceeds ``max_bytes`` whole oldest segments are deleted and their records counted in :attr:`Spool.dropped`.
+Replay reads oldest first (:meth:`Spool.peek`), and :meth:`Spool.ack` advances the durable cursor, deleting
+segments fully replayed, so a process killed mid-replay resumes after the last acknowledged record. A torn frame
+at the end of a segment (a crash mid-write) ends that segment's records.
+
+:class:`MemorySpool` has the same interface without a directory (``[telemetry] spool_dir`` empty).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["Spool", "MemorySpool", "SpoolError"]
+
+_FRAME = struct.Struct(">II")
+_KEYLEN = struct.Struct(">H")
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used (message names it and the reason)."""
+
+
+def _pack(key: bytes, value: bytes) -> bytes:
+    payload = _KEYLEN.pack(len(key)) + key + value
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _read_frames(path: Path, start: int = 0) -> list[tuple[int, bytes, bytes]]:
+    """``(end_offset, key, value)`` for every intact frame of ``path`` from byte ``start``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out, pos = [], start
+    while pos + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, pos)
+        end = pos + _FRAME.size + length
+        if end > len(data):
+            break
+        payload = data[pos + _FRAME.size:end]
+        if zlib.crc32(payload) != crc or length < _KEYLEN.size:
+            break  # torn or corrupt tail: nothing after it can be trusted
+        (klen,) = _KEYLEN.unpack_from(payload)
+        out.append((end, payload[2:2 + klen], payload[2 + klen:]))
+        pos = end
+    return out
+
+
+class Spool:
+    """Durable spool in ``directory``. ``max_bytes`` caps the total size (bytes on disk), ``segment_bytes`` the
+    size at which a new segment starts. Raises :class:`SpoolError` when the directory cannot be created."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 256 << 20,
+                 segment_bytes: int = 4 << 20) -> None:
+        if max_bytes <= 0 or segment_bytes <= 0:
+            raise ValueError("spool: max_bytes and segment_bytes must be > 0")
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"telemetry.spool_dir: cannot create {str(self.dir)!r}: {exc.strerror}") from None
+        self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
+        self.dropped = 0  # records lost to the size cap since this process opened the spool
+        # seq -> [size in bytes, record count]
+        self._segments: dict[int, list[int]] = {}
+        for p in sorted(self.dir.glob("*.seg")):
+            frames = _read_frames(p)
+            self._segments[int(p.stem)] = [p.stat().st_size, len(frames)]
+        self._cursor_seq, self._cursor_off = self._load_cursor()
+        for seq in [s for s in self._segments if s < self._cursor_seq]:
+            self._delete(seq)  # fully replayed before a crash, not yet deleted
+        self._pending = sum(c for _, c in self._segments.values())
+        if self._cursor_seq in self._segments and self._cursor_off:
+            self._pending -= len([f for f in _read_frames(self._path(self._cursor_seq)) if f[0] <= self._cursor_off])
+        self._fh = None
+        self._fh_seq = -1
+
+    # ---------------------------------------------------------------- internals
+    def _path(self, seq: int) -> Path:
+        return self.dir / f"{seq:020d}.seg"
+
+    def _load_cursor(self) -> tuple[int, int]:
+        try:
+            seq, off = (self.dir / "cursor").read_text().split()
+            return int(seq), int(off)
+        except (FileNotFoundError, ValueError):
+            return (min(self._segments) if self._segments else 0), 0
+
+    def _save_cursor(self) -> None:
+        tmp = self.dir / "cursor.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{self._cursor_seq} {self._cursor_off}")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / "cursor")
+
+    def _delete(self, seq: int) -> None:
+        if self._fh is not None and self._fh_seq == seq:
+            self._fh.close()
+            self._fh, self._fh_seq = None, -1
+        try:
+            self._path(seq).unlink()
+        except FileNotFoundError:
+            pass
+        self._segments.pop(seq, None)
+
+    # ---------------------------------------------------------------- API
+    @property
+    def bytes(self) -> int:
+        """Total size of the segments on disk, in bytes."""
+        return sum(s for s, _ in self._segments.values())
+
+    @property
+    def pending(self) -> int:
+        """Records appended and not yet acknowledged by :meth:`ack`."""
+        return self._pending
+
+    def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Append ``(key, value)`` records durably (one fsync per call), then enforce the size cap."""
+        if not records:
+            return
+        last = max(self._segments) if self._segments else 0
+        if not self._segments or self._segments[last][0] >= self.segment_bytes:
+            last += 1
+            self._segments[last] = [0, 0]
+        if self._fh_seq != last:
+            if self._fh is not None:
+                self._fh.close()
+            self._fh, self._fh_seq = open(self._path(last), "ab"), last
+        blob = b"".join(_pack(k, v) for k, v in records)
+        self._fh.write(blob)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._segments[last][0] += len(blob)
+        self._segments[last][1] += len(records)
+        self._pending += len(records)
+        while self.bytes > self.max_bytes and len(self._segments) > 1:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        seq = min(self._segments)
+        lost = self._segments[seq][1]
+        if seq == self._cursor_seq and self._cursor_off:
+            lost = len([f for f in _read_frames(self._path(seq), self._cursor_off)])
+        self.dropped += lost
+        self._pending -= lost
+        self._delete(seq)
+        self._cursor_seq, self._cursor_off = (min(self._segments) if self._segments else 0), 0
+        self._save_cursor()
+
+    def peek(self, max_records: int = 500) -> list[tuple[bytes, bytes]]:
+        """Up to ``max_records`` oldest unacknowledged ``(key, value)`` records, in append order, from the
+        oldest segment only (call again after :meth:`ack`)."""
+        while self._segments:
+            seq = min(self._segments)
+            if seq != self._cursor_seq:
+                self._cursor_seq, self._cursor_off = seq, 0
+            frames = _read_frames(self._path(seq), self._cursor_off)[:max_records]
+            if frames:
+                self._peeked = frames
+                return [(k, v) for _, k, v in frames]
+            if seq == max(self._segments):
+                return []  # the newest segment is being appended to; keep it
+            self._delete(seq)
+        return []
+
+    def ack(self, n: int) -> None:
+        """The first ``n`` records of the last :meth:`peek` reached the broker: advance and persist the cursor."""
+        frames = getattr(self, "_peeked", [])[:n]
+        if not frames:
+            return
+        self._cursor_off = frames[-1][0]
+        self._pending -= len(frames)
+        self._peeked = self._peeked[len(frames):]
+        seq = self._cursor_seq
+        if self._cursor_off >= self._segments.get(seq, [0])[0] and seq != max(self._segments):
+            self._delete(seq)
+            self._cursor_seq, self._cursor_off = (min(self._segments) if self._segments else seq + 1), 0
+        self._save_cursor()
+
+    def close(self) -> None:
+        """Close the open segment (data is already durable)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh, self._fh_seq = None, -1
+
+
+class MemorySpool:
+    """The same interface as :class:`Spool`, in memory (lost on exit), capped at ``max_bytes`` of key+value."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.dropped = 0
+        self._q: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+    def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        for k, v in records:
+            self._q.append((k, v))
+            self._bytes += len(k) + len(v)
+        while self._bytes > self.max_bytes and self._q:
+            k, v = self._q.popleft()
+            self._bytes -= len(k) + len(v)
+            self.dropped += 1
+
+    def peek(self, max_records: int = 500) -> list[tuple[bytes, bytes]]:
+        return [self._q[i] for i in range(min(max_records, len(self._q)))]
+
+    def ack(self, n: int) -> None:
+        for _ in range(min(n, len(self._q))):
+            k, v = self._q.popleft()
+            self._bytes -= len(k) + len(v)
+
+    def close(self) -> None:
+        return None

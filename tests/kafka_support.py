@@ -1,0 +1,79 @@
+"""Test helpers for the Kafka part: a mock-cluster fixture, reading a topic back, the 2-consumer group patch.
+
+The SyncGroup delay below is a test-only workaround for librdkafka's mock cluster (``../shared/KAFKA.md``): the
+mock rejects a follower's SyncGroup that arrives after the leader's, so the leader's SyncGroup is delayed ~0.3 s.
+Railcar's own code never carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.mock_broker import MockCluster
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+RECORDED = SHARED / "fixtures" / "recorded" / "chat_completions.jsonl"
+
+
+@pytest.fixture
+def mock_cluster() -> Iterator[MockCluster]:
+    with MockCluster(brokers=1) as mc:
+        yield mc
+
+
+async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 15.0) -> list:
+    """All records of ``topic`` from the beginning, waiting until at least ``expect`` arrived (or timeout)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out: list = []
+    try:
+        # Assign every partition explicitly so there is no group to wait for.
+        deadline = asyncio.get_running_loop().time() + timeout
+        parts = None
+        while parts is None and asyncio.get_running_loop().time() < deadline:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - test helper
+                parts = consumer.partitions_for_topic(topic) or None
+                if parts is None:
+                    await asyncio.sleep(0.1)
+        if not parts:
+            return out
+        consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+        await consumer.seek_to_beginning()
+        while len(out) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+        # A short extra read catches duplicates beyond the expected count.
+        batch = await consumer.getmany(timeout_ms=300)
+        for recs in batch.values():
+            out.extend(recs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+@contextlib.contextmanager
+def delayed_sync_group(delay_s: float = 0.3) -> Iterator[None]:
+    """Test-only: delay the group leader's SyncGroup so followers' SyncGroup reach the mock first."""
+    from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance
+
+    original = CoordinatorGroupRebalance._on_join_leader
+
+    async def patched(self, response):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(delay_s)
+        return await original(self, response)
+
+    CoordinatorGroupRebalance._on_join_leader = patched
+    try:
+        yield
+    finally:
+        CoordinatorGroupRebalance._on_join_leader = original
