@@ -67,6 +67,8 @@ class GuardrailsConfig:
     tool_output: bool = opt(True, "Tool rails on role=tool messages sent back to the model.")
     fail_mode: str = opt("closed", "A rail that errors or times out blocks (closed) or passes (open).",
                          choices=("closed", "open"))
+    local_timeout_millis: int = opt(10000, "Per-check timeout of local-mode rails in milliseconds (LLM-judged rails "
+                                           "call a model); past it, fail_mode decides.")
     request_defaults: dict = opt({}, "Passed through to the Guardrails backend (context, thread_id, rails, ...).")
     remote: RemoteGuardrailsConfig = opt(RemoteGuardrailsConfig, "Remote mode settings.")
     policy: PolicyConfig = opt(PolicyConfig, "Unknown-field and unsupported-value policy.")
@@ -75,6 +77,8 @@ class GuardrailsConfig:
     def validate(self) -> None:
         if self.mode == "remote" and not self.remote.endpoint:
             raise ConfigError("guardrails.remote.endpoint: required when guardrails.mode = 'remote'")
+        if self.local_timeout_millis <= 0:
+            raise ConfigError("guardrails.local_timeout_millis: must be > 0")
         if self.config_path and self.config_inline:
             raise ConfigError("guardrails.config_inline: set config_path or config_inline, not both")
 

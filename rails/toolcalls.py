@@ -1,0 +1,92 @@
+"""Assembling streamed tool calls: OpenAI Chat Completions ``choices[i].delta.tool_calls`` deltas, per index.
+
+Shape (OpenAI streaming chat completions): each delta entry carries ``index`` (which call), the first one for an
+index also ``id``, ``type`` and ``function.name``; ``function.arguments`` arrives as string fragments to be
+concatenated. A call's arguments are *complete* when the concatenation parses as a JSON object or array (a valid
+JSON value cannot be extended into another valid one), or when the stream moves on: a delta for a higher index,
+``finish_reason``, or the end of the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["ToolCall", "ToolCallAssembler"]
+
+
+@dataclass
+class ToolCall:
+    """One assembled tool call: ``index`` in the choice, ``id``, ``name``, ``arguments`` (the JSON text so far)."""
+
+    index: int
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+    complete: bool = False
+    _parts: list[str] = field(default_factory=list, repr=False)
+
+
+class ToolCallAssembler:
+    """Feed each delta's ``tool_calls`` list; learn which calls just became complete.
+
+    :meth:`feed` returns the indices completed by this delta (in index order); :meth:`finish` completes the rest.
+    Malformed entries (not a dict, missing or non-integer ``index``) raise :class:`ValueError` naming the field.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[int, ToolCall] = {}
+
+    def feed(self, tool_calls: list[Any]) -> list[int]:
+        """Apply one delta's ``tool_calls`` entries; return indices whose arguments just became complete."""
+        done: list[int] = []
+        for entry in tool_calls:
+            if not isinstance(entry, dict) or not isinstance(entry.get("index"), int):
+                raise ValueError("delta.tool_calls[].index: missing or not an integer")
+            idx = entry["index"]
+            call = self.calls.get(idx)
+            if call is None:
+                # A new call starts: calls with a lower index will get no more fragments.
+                for other in self.calls.values():
+                    if other.index < idx and not other.complete:
+                        other.complete = True
+                        done.append(other.index)
+                call = self.calls[idx] = ToolCall(idx)
+            if entry.get("id"):
+                call.id = entry["id"]
+            fn = entry.get("function") or {}
+            if fn.get("name"):
+                call.name += fn["name"]
+            frag = fn.get("arguments")
+            if frag and not call.complete:
+                call._parts.append(frag)
+                call.arguments = "".join(call._parts) if len(call._parts) > 1 else frag
+                call._parts = [call.arguments]
+                if _is_complete_json(call.arguments):
+                    call.complete = True
+                    done.append(idx)
+        return sorted(set(done))
+
+    def finish(self) -> list[int]:
+        """The stream moved on (``finish_reason`` or end): complete every open call; return their indices."""
+        done = [c.index for c in self.calls.values() if not c.complete]
+        for i in done:
+            self.calls[i].complete = True
+        return sorted(done)
+
+    @property
+    def open(self) -> bool:
+        """Some call is still receiving argument fragments."""
+        return any(not c.complete for c in self.calls.values())
+
+
+def _is_complete_json(text: str) -> bool:
+    tail = text.rstrip()
+    if not tail or tail[-1] not in "}]":
+        return False  # cheap gate: only try to parse when it could be a finished object/array
+    try:
+        return isinstance(orjson.loads(tail), (dict, list))
+    except orjson.JSONDecodeError:
+        return False

@@ -1,0 +1,172 @@
+"""rails/engine_remote.py against a real ``nemoguardrails server`` subprocess on loopback (module-scoped: it takes
+about 2 s to start), with the same configs as local mode: regex, a custom action, and ``self check output`` judged
+by a fake OpenAI endpoint (in a thread). Also: server down, server slower than the timeout, span events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from rails.engine_local import RailError
+from rails.engine_remote import RemoteEngine
+from rails.guard import RailsGuard
+from rails.guardrails_config import load_guardrails_config
+from rails.settings import GuardrailsConfig, RemoteGuardrailsConfig
+from sidecar.guard import Exchange
+from test_rails_engine_local import CUSTOM, self_check_yaml
+
+REGEX = ("rails:\n  config:\n    regex_detection:\n      input:\n        patterns: ['(?i)ignore previous']\n"
+         "      output:\n        patterns: ['AKIA[0-9A-Z]{16}']\n  input:\n    flows: [regex check input]\n"
+         "  output:\n    flows: [regex check output]\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class JudgeThread:
+    """The fake judge model (answers Yes when the prompt has BADWORD) on its own loop in a thread."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.json()
+            verdict = "Yes" if "BADWORD" in json.dumps(body["messages"]) else "No"
+            return web.json_response({"id": "j", "object": "chat.completion", "created": 0, "model": body["model"],
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict},
+                                                   "finish_reason": "stop"}]})
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self.ready.set()
+
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gr")
+    (root / "regex").mkdir()
+    (root / "regex" / "config.yml").write_text(REGEX)
+    (root / "custom").mkdir()
+    for name, text in CUSTOM.items():
+        (root / "custom" / name).write_text(text)
+    judge = JudgeThread()
+    (root / "selfcheck").mkdir()
+    (root / "selfcheck" / "config.yml").write_text(self_check_yaml(judge.port))
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OPENAI_API_KEY": "sk-test"}
+    exe = Path(sys.executable).with_name("nemoguardrails")
+    proc = subprocess.Popen([str(exe), "server", "--config", str(root), "--port", str(port), "--disable-chat-ui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode()[-2000:])
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+    judge.loop.call_soon_threadsafe(judge.loop.stop)
+
+
+def msgs(answer: str) -> list[dict]:
+    return [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]
+
+
+async def test_regex_custom_and_llm_judged_rails_remote(server: str) -> None:
+    regex = RemoteEngine(server, ["regex"], 5000)
+    assert (await regex.check("output", msgs("AKIAIOSFODNN7EXAMPLE"))).rail == "regex check output"
+    assert not (await regex.check("output", msgs("hello"))).blocked
+    assert (await regex.check("input", [{"role": "user", "content": "please IGNORE PREVIOUS stuff"}])).blocked
+    custom = RemoteEngine(server, ["custom"], 5000)
+    assert (await custom.check("output", msgs("forbidden"))).rail == "check forbidden words"
+    judged = RemoteEngine(server, ["selfcheck"], 10000)
+    assert (await judged.check("output", msgs("BADWORD here"))).rail == "self check output"
+    assert not (await judged.check("output", msgs("nice"))).blocked
+    for e in (regex, custom, judged):
+        await e.close()
+
+
+async def test_span_events_and_request_defaults(server: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    e = RemoteEngine(server, ["regex"], 5000, request_defaults={"context": {"tenant": "t1"}})
+    with provider.get_tracer("t").start_as_current_span("check"):
+        await e.check("output", msgs("AKIAIOSFODNN7EXAMPLE"))
+    names = [ev.name for ev in exporter.get_finished_spans()[0].events]
+    assert names == ["nemo_guardrails.remote.start", "nemo_guardrails.remote.end"]
+    bad = RemoteEngine(server, ["no-such-config"], 5000)
+    with provider.get_tracer("t").start_as_current_span("bad"):
+        with pytest.raises(RailError, match="HTTP 422"):
+            await bad.check("output", msgs("x"))
+    assert exporter.get_finished_spans()[-1].events[-1].name == "nemo_guardrails.remote.error"
+    await e.close()
+    await bad.close()
+
+
+async def slow_server(delay: float) -> web.AppRunner:
+    async def handle(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.json_response({"status": "passed", "content": "x"})
+
+    app = web.Application()
+    app.router.add_post("/v1/checks", handle)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+@pytest.mark.parametrize("fault", ["down", "slow"])
+async def test_fail_mode_remote_down_or_slow(fail_mode: str, fault: str) -> None:
+    runner = await slow_server(2.0) if fault == "slow" else None
+    endpoint = f"http://127.0.0.1:{runner.addresses[0][1]}" if runner else f"http://127.0.0.1:{free_port()}"
+    gs = GuardrailsConfig(mode="remote", fail_mode=fail_mode,
+                          remote=RemoteGuardrailsConfig(endpoint=endpoint, config_id="regex", timeout_millis=200))
+    guard = RailsGuard(gs, load_guardrails_config(gs), RemoteEngine(endpoint, ["regex"], 200))
+    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    t0 = time.perf_counter()
+    refusal = await guard.check_request(ex)
+    assert time.perf_counter() - t0 < 1.5  # the timeout held
+    assert ex.outcome["rail_errors"]
+    if fail_mode == "closed":
+        assert refusal is not None and refusal.rail == "input (error)"
+    else:
+        assert refusal is None
+    await guard.close()
+    if runner:
+        await runner.cleanup()
