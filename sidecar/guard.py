@@ -13,7 +13,8 @@ hooks (``request`` → ``responseheaders`` → ``response``) around one chat-com
 3. Streaming: ``guard.open_stream(exchange, sink)`` returns a :class:`StreamGuard`. The proxy hands it every
    upstream SSE event, byte-exact, and the stream guard decides what the client receives through ``sink``. When
    ``stream_guard.stopped`` turns true (a block), the proxy stops reading and closes the upstream response so the
-   generation stops. ``on_end`` is called once when the upstream ends (or the client went away).
+   generation stops. ``on_end`` is called exactly once when the relay ends: the upstream ended, the guard stopped
+   it, the upstream failed, or the client went away (then ``sink.send`` raises ``ConnectionResetError``).
 4. When the exchange is over, every :class:`ExchangeObserver` gets ``exchange_finished(exchange)``.
 
 :class:`PassThrough` is the guard when no guardrail configuration is loaded: every event goes out unchanged.
@@ -42,6 +43,9 @@ class Exchange:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_ns: int = field(default_factory=time.time_ns)
     outcome: dict[str, Any] = field(default_factory=dict)
+    # A guard that edits ``body`` in place sets this so the proxy re-serializes it (replacing ``exchange.body``
+    # with a new dict is detected without it); otherwise the client's original bytes go upstream untouched.
+    body_changed: bool = False
     # Filled by the proxy as the call completes, for ExchangeObserver (trace recording) off the hot path:
     status: int | None = None            # HTTP status sent to the client
     response_body: bytes | None = None   # non-streaming upstream body, as received
