@@ -4,7 +4,8 @@ Lifecycle: uvloop runs the event loop; the HTTP listener starts first (``/health
 the guard is built with ``await rails.guard.build_guard(config)`` (``sidecar.guard.PassThrough()`` when it
 returns ``None``), then ``/readyz`` turns 200 and ``/v1/*`` is served. On SIGTERM or SIGINT: ``/readyz`` turns
 503, the listening socket closes (no new connections), in-flight requests (streams included) get up to
-``server.grace_period_s`` to finish, the rest are cancelled, the upstream session is closed, exit code 0.
+``server.grace_period_s`` to finish, the rest are cancelled, the upstream session is closed, pending trace events
+are flushed to Kafka (or spooled, or handed to the embedded consumer), exit code 0.
 Logs go to stderr at ``server.log_level``, never with request or response content.
 """
 
@@ -45,6 +46,13 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
     log.info("listening on http://%s:%d/v1 (upstream %s)", config.server.host, config.server.port,
              state.upstream._host())
 
+    # Trace recording: redacted events to Kafka, or to the embedded in-process consumer when no broker is set.
+    from streams.recorder import start_recording
+
+    observer, close_recording = start_recording(config)
+    if observer is not None:
+        app["observers"].append(observer)
+
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
@@ -68,6 +76,8 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
         log.info("stopping: draining in-flight requests for up to %.1fs", config.server.grace_period_s)
         # cleanup(): stop accepting, wait for in-flight handlers up to shutdown_timeout, cancel the rest.
         await runner.cleanup()
+        # After the last exchange: flush or spool pending trace events.
+        await close_recording()
         log.info("stopped")
     return 0
 
