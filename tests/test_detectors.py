@@ -1,0 +1,107 @@
+"""The detector catalog: pattern hygiene and each validator's rules (sources in rails/detectors.py)."""
+
+import re2
+import pytest
+
+from rails import detectors as d
+
+
+def test_catalog_ids_unique_and_patterns_have_one_capture():
+    ids = [x.id for x in d.CATALOG]
+    assert len(ids) == len(set(ids))
+    for det in d.CATALOG:
+        assert det.kind in ("secret", "pii")
+        assert 0 < det.confidence <= 1
+        for p in det.patterns:
+            assert re2.compile(p).groups == 1, (det.id, p)
+
+
+def test_required_formats_are_covered():
+    ids = {x.id for x in d.CATALOG}
+    for need in ("email_address", "us_ssn", "phone_number", "payment_card", "iban", "private_key", "jwt",
+                 "aws_access_key_id", "github_token", "github_fine_grained_pat", "gitlab_token", "slack_token",
+                 "stripe_key", "npm_token", "google_api_key", "openai_api_key", "anthropic_api_key",
+                 "nvidia_api_key", "huggingface_token", "groq_api_key", "mistral_api_key", "cohere_api_key"):
+        assert need in ids
+
+
+def test_secret_literals_occur_in_their_pattern_prefix():
+    # Literals are what the stream hold-back watches for: every secret value starts with one (or, for keyword
+    # context detectors, the keyword is required by the pattern).
+    for det in d.CATALOG:
+        if det.kind == "secret":
+            assert det.literals, det.id
+            assert det.max_len and det.max_len > 0
+
+
+@pytest.mark.parametrize("ssn,ok", [("536-22-1234", True), ("000-22-1234", False), ("666-22-1234", False),
+                                    ("912-22-1234", False), ("536-00-1234", False), ("536-22-0000", False),
+                                    ("078-05-1120", False)])
+def test_ssn_rules(ssn, ok):
+    assert d.ssn_ok(ssn) is ok
+
+
+@pytest.mark.parametrize("card,ok", [("4539 1488 0343 6467", True), ("4539148803436468", False),
+                                     ("378282246310005", True), ("5105105105105100", True),
+                                     ("1234567812345670", False), ("4111111111111111", False)])
+def test_card_luhn_and_issuer(card, ok):
+    assert d.card_ok(card) is ok
+
+
+def test_iban_mod97():
+    assert d.iban_ok("DE89 3704 0044 0532 0130 00")
+    assert not d.iban_ok("DE88 3704 0044 0532 0130 00")
+    assert not d.iban_ok("DE89 3704 0044 0532 0130")  # wrong length for DE
+
+
+def test_jwt_needs_decodable_header_with_alg():
+    good = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig"
+    assert d.jwt_ok(good)
+    assert not d.jwt_ok("eyJmb28iOiJiYXIifQ.eyJzdWIiOiIxIn0.sig")  # header without alg
+    assert not d.jwt_ok("eymB3kYEDhNfKscWapB.eyDtcWNOh9NU8ZWGLWH.g13")
+
+
+def test_github_checksum():
+    import binascii
+
+    body = "A" * 10 + "b" * 10 + "0123456789"
+    crc = binascii.crc32(body.encode())
+    out = ""
+    while crc:
+        crc, r = divmod(crc, 62)
+        out = d._B62[r] + out
+    assert d.github_checksum_ok("ghp_" + body + out.rjust(6, "0"))
+    assert not d.github_checksum_ok("ghp_" + body + "zzzzzz")
+
+
+@pytest.mark.parametrize("value", ["AKIAIOSFODNN7EXAMPLE", "sk-xxxxxxxxxxxxxxxxxxxxxxxx", "<your key>",
+                                   "AIzaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "ghp_000000000000000000000000000000000000"])
+def test_placeholders(value):
+    assert d.is_placeholder(value, 4)
+
+
+def test_real_looking_values_are_not_placeholders():
+    assert not d.is_placeholder("AKIALALEMEL33243OLIB", 4)
+    assert not d.is_placeholder("ghp_ljlgcugi9yo8ncycci5odfl1m0usx07swa0f", 4)
+
+
+def test_phone_uses_libphonenumber():
+    assert d.phone_ok("+1 650-253-0000")
+    assert d.phone_ok("+44 20 7946 0958")
+    assert not d.phone_ok("+1 111-111-1111")
+    assert not d.phone_ok("123-456-7890")  # area code 123 does not exist
+
+
+def test_email_rules():
+    assert d.email_ok("jane.roe@acme.io")
+    assert not d.email_ok("user@example.com")
+    assert not d.email_ok("logo@2x.png")
+
+
+def test_select_and_get():
+    assert all(x.kind == "pii" for x in d.select(["pii"]))
+    assert "jwt" not in {x.id for x in d.select(disabled=["jwt"])}
+    with pytest.raises(ValueError, match="disabled_detectors"):
+        d.select(disabled=["nope"])
+    with pytest.raises(KeyError, match="nope"):
+        d.get("nope")
