@@ -207,7 +207,7 @@ def suggestions_for(findings: list[Mapping[str, Any]], model_paths: list[Mapping
 
     * ``data_safety``: one per secret finding (rotate first; critical priority) and one per (scope, PII detector)
       (redact or regenerate; high priority);
-    * ``guardrails``: one per unguarded (agent, model);
+    * ``guardrails``: one per agent with an unguarded model path (its models named in the detail);
     * ``deep_scan``: one per scope with PII findings, or for a capped scan, or free-form text with no findings.
     """
     out: list[Suggestion] = []
@@ -233,18 +233,24 @@ def suggestions_for(findings: list[Mapping[str, Any]], model_paths: list[Mapping
                               f"{len(ids)} distinct {det} value(s) found in {scope or 'telemetry'}. Redact or regenerate "
                               "the affected traces before using them for evaluation or optimization.",
                               "high", _actions("pii", det), ids, scope, ts))
-    for mp in sorted(model_paths, key=lambda m: (m["agent"], m["model"])):
+    unguarded: dict[str, list[str]] = {}
+    for mp in model_paths:
         if not mp.get("guarded"):
-            out.append(Suggestion(_h("suggestion", "guardrails", mp["agent"], mp["model"]), "guardrails",
-                                  f"Guard the model path of agent {mp['agent'] or '(unknown)'}",
-                                  f"Agent {mp['agent'] or '(unknown)'} calls {mp['model']} without a content-safety, "
-                                  "topic-control or safety-guard rail. Create a guarded virtual model (input and output "
-                                  "rails) and point the agent's model_name at it.",
-                                  "high", ["Create a guardrail config using nvidia-llama-3-1-nemoguard-8b-content-safety "
-                                           "(and topic-control / nemotron-safety-guard as needed).",
-                                           "Point the agent at the guarded virtual model (or at the Railcar sidecar "
-                                           "with that config) and re-run evaluation."],
-                                  [], mp["agent"], ts))
+            unguarded.setdefault(mp["agent"], []).append(mp["model"])
+    for agent, models in sorted(unguarded.items()):
+        # One per agent: the fix (guard its model path) is the same whichever models it calls.
+        who = agent or "(unknown)"
+        shown = ", ".join(sorted(models)[:5]) + (f" and {len(models) - 5} more" if len(models) > 5 else "")
+        out.append(Suggestion(_h("suggestion", "guardrails", agent), "guardrails",
+                              f"Guard the model path of agent {who}",
+                              f"Agent {who} calls {shown} without a content-safety, topic-control or safety-guard "
+                              "rail. Create a guarded virtual model (input and output rails) and point the agent's "
+                              "model_name at it.",
+                              "high", ["Create a guardrail config using nvidia-llama-3-1-nemoguard-8b-content-safety "
+                                       "(and topic-control / nemotron-safety-guard as needed).",
+                                       "Point the agent at the guarded virtual model (or at the Railcar sidecar "
+                                       "with that config) and re-run evaluation."],
+                              [], agent, ts))
     pii_scopes = sorted({scope for scope, _ in pii_groups})
     for scope in pii_scopes:
         ids = sorted(i for (s, _), g in pii_groups.items() if s == scope for i in (x["id"] for x in g))

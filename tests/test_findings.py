@@ -52,6 +52,7 @@ def test_suggestions_by_type_and_deterministic_ids():
     def build():
         agg = _agg_with(["key AKIALALEMEL33243OLIB ssn 536-22-1234"], {"agent": "bot"})
         agg.observe_model_path("bot", "gpt-4o", [])
+        agg.observe_model_path("bot", "llama-3.1-8b", [])
         agg.observe_model_path("safe", "llama", ["content safety check input $model=nemoguard-content-safety"])
         return agg.suggestions()
 
@@ -65,6 +66,8 @@ def test_suggestions_by_type_and_deterministic_ids():
     assert "evaluation or optimization" in pii.detail
     guard = next(s for s in s1 if s.type == "guardrails")
     assert guard.scope == "bot"  # the guarded agent gets no suggestion
+    # one suggestion per agent, naming every unguarded model it calls
+    assert "gpt-4o" in guard.detail and "llama-3.1-8b" in guard.detail
 
 
 def test_capped_scan_suggests_deep_scan():
