@@ -26,7 +26,10 @@ proxy then closes the upstream. Every other event is relayed byte for byte, in o
 The issue-8 seam: ``filter_factory`` (default: none, i.e. identity) makes one :class:`TextFilter` per choice and per
 tool call; content and argument text pass through ``feed(text) -> (release, match)`` and ``flush()``. When the
 released text differs from the delta only that chunk is re-serialized; a ``match`` ends the stream with the error
-chunk (rail name ``match.rail`` if it has one, else ``"sensitive data"``).
+chunk (rail name ``match.rail`` if it has one, else ``"sensitive data"``). :func:`build_guard` plugs in
+:class:`rails.inline.HoldBack` per ``[guardrails.inline]`` (on by default). For single-choice content frames the guard
+holds the *whole frame* while the filter holds an open tail and then sends the original bytes when the filter changed
+nothing (so clean traffic stays byte-exact), or the frames rewritten with the released text when it redacted.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from rails.chunker import ChunkBatch, RollingChunker
 from rails.engine_local import CheckResult, LocalEngine, RailError
 from rails.guardrails_config import LoadedRails, load_guardrails_config
 from rails.toolcalls import ToolCallAssembler
+from sidecar.config import ConfigError
 from sidecar.guard import Exchange, GuardRejected, Refusal, StreamSink
 
 log = logging.getLogger("railcar.rails")
@@ -337,6 +341,11 @@ def _validate_options(opts: Any) -> None:
         raise GuardRejected(400, "guardrails.return_choice: must be a boolean", param="guardrails.return_choice")
 
 
+def _held(f: Any) -> bool:
+    """Whether a text filter holds characters back now (filters without a ``held`` attribute never do)."""
+    return bool(getattr(f, "held", ""))
+
+
 def _match_rail(match: Any) -> str:
     return getattr(match, "rail", None) or "sensitive data"
 
@@ -349,6 +358,11 @@ class _Choice:
     tool_filters: dict[int, TextFilter] = field(default_factory=dict)
     checked: int = 0          # deltas covered by a passed chunk check
     finished: bool = False    # finish_reason seen
+    # Issue 8: whole frames held while the inline filter holds an open tail, so that a stream the filter leaves
+    # unchanged is relayed byte for byte. ``pend_in``/``pend_out``: their content in and as released so far.
+    pending: list[tuple[bytes, dict]] = field(default_factory=list)
+    pend_in: str = ""
+    pend_out: str = ""
 
 
 class RailsStreamGuard:
@@ -500,6 +514,7 @@ class RailsStreamGuard:
                 self._meta[k] = obj[k]
 
         modified = False
+        override: list[bytes] | None = None  # frames to send instead of this one (frame-level hold)
         text_gates: list[tuple[int, int]] = []
         tool_gates: set[tuple[int, int]] = set()
         batches: list[tuple[int, ChunkBatch]] = []
@@ -520,7 +535,14 @@ class RailsStreamGuard:
                         if match is not None:
                             await self._block(_match_rail(match))
                             return
-                        if text != content:
+                        if len(choices) == 1 and not delta.get("tool_calls") and choice.get("finish_reason") is None:
+                            # Frame-level hold: the frame waits whole while a tail is open, then goes out unchanged
+                            # (or rewritten when the filter redacted).
+                            st.pend_in += content
+                            st.pend_out += text
+                            st.pending.append((raw, obj))
+                            override = [] if _held(st.filter) else self._resolve_pending(st)
+                        elif text != content:
                             delta["content"] = text
                             modified = True
                 elif isinstance(content, list):
@@ -572,19 +594,35 @@ class RailsStreamGuard:
                     for idx in open_calls:
                         tool_gates.add((ci, idx))
 
-        frame = raw if not modified else sse_frame(obj)
+        frames = [raw if not modified else sse_frame(obj)] if override is None else override
         for pf, gates in pre_frames:
             await self._emit(pf, gates)
         if self.guard.stream_first and not tool_gates and not pre_frames and self._has_content(choices):
-            await self._send(frame)  # stream_first: text never waits, not even behind held tool calls
+            for frame in frames:
+                await self._send(frame)  # stream_first: text never waits, not even behind held tool calls
         else:
-            await self._emit(frame, tuple(text_gates), frozenset(tool_gates))
+            for frame in frames:
+                await self._emit(frame, tuple(text_gates), frozenset(tool_gates))
         for ci, b in batches:
             await self._submit(ci, b)
             if self.stopped:
                 return
         for ci, idx in completed:
             await self._check_tools_done(ci, idx)
+
+    @staticmethod
+    def _resolve_pending(st: _Choice) -> list[bytes]:
+        """The held frames once the filter holds nothing: the original bytes when the filter changed nothing,
+        else the same frames with the released text (placeholders) in the last one."""
+        pending, same, out = st.pending, st.pend_in == st.pend_out, st.pend_out
+        st.pending, st.pend_in, st.pend_out = [], "", ""
+        if same:
+            return [r for r, _ in pending]
+        frames = []
+        for i, (_, o) in enumerate(pending):
+            o["choices"][0]["delta"]["content"] = out if i == len(pending) - 1 else ""
+            frames.append(sse_frame(o))
+        return frames
 
     @staticmethod
     def _has_content(choices: list) -> bool:
@@ -603,7 +641,17 @@ class RailsStreamGuard:
             if match is not None:
                 await self._block(_match_rail(match))
                 return None
-            if text:
+            if st.pending:
+                st.pend_out += text
+                gates0: tuple = ()
+                if text and self._check_output:
+                    b = st.chunker.feed(text)
+                    if b is not None:
+                        batches.append((ci, b))
+                    if not self.guard.stream_first:
+                        gates0 = ((ci, st.chunker.fed),)
+                frames.extend((f, gates0) for f in self._resolve_pending(st))
+            elif text:
                 gates: tuple = ()
                 if self._check_output:
                     b = st.chunker.feed(text)
@@ -695,7 +743,15 @@ async def build_guard(config: Any) -> RailsGuard | None:
         engine: Any = RemoteEngine(gs.remote.endpoint, ids, gs.remote.timeout_millis, dict(gs.request_defaults))
     else:
         engine = LocalEngine(loaded)
-    guard = RailsGuard(gs, loaded, engine)
+    # Issue 8: the inline hold-back of catalog values ([guardrails.inline]), on by default with a guardrail config.
+    from rails.inline import holdback_from_config
+
+    detection = getattr(config, "detection", None)
+    try:
+        holdback = holdback_from_config(gs, detection) if detection is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    guard = RailsGuard(gs, loaded, engine, filter_factory=holdback)
     await guard.warm()
     log.info("guardrails ready: %s mode, engine %s, config %s", engine.mode, engine.engine, loaded.source)
     return guard
