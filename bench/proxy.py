@@ -7,7 +7,8 @@ inter-token delay (worker starts staggered over one stream's duration). For each
 p50/p99, end-to-end latency p50, and for the sidecar the TTFT and latency it adds over direct (p50 difference),
 its CPU milliseconds per request and its throughput as a fraction of direct.
 
-Usage: ``python bench/proxy.py [--quick] [--out .notes/proxy.md]``. Prints a markdown table and writes it to
+Usage: ``python bench/proxy.py [--quick] [--telemetry] [--out .notes/proxy.md]``; trace recording
+(``[telemetry]``) is off unless ``--telemetry``, its fileset in a temp directory. Prints a markdown table and writes it to
 ``--out``. Numbers depend on the machine's load: the upstream, the generator and the sidecar share its cores.
 """
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,11 +135,14 @@ async def wait_ready(url: str, proc: subprocess.Popen) -> None:
 
 async def main_async(args: argparse.Namespace) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
+    env["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"  # no usage reports off-host
+    fileset = tempfile.mkdtemp(prefix="railcar-bench-fileset-")  # never the checkout's ./railcar-fileset
     up_port, sc_port = free_port(), free_port()
     upstream = start([sys.executable, "-m", "sidecar.replay_upstream", "--synthetic", "--port", str(up_port),
                       "--tokens", str(TOKENS)], env)
     sc_env = dict(env, RAILCAR_UPSTREAM_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
-                  RAILCAR_SERVER_PORT=str(sc_port), RAILCAR_SERVER_LOG_LEVEL="warning")
+                  RAILCAR_SERVER_PORT=str(sc_port), RAILCAR_SERVER_LOG_LEVEL="warning",
+                  RAILCAR_TELEMETRY_ENABLED=str(args.telemetry).lower(), RAILCAR_FILESET_ROOT=fileset)
     sidecar = start([sys.executable, "-m", "sidecar.cli", "serve"], sc_env)
     scale = 0.25 if args.quick else 1.0
     scenarios = [  # (concurrency, delay_ms, requests)
@@ -169,13 +175,15 @@ async def main_async(args: argparse.Namespace) -> str:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return render(rows)
+        shutil.rmtree(fileset, ignore_errors=True)
+    return render(rows, args.telemetry)
 
 
-def render(rows: list[tuple[int, float, Result, Result]]) -> str:
+def render(rows: list[tuple[int, float, Result, Result]], telemetry: bool = False) -> str:
+    """The markdown table of ``rows`` (concurrency, delay ms, direct result, sidecar result) and the CPU summary."""
     ms = lambda v: f"{v * 1000:.2f}"  # noqa: E731
-    out = [f"Proxy benchmark: {TOKENS}-token streams, synthetic upstream, pass-through guard, "
-           f"{os.cpu_count()} cores shared by upstream, load generator and sidecar.", "",
+    out = [f"Proxy benchmark: {TOKENS}-token streams, synthetic upstream, pass-through guard, trace recording "
+           f"{'on' if telemetry else 'off'}, {os.cpu_count()} cores shared by upstream, load generator and sidecar.", "",
            "| concurrency | token delay | target | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | latency p50 ms "
            "| added TTFT p50 ms | added latency p50 ms | sidecar CPU ms/req | upstream CPU ms/req | sidecar CPU / upstream CPU "
            "| throughput vs direct |",
@@ -189,6 +197,9 @@ def render(rows: list[tuple[int, float, Result, Result]]) -> str:
                    f"{ms(pct(p.ttft, .5) - pct(d.ttft, .5))} | {ms(pct(p.latency, .5) - pct(d.latency, .5))} | "
                    f"{p.cpu_s / p.requests * 1000:.2f} | {p.upstream_cpu_s / p.requests * 1000:.2f} | "
                    f"{p.cpu_s / p.upstream_cpu_s:.2f} | {p.rps / d.rps:.2f} |")
+    cpu = [(conc, delay, p.cpu_s / p.requests * 1000, p.cpu_s / p.upstream_cpu_s) for conc, delay, _, p in rows]
+    out += ["", "Sidecar CPU per 256-token request (target <= 2 ms): " + "; ".join(
+        f"c={c} {d:g} ms/token: {v:.2f} ms ({r:.2f}x the upstream's)" for c, d, v, r in cpu) + "."]
     out += ["", "The upstream's CPU per request is the baseline measured in the same run: it does the same kind of "
             "per-token work (wake up, write one event), so the ratio shows the sidecar's cost in units of a minimal "
             "aiohttp streamer on this machine.",
@@ -200,6 +211,8 @@ def render(rows: list[tuple[int, float, Result, Result]]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    p.add_argument("--telemetry", action="store_true",
+                   help="keep the sidecar's trace recording on (default off: this measures the proxy)")
     p.add_argument("--out", default=str(ROOT / ".notes" / "proxy.md"), help="markdown file for the table")
     args = p.parse_args()
     try:

@@ -9,8 +9,11 @@ per-token delay), each contender a separate process on loopback:
 - ``nemoguardrails server``: the same regex output rails, streaming enabled, its main model = the same upstream.
 
 Figures: streams/s and tokens/s at the given concurrency, TTFT p50/p99 (ms), each also as a ratio to passthrough
-measured in the same run. Usage: ``.venv/bin/python bench/rails.py [--concurrency 32] [--requests 256]
-[--tokens 256] [--delay-ms 0] [--out .notes/rails.md]``.
+measured in the same run. The contenders run in ``--rounds`` interleaved rounds whose results are pooled (the machine
+is shared: a burst of other load then hits every contender alike). Railcar's trace recording is off unless
+``--telemetry`` (it costs every Railcar contender the same and is not what this compares).
+Usage: ``.venv/bin/python bench/rails.py [--concurrency 32] [--requests 512] [--tokens 256] [--delay-ms 0]
+[--rounds 4] [--telemetry] [--out .notes/rails.md]``.
 """
 
 from __future__ import annotations
@@ -91,22 +94,36 @@ async def load(url: str, body: dict, concurrency: int, requests: int, headers: d
         t0 = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(requests)))
         wall = time.perf_counter() - t0
-    q = statistics.quantiles(ttfts, n=100)
-    return {"streams_s": requests / wall, "tokens_s": tokens / wall, "ttft_p50": q[49] * 1000,
-            "ttft_p99": q[98] * 1000}
+    return summarize({"requests": requests, "tokens": tokens, "wall": wall, "ttfts": ttfts})
+
+
+def summarize(raw: dict) -> dict:
+    """Figures of one or several pooled runs: streams/s and tokens/s over the summed wall time, TTFT p50/p99 ms."""
+    q = statistics.quantiles(raw["ttfts"], n=100)
+    return {"streams_s": raw["requests"] / raw["wall"], "tokens_s": raw["tokens"] / raw["wall"],
+            "ttft_p50": q[49] * 1000, "ttft_p99": q[98] * 1000, "raw": raw}
+
+
+def pool(runs: list[dict]) -> dict:
+    raws = [r["raw"] for r in runs]
+    return summarize({"requests": sum(r["requests"] for r in raws), "tokens": sum(r["tokens"] for r in raws),
+                      "wall": sum(r["wall"] for r in raws), "ttfts": [t for r in raws for t in r["ttfts"]]})
 
 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--out", default=str(ROOT / ".notes" / "rails.md"))
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds the requests are split into")
+    ap.add_argument("--telemetry", action="store_true", help="keep Railcar's trace recording on (default off)")
     args = ap.parse_args()
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="railcar-bench-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-bench"}
+    # NEMO_GUARDRAILS_NO_USAGE_STATS: nemoguardrails would otherwise post usage reports off-host (loopback only here).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-bench", "NEMO_GUARDRAILS_NO_USAGE_STATS": "1"}
     try:
         up_port = free_port()
         procs.append(subprocess.Popen([PY, "-m", "sidecar.replay_upstream", "--port", str(up_port), "--synthetic",
@@ -119,8 +136,11 @@ async def main() -> int:
 
         def railcar(name: str, config_path: str | None) -> None:
             port = free_port()
+            # Trace recording off unless --telemetry: the figures are about the proxy and its rails (the recorder
+            # costs the same in every Railcar contender); the fileset goes to the temp dir, never the checkout.
             e = {**env, "RAILCAR_UPSTREAM_BASE_URL": upstream, "RAILCAR_SERVER_PORT": str(port),
-                 "RAILCAR_SERVER_LOG_LEVEL": "warning"}
+                 "RAILCAR_SERVER_LOG_LEVEL": "warning", "RAILCAR_TELEMETRY_ENABLED": str(args.telemetry).lower(),
+                 "RAILCAR_FILESET_ROOT": str(tmp / "fileset")}
             if config_path:
                 e["RAILCAR_GUARDRAILS_CONFIG_PATH"] = config_path
             procs.append(subprocess.Popen([str(BIN / "railcar"), "serve"], cwd=ROOT, env=e,
@@ -156,18 +176,30 @@ async def main() -> int:
             else:
                 await wait_ready(base + "/readyz")
         body = {"model": "synthetic-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        results = {}
+        hdr = {"x-synthetic-tokens": str(args.tokens)}
+
+        def body_for(name: str) -> dict:
+            return {**body, "guardrails": {"config_id": "regex"}} if name.startswith("nemo") else body
+
         for name, base, _ in contenders:
-            hdr = {"x-synthetic-tokens": str(args.tokens)}
-            b = dict(body)
-            if name.startswith("nemo"):
-                b["guardrails"] = {"config_id": "regex"}
-            await load(base + "/v1/chat/completions", b, 4, 8, hdr)  # warm
-            results[name] = await load(base + "/v1/chat/completions", b, args.concurrency, args.requests, hdr)
-            print(name, {k: round(v, 1) for k, v in results[name].items()}, flush=True)
+            await load(base + "/v1/chat/completions", body_for(name), 4, 8, hdr)  # warm
+        # The machine is shared: run the contenders in interleaved rounds and pool them, so a burst of someone
+        # else's load hits every contender alike instead of one of them.
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
+        per_round = max(args.concurrency, args.requests // args.rounds)
+        for _ in range(args.rounds):
+            for name, base, _ in contenders:
+                n = per_round if not name.startswith("nemo") else max(args.concurrency, per_round // 4)
+                runs[name].append(await load(base + "/v1/chat/completions", body_for(name), args.concurrency, n,
+                                             hdr))
+        results = {name: pool(rs) for name, rs in runs.items()}
+        for name, r in results.items():
+            print(name, {k: round(v, 1) for k, v in r.items() if k != "raw"}, flush=True)
         base = results["passthrough"]
-        lines = [f"Concurrency {args.concurrency}, {args.requests} streams of {args.tokens} one-token deltas, "
-                 f"{args.delay_ms} ms per token, 2 shared cores; ratios vs passthrough in the same run.", "",
+        lines = [f"Concurrency {args.concurrency}, {args.requests} streams per Railcar contender (a quarter of that "
+                 f"for the nemoguardrails server) in {args.rounds} interleaved rounds, {args.tokens} one-token deltas each, "
+                 f"{args.delay_ms} ms per token, 2 shared cores, Railcar trace recording "
+                 f"{'on' if args.telemetry else 'off'}; ratios vs passthrough in the same run.", "",
                  "| contender | streams/s | tokens/s | vs passthrough | TTFT p50 ms | TTFT p99 ms |",
                  "|---|---:|---:|---:|---:|---:|"]
         for name, r in results.items():

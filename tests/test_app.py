@@ -201,3 +201,91 @@ async def test_guard_abort_between_events_closes_upstream(make_config, start_sid
         await asyncio.wait_for(up.disconnected.wait(), 2)
     assert body.count(b'"tok "') == 2 and body.endswith(b'"blocked"}}\n\ndata: [DONE]\n\n')
     assert b"upstream" not in body  # a block, not reported as an upstream failure
+
+
+async def _one_write_upstream(frames: list[bytes], gate: asyncio.Event):
+    """A loopback upstream that writes ``frames[:-1]`` in one write, waits for ``gate``, then the last frame."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"".join(frames[:-1]))
+        await gate.wait()
+        await resp.write(frames[-1])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+
+async def test_guarded_stream_writes_one_http_chunk_per_upstream_read(make_config, start_sidecar):
+    # 60 events in one upstream write: the stream guard sends each one through the sink, and the client still
+    # gets them as one HTTP chunk (one write), before the upstream sends its last frame.
+    frames = [b'data: {"choices":[{"index":0,"delta":{"content":"t%d "}}]}\n\n' % i for i in range(60)]
+    frames.append(b"data: [DONE]\n\n")
+    gate = asyncio.Event()
+    runner, base = await _one_write_upstream(frames, gate)
+    try:
+        sc = await start_sidecar(make_config(upstream={"base_url": base}), guard=ScriptedGuard())
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json={**CHAT, "stream": True}) as r:
+                assert r.status == 200
+                first = b""
+                chunks = 0
+                async for data, end_of_chunk in r.content.iter_chunks():
+                    first += data
+                    chunks += end_of_chunk
+                    if len(first) >= len(b"".join(frames[:-1])):
+                        break
+                assert first == b"".join(frames[:-1])  # all of the first read, before the gate opened
+                assert chunks <= 3, chunks  # per-event writes would make this 60
+                gate.set()
+                rest = await r.read()
+        assert rest == frames[-1]
+    finally:
+        gate.set()
+        await runner.cleanup()
+
+
+async def test_sink_holds_then_writes_once_and_passes_through_otherwise():
+    from sidecar.app import ClientGone, _Sink
+
+    class Resp:
+        def __init__(self):
+            self.writes: list[bytes] = []
+            self.fail = False
+
+        async def write(self, data: bytes) -> None:
+            if self.fail:
+                raise ConnectionResetError("gone")
+            self.writes.append(data)
+
+    resp = Resp()
+    sink = _Sink(resp)  # type: ignore[arg-type]
+    await sink.send(b"a")  # not held: written at once
+    sink.hold()
+    await sink.send(b"b")
+    await sink.send(b"c")
+    assert resp.writes == [b"a"]
+    await sink.flush()
+    await sink.flush()  # nothing held: no empty write
+    assert resp.writes == [b"a", b"bc"]
+    await sink.send(b"d")
+    assert resp.writes[-1] == b"d"
+    resp.fail = True
+    sink.hold()
+    await sink.send(b"e")  # held: the failure shows at flush
+    try:
+        await sink.flush()
+    except ClientGone:
+        pass
+    else:
+        raise AssertionError("flush to a closed client must raise ClientGone")

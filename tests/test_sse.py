@@ -72,3 +72,44 @@ def test_any_chunking_gives_the_same_events(lines, eol, cuts, terminated):
     whole = split_events(body)
     assert b"".join(raw for raw, _ in whole) == body
     assert feed_in_pieces(body, [c for c in cuts if c < len(body)]) == whole
+
+
+class _GeneralOnly(SSESplitter):
+    """The splitter with its LF fast path turned off: the line-by-line WHATWG scan for every chunk."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        return self._feed_general(self._buf + chunk)
+
+
+def _pieces(sp: SSESplitter, body: bytes, cuts: list[int]) -> list[tuple[bytes, bytes | None]]:
+    out, prev = [], 0
+    for c in sorted(set(cuts)) + [len(body)]:
+        out += sp.feed(body[prev:c])
+        prev = c
+    tail = sp.flush()
+    return out + ([tail] if tail else [])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"data: {\"x\": 1}", b": c", b"data: a", b"data:b", b"data", b"id: 1", b"",
+                                 b"\n", b"\r", b"\r\n", b"\n\n", b"data: \xc3\xa9"]), max_size=16),
+       st.lists(st.sampled_from([b"\n", b"\r\n", b"\n\n", b"\n\n\n"]), min_size=1, max_size=16),
+       st.lists(st.integers(min_value=1, max_value=120), max_size=8))
+def test_fast_path_agrees_with_the_general_scan(parts, eols, cuts):
+    body = b"".join(p + eols[i % len(eols)] for i, p in enumerate(parts))
+    cuts = [c for c in cuts if c < len(body)]
+    fast = _pieces(SSESplitter(), body, cuts)
+    assert fast == _pieces(_GeneralOnly(), body, cuts)
+    assert b"".join(raw for raw, _ in fast) == body
+
+
+def test_fast_path_shapes():
+    sp = SSESplitter()
+    assert sp.feed(b'data: {"a":1}\n\ndata: x\ndata: y\n\n: ping\n\ndata: [DO') == [
+        (b'data: {"a":1}\n\n', b'{"a":1}'), (b"data: x\ndata: y\n\n", b"x\ny"), (b": ping\n\n", None)]
+    assert sp.pending == len(b"data: [DO")
+    assert sp.feed(b"NE]\n") == []
+    assert sp.feed(b"\n") == [(b"data: [DONE]\n\n", b"[DONE]")]
+    assert sp.feed(b"\ndata: z\n\n") == [(b"\n", None), (b"data: z\n\n", b"z")]  # a stray blank line
