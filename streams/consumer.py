@@ -21,8 +21,14 @@ never appended twice (see ``.notes/pipeline.md``).
 Undecodable records go to ``[kafka] dead_letter_topic`` unchanged, with headers ``railcar.dlq.reason``,
 ``railcar.dlq.topic``, ``railcar.dlq.partition``, ``railcar.dlq.offset``; they are counted and the group goes on.
 
-Metrics (prometheus_client): ``railcar_consumer_records_total``, ``railcar_consumer_lag{partition}``,
-``railcar_consumer_findings_total{type}``, ``railcar_consumer_dead_lettered_total``.
+Metrics (prometheus_client): ``railcar_consumer_records_total``, ``railcar_consumer_records_per_second``,
+``railcar_consumer_lag{partition}``, ``railcar_consumer_findings_total{type}``,
+``railcar_consumer_dead_lettered_total``.
+
+HTTP (``railcar consume`` on ``[server] host:port``; the Helm chart sets ``0.0.0.0:9464``): ``GET /healthz``
+(200 while the process runs), ``GET /readyz`` (200 once the member has joined the group and received its
+assignment, 503 before, after it left the group and while stopping), ``GET /metrics`` (Prometheus text format
+0.0.4 of the registry the worker's metrics live in). See :func:`health_app`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -42,7 +49,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from streams import otlp
 
-__all__ = ["SecurityProcessor", "ConsumerGroupWorker", "main", "consumer_metrics"]
+__all__ = ["SecurityProcessor", "ConsumerGroupWorker", "main", "consumer_metrics", "health_app", "run_consumer"]
 
 log = logging.getLogger("railcar.consumer")
 
@@ -60,6 +67,8 @@ def consumer_metrics(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
             "findings": Counter("railcar_consumer_findings", "New findings.", ["type"], registry=registry),
             "dlq": Counter("railcar_consumer_dead_lettered", "Records sent to the dead-letter topic.",
                            registry=registry),
+            "rate": Gauge("railcar_consumer_records_per_second",
+                          "Trace records processed per second, over the last ~1 s window.", registry=registry),
         }
         _METRICS[id(registry)] = m
     return m
@@ -119,11 +128,11 @@ class SecurityProcessor:
             agent = str(attrs.get("gen_ai.agent.id") or res.get("gen_ai.agent.id") or res.get("service.name", ""))
             loc = {"agent": agent, "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex()}
             tr = self._trace(sp.trace_id)
-            for ev in sp.events:
-                ea = otlp.attributes_of(ev.attributes)
-                if ev.name == "railcar.content":
+            events = [(ev.name, otlp.attributes_of(ev.attributes)) for ev in sp.events]  # decoded once
+            for name, ea in events:
+                if name == "railcar.content":
                     tr.texts[str(ea.get("ref", ""))] = str(ea.get("text", ""))
-                elif ev.name == "railcar.redaction":
+                elif name == "railcar.redaction":
                     note = {k.removeprefix("railcar.redaction."): v for k, v in ea.items()}
                     try:
                         self.agg.add_note(note, loc)
@@ -143,9 +152,9 @@ class SecurityProcessor:
             if isinstance(out_entry, dict):
                 tr.chains.setdefault(chain_ref(chain, out_entry), (chain, out_entry))
             # Scan every string: content texts, span, event and resource attributes.
-            for ev in sp.events:
-                for key, val in otlp.attributes_of(ev.attributes).items():
-                    self._scan(val, f"$.events.{ev.name}.{key}", loc)
+            for name, ea in events:
+                for key, val in ea.items():
+                    self._scan(val, f"$.events.{name}.{key}", loc)
             for key, val in attrs.items():
                 self._scan(val, f"$.attributes.{key}", loc)
             for key, val in res.items():
@@ -197,7 +206,9 @@ def default_writer_id(kafka: Any) -> str:
 class ConsumerGroupWorker:
     """One member of the ``[kafka] group_id`` consumer group. ``run()`` until ``stop()``.
 
-    ``consumer_kwargs`` are passed to ``AIOKafkaConsumer`` (tests use it for timeouts).
+    ``consumer_kwargs`` are passed to ``AIOKafkaConsumer`` (tests use it for timeouts). ``joined`` is True while
+    the member holds an assignment from the group (set by the rebalance listener; what ``/readyz`` reports);
+    ``assigned`` is the set of partition numbers it holds. ``registry`` holds its metrics (``/metrics``).
     """
 
     def __init__(self, config: Any, *, scanner: Any = None, writer_id: str = "",
@@ -209,6 +220,7 @@ class ConsumerGroupWorker:
             scanner = scanner_from_config(config.detection)
         self.config = config
         self.k = config.kafka
+        self.registry = registry
         self.metrics = consumer_metrics(registry)
         self.proc = SecurityProcessor(scanner, open_fileset(config.fileset.root, config.fileset.s3_endpoint_url),
                                       writer_id or default_writer_id(self.k), metrics=self.metrics)
@@ -216,36 +228,91 @@ class ConsumerGroupWorker:
         self._stop = asyncio.Event()
         self.dead_lettered = 0
         self.batches = 0
+        self.joined = False
+        self.assigned: set[int] = set()
+        self._rate_t = time.monotonic()
+        self._rate_n = 0
+        self.batch_window_s = 0.1  # longest wait to fill a batch once records are flowing
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _listener(self) -> Any:
+        from aiokafka import ConsumerRebalanceListener
+
+        worker = self
+
+        class _Listener(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                worker.joined = False
+                for tp in revoked:
+                    worker.assigned.discard(tp.partition)
+                    with contextlib.suppress(KeyError):  # a partition gone elsewhere has no lag here
+                        worker.metrics["lag"].remove(str(tp.partition))
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                worker.assigned = {tp.partition for tp in assigned}
+                worker.joined = True
+
+        return _Listener()
+
+    def _update_rate(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._rate_t >= 1.0:
+            self.metrics["rate"].set((self.proc.records - self._rate_n) / max(now - self._rate_t, 1e-9))
+            self._rate_t, self._rate_n = now, self.proc.records
+
+    async def _update_lag(self, consumer: Any) -> None:
+        for tp in consumer.assignment():
+            hw, pos = consumer.highwater(tp), None
+            try:
+                pos = await consumer.position(tp)
+            except Exception:  # partition being revoked: skip this round
+                pass
+            if hw is not None and pos is not None:
+                self.metrics["lag"].labels(str(tp.partition)).set(max(hw - pos, 0))
+
+    async def _fetch(self, consumer: Any, max_records: int) -> dict[Any, list[Any]]:
+        """One batch: wait up to 300 ms for records, then keep fetching for up to ``batch_window_s`` while more
+        arrive, up to ``max_records``. Why: every batch ends in a fileset commit (fsyncs, snapshot rebuild) and an
+        offset commit (a broker round trip); a fetch returns only what one fetch response carried (tens of
+        records), so without this the consumer is bound by those per-batch costs, not by scanning."""
+        batch = await consumer.getmany(timeout_ms=300, max_records=max_records)
+        n = sum(len(v) for v in batch.values())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_window_s
+        while n and n < max_records and (left := deadline - loop.time()) > 0:
+            more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=max_records - n)
+            if not more:
+                break
+            for tp, recs in more.items():
+                batch.setdefault(tp, []).extend(recs)
+                n += len(recs)
+        return batch
+
     async def run(self, max_records: int = 1000) -> None:
+        """Consume until :meth:`stop`; per batch: process, fileset commit, findings topic, offset commit."""
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         opts = self.k.client_options()
-        consumer = AIOKafkaConsumer(self.k.trace_topic, group_id=self.k.group_id, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(group_id=self.k.group_id, enable_auto_commit=False,
                                     auto_offset_reset="earliest", **opts, **self.consumer_kwargs)
+        consumer.subscribe([self.k.trace_topic], listener=self._listener())
         producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=5)
         await producer.start()
         await consumer.start()
         try:
             while not self._stop.is_set():
-                batch = await consumer.getmany(timeout_ms=300, max_records=max_records)
-                if not batch:
-                    continue
-                await self._handle(batch, producer)
-                await consumer.commit()
-                self.batches += 1
-                for tp in consumer.assignment():
-                    hw, pos = consumer.highwater(tp), None
-                    try:
-                        pos = await consumer.position(tp)
-                    except Exception:
-                        pass
-                    if hw is not None and pos is not None:
-                        self.metrics["lag"].labels(str(tp.partition)).set(max(hw - pos, 0))
+                batch = await self._fetch(consumer, max_records)
+                if batch:
+                    await self._handle(batch, producer)
+                    await consumer.commit()
+                    self.batches += 1
+                self._update_rate()
+                await self._update_lag(consumer)
         finally:
+            self.joined = False
+            self._update_rate(force=True)
             await consumer.stop()
             await producer.stop()
 
@@ -271,27 +338,87 @@ class ConsumerGroupWorker:
             await asyncio.gather(*futs)
 
 
+def health_app(worker: ConsumerGroupWorker) -> Any:
+    """The ``railcar consume`` HTTP app (aiohttp ``web.Application``) for ``worker``.
+
+    ``GET /healthz`` -> 200 ``{"status": "ok"}``; ``GET /readyz`` -> 200 ``{"status": "ready", "partitions":
+    [..]}`` once ``worker.joined``, else 503 ``{"status": "not ready", ...}``; ``GET /metrics`` -> the Prometheus
+    text exposition (format 0.0.4) of ``worker.registry``: ``railcar_consumer_lag{partition}``,
+    ``railcar_consumer_records_total``, ``railcar_consumer_records_per_second``,
+    ``railcar_consumer_findings_total{type}``, ``railcar_consumer_dead_lettered_total``. Other paths: 404.
+    """
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        body = {"status": "ready" if worker.joined else "not ready", "group": worker.k.group_id,
+                "topic": worker.k.trace_topic, "partitions": sorted(worker.assigned)}
+        return web.json_response(body, status=200 if worker.joined else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        worker._update_rate()
+        return web.Response(body=generate_latest(worker.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def run_consumer(config: Any, stop: asyncio.Event | None = None, *, scanner: Any = None,
+                       registry: CollectorRegistry = REGISTRY, **consumer_kwargs: Any) -> ConsumerGroupWorker:
+    """Run one group member with its HTTP endpoints on ``[server] host:port`` until ``stop`` is set (or
+    SIGINT/SIGTERM when ``stop`` is None); returns the stopped worker. Raises ``OSError`` when the port cannot
+    be bound."""
+    from aiohttp import web
+
+    worker = ConsumerGroupWorker(config, scanner=scanner, registry=registry, **consumer_kwargs)
+    runner = web.AppRunner(health_app(worker), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True).start()
+    log.info("consumer endpoints on http://%s:%d (/healthz /readyz /metrics)", config.server.host,
+             config.server.port)
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    stopper = loop.create_task(stop.wait())
+    stopper.add_done_callback(lambda _: worker.stop())
+    t0 = time.monotonic()
+    try:
+        await worker.run()
+    finally:
+        stopper.cancel()
+        await runner.cleanup()
+    log.info("consumed %d records in %.1fs, %d dead-lettered", worker.proc.records, time.monotonic() - t0,
+             worker.dead_lettered)
+    return worker
+
+
 def main(args: argparse.Namespace, config: Any) -> int:
-    """``railcar consume``: run one group member until SIGINT/SIGTERM. Exit 2 when ``[kafka] bootstrap_servers``
-    is empty (the embedded default runs inside ``railcar serve`` instead)."""
+    """``railcar consume``: run one group member until SIGINT/SIGTERM, serving ``/healthz``, ``/readyz`` and
+    ``/metrics`` on ``[server] host:port``. Exit 2 when ``[kafka] bootstrap_servers`` is empty (the embedded
+    default runs inside ``railcar serve`` instead)."""
     if not config.kafka.bootstrap_servers:
         print("railcar consume: configuration error: kafka.bootstrap_servers: required "
               "(RAILCAR_KAFKA_BOOTSTRAP_SERVERS); without Kafka, `railcar serve` scans in-process",
               file=__import__("sys").stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=config.server.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        import uvloop
 
-    async def run() -> None:
-        worker = ConsumerGroupWorker(config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
-        t0 = time.monotonic()
-        await worker.run()
-        log.info("consumed %d records in %.1fs, %d dead-lettered", worker.proc.records, time.monotonic() - t0,
-                 worker.dead_lettered)
-
-    asyncio.run(run())
+        uvloop.run(run_consumer(config))
+    except OSError as exc:
+        print(f"railcar consume: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
+              file=__import__("sys").stderr)
+        return 1
     return 0
 
 

@@ -69,35 +69,41 @@ def reassemble(exchange: Exchange) -> dict[str, Any]:
     if exchange.stream_data:
         parts: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
+        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+        model = rid = usage = None
+        finish: list[str] = []
         for data in exchange.stream_data:
-            if data.strip() == b"[DONE]":
-                continue
+            if data[:1] != b"{" and data.lstrip()[:1] != b"{":
+                continue  # [DONE], comments, anything that is not a JSON object
             try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
+                chunk = loads(data)
+            except JSONDecodeError:
                 continue
-            if not isinstance(chunk, dict):
+            if type(chunk) is not dict:
                 continue
-            out["model"] = chunk.get("model") or out["model"]
-            out["id"] = chunk.get("id") or out["id"]
-            if isinstance(chunk.get("usage"), dict):
-                out["usage"] = chunk["usage"]
+            model = chunk.get("model") or model
+            rid = chunk.get("id") or rid
+            u = chunk.get("usage")
+            if u.__class__ is dict:
+                usage = u
             for choice in chunk.get("choices") or ():
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                if type(choice) is not dict or choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta") or {}
-                if isinstance(delta.get("content"), str):
-                    parts.append(delta["content"])
-                for tc in delta.get("tool_calls") or ():
-                    slot = calls.setdefault(tc.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
-                    slot["id"] = tc.get("id") or slot["id"]
-                    fn = tc.get("function") or {}
-                    slot["name"] = fn.get("name") or slot["name"]
-                    slot["arguments"] += fn.get("arguments") or ""
+                content = delta.get("content")
+                if content.__class__ is str:
+                    parts.append(content)
+                if "tool_calls" in delta:
+                    for tc in delta["tool_calls"] or ():
+                        slot = calls.setdefault(tc.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
+                        slot["id"] = tc.get("id") or slot["id"]
+                        fn = tc.get("function") or {}
+                        slot["name"] = fn.get("name") or slot["name"]
+                        slot["arguments"] += fn.get("arguments") or ""
                 if choice.get("finish_reason"):
-                    out["finish_reasons"] = [choice["finish_reason"]]
-        out["content"] = "".join(parts)
-        out["tool_calls"] = [calls[i] for i in sorted(calls)]
+                    finish = [choice["finish_reason"]]
+        out.update(content="".join(parts), tool_calls=[calls[i] for i in sorted(calls)], finish_reasons=finish,
+                   usage=usage, model=model, id=rid)
         return out
     if exchange.response_body:
         try:

@@ -1,0 +1,162 @@
+"""streams.embedded and streams.recorder.start_recording: the no-Kafka default writes the fileset in-process.
+
+The headline test runs a real ``railcar serve`` subprocess with no ``[kafka]`` configured in front of the replay
+upstream (loopback), sends a recorded request with a planted secret through it, and reads the finding from the
+local fileset; the secret itself must be nowhere in the fileset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from planted_corpus import GENERATORS
+from rails.masking import fingerprint
+from rails.scanner import Scanner
+from sidecar.guard import Exchange
+from streams import otlp
+from streams.embedded import EmbeddedPipeline
+from streams.fileset import open_fileset
+from streams.recorder import TraceRecorder, start_recording
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Scanner:
+    return Scanner(key=b"embedded-test-key" * 2)
+
+
+def _record(scanner: Scanner, text: str, agent: str = "agent-emb") -> tuple[bytes, bytes]:
+    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id=agent))
+    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": text}]})
+    ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {"content": "ok"}}]})
+    return rec.build(ex)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_pipeline_commits_findings_and_counts_bad_records(make_config, scanner, tmp_path) -> None:
+    cfg = make_config(fileset={"root": str(tmp_path)})
+    rng = random.Random(11)
+    secrets = [GENERATORS["github_token"](rng) for _ in range(3)]
+    pipe = EmbeddedPipeline(cfg, scanner=scanner, commit_interval_s=0.2, registry=CollectorRegistry())
+    await pipe.start()
+    for s in secrets:
+        assert pipe.publish(*_record(scanner, f"my token is {s}"))
+    assert pipe.publish(b"bad", b"\xff\x00 not OTLP")
+    # Committed by the interval, before close.
+    fs = open_fileset(str(tmp_path))
+    for _ in range(100):
+        snap = fs.read_snapshot()
+        if snap and len(snap["findings"]) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert pipe.stats["processed"] == 3 and pipe.stats["undecodable"] == 1
+    await pipe.close()
+    snap = fs.read_snapshot()
+    got = {f["fingerprint"] for f in snap["findings"] if f["detector"] == "github_token"}
+    assert got == {fingerprint(scanner.key, "github_token", s) for s in secrets}
+    assert all(f["location"]["agent"] == "agent-emb" for f in snap["findings"])
+    blob = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert not any(s.encode() in blob for s in secrets)
+
+
+async def test_pipeline_drops_beyond_queue_size_and_commits_on_close(make_config, scanner, tmp_path) -> None:
+    cfg = make_config(fileset={"root": str(tmp_path)}, telemetry={"queue_size": 4})
+    pipe = EmbeddedPipeline(cfg, scanner=scanner, commit_interval_s=60, registry=CollectorRegistry())
+    # Not started: nothing drains, so the 5th and 6th records are dropped and counted.
+    results = [pipe.publish(*_record(scanner, f"hello {i}")) for i in range(6)]
+    assert results == [True] * 4 + [False] * 2 and pipe.stats["dropped"] == 2
+    await pipe.start()
+    await pipe.close()  # the interval is 60 s: only the close commits
+    assert pipe.stats["processed"] == 4 and pipe.stats["commits"] == 1
+    snap = open_fileset(str(tmp_path)).read_snapshot()
+    assert snap["last_scan"]["records_scanned"] == 4
+
+
+async def test_start_recording_picks_the_sink(make_config, scanner, tmp_path) -> None:
+    off = make_config(telemetry={"enabled": False})
+    observer, close = start_recording(off, scanner=scanner)
+    assert observer is None
+    await close()
+    cfg = make_config(fileset={"root": str(tmp_path)})  # no [kafka]: the embedded consumer
+    observer, close = start_recording(cfg, scanner=scanner)
+    assert isinstance(observer, TraceRecorder)
+    assert getattr(observer.publish, "__self__", None).__class__ is EmbeddedPipeline
+    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    ex.response_body = b'{"model":"m","choices":[{"index":0,"message":{"content":"hello"}}]}'
+    observer.exchange_finished(ex)
+    await close()
+    snap = open_fileset(str(tmp_path)).read_snapshot()
+    assert snap["last_scan"]["records_scanned"] == 1
+    assert [p["model"] for p in snap["coverage"]["model_paths"]] == ["m"]
+
+
+async def test_railcar_serve_without_kafka_writes_the_local_fileset(records, replay_upstream, tmp_path) -> None:
+    rng = random.Random(3)
+    secret = GENERATORS["aws_access_key_id"](rng)
+    rec = next(r for r in records if r.get("status") == 200 and r["stream"] and r["request"].get("messages"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
+    env.update(RAILCAR_UPSTREAM_BASE_URL=replay_upstream.base_url, RAILCAR_SERVER_PORT=str(port),
+               RAILCAR_FILESET_ROOT=str(tmp_path / "fs"), RAILCAR_TELEMETRY_AGENT_ID="agent-serve",
+               RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_FINGERPRINT_KEY="k" * 32)
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(400):
+                assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+                try:
+                    async with http.get(base + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            req = dict(rec["request"])
+            req["messages"] = list(req["messages"]) + [
+                {"role": "user", "content": f"deploy with AWS key {secret} please"}]
+            async with http.post(base + "/v1/chat/completions", json=req,
+                                 headers={"x-replay-id": rec["id"]}) as r:
+                body = await r.read()
+                assert r.status == 200, body[:300]
+            assert body == rec["response_body"].encode()  # relayed byte for byte
+            fs = open_fileset(str(tmp_path / "fs"))
+            snap = None
+            for _ in range(100):  # the embedded consumer commits every second
+                snap = fs.read_snapshot()
+                if snap and snap["findings"]:
+                    break
+                await asyncio.sleep(0.1)
+        assert snap and snap["findings"], "no finding written by the embedded consumer"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    snap = fs.read_snapshot()
+    aws = [f for f in snap["findings"] if f["detector"] == "aws_access_key_id"]
+    assert len(aws) == 1 and aws[0]["location"]["agent"] == "agent-serve"
+    assert aws[0]["masked_preview"] != secret and aws[0]["type"] == "leaked_secret"
+    sugg = fs.read_suggestions()
+    assert any(aws[0]["id"] in s["finding_ids"] for s in sugg)
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "fs").rglob("*") if p.is_file())
+    assert secret.encode() not in blob
