@@ -6,21 +6,29 @@ per-token delay), each contender a separate process on loopback:
 - ``passthrough``: ``railcar serve`` with no guardrail config;
 - ``railcar sf=true`` / ``railcar sf=false``: ``railcar serve`` with the regex output rails of
   ``rails/default_config`` (chunk 200 / context 50), ``stream_first`` true and false;
-- ``nemoguardrails server``: the same regex output rails, streaming enabled, its main model = the same upstream.
+- ``nemoguardrails server sf=true`` / ``sf=false``: one ``nemoguardrails server`` process with the same regex
+  output rails, streaming enabled, its main model = the same upstream (one config id per scenario).
 
 Figures: streams/s and tokens/s at the given concurrency, TTFT p50/p99 (ms), each also as a ratio to passthrough
-measured in the same run. The contenders run in ``--rounds`` interleaved rounds whose results are pooled (the machine
-is shared: a burst of other load then hits every contender alike). Railcar's trace recording is off unless
+and to the nemoguardrails server measured in the same run. Then the issue-8 peer table: the nemoguardrails server
+(stream_first true and false) vs Railcar (rails + the inline hold-back): TTFT p50/p99 at 5 ms per token (concurrency
+``--ttft-concurrency``), tokens/s at ``--concurrency``, and whether an AWS key planted in streamed prose
+(``x-synthetic-text`` of :mod:`sidecar.replay_upstream`) reached the client whole. The contenders run in
+``--rounds`` interleaved rounds whose results are pooled (the machine is shared: a burst of other load then hits
+every contender alike). Railcar's trace recording is off unless
 ``--telemetry`` (it costs every Railcar contender the same and is not what this compares).
 Usage: ``.venv/bin/python bench/rails.py [--concurrency 32] [--requests 512] [--tokens 256] [--delay-ms 0]
-[--rounds 4] [--telemetry] [--out .notes/rails.md]``.
+[--rounds 4] [--telemetry] [--ttft-concurrency 2] [--ttft-requests 24] [--no-peer] [--out .notes/rails-bench.md]``;
+about 2 minutes on 2 shared cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -35,6 +43,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BIN = Path(PY).parent
+# An AWS access key id of the catalog's shape (random body: the validators reject documented placeholders such as
+# AKIAIOSFODNN7EXAMPLE), planted in prose ~300 characters in, streamed in 4-character deltas (~75 deltas before
+# it, so a chunk_size 200 rail has not run when it streams by).
+LEAK_KEY = "AKIAQ2VZ7KXJ4MR5TBNW"
+LEAK_TEXT = ("Sure. Here is the deployment checklist you asked for, step by step, with the settings we use in "
+             "staging. First make sure the bucket policy allows the CI role to read the artifacts, then set the "
+             "region to eu-west-1 and point the uploader at the artifacts bucket. The access key for the uploader "
+             "is " + LEAK_KEY + " and the secret is stored in the vault under ci/uploader. After that, run the "
+             "smoke tests against staging and check the dashboards for errors before you promote the build. "
+             + "If anything looks off, roll back with the previous tag and open an incident ticket. " * 8).strip()
+# (HTTP header values cannot end in whitespace: the text travels as the x-synthetic-text header.)
 
 
 def free_port() -> int:
@@ -70,6 +89,14 @@ async def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
+_EMPTY = re.compile(rb'"content":\s*(?:""|null)')
+
+
+def has_token(line: bytes) -> bool:
+    """An SSE line carrying a non-empty content delta (Railcar and the NeMo server both send OpenAI chunks)."""
+    return line.startswith(b"data: {") and b'"content"' in line and not _EMPTY.search(line)
+
+
 async def load(url: str, body: dict, concurrency: int, requests: int, headers: dict) -> dict:
     ttfts: list[float] = []
     tokens = 0
@@ -85,7 +112,7 @@ async def load(url: str, body: dict, concurrency: int, requests: int, headers: d
                 async with s.post(url, json=body, headers=headers) as r:
                     assert r.status == 200, await r.text()
                     async for line in r.content:
-                        if line.startswith(b"data: {") and b'"content"' in line:
+                        if has_token(line):
                             if first is None:
                                 first = time.perf_counter() - t0
                             tokens += 1
@@ -95,6 +122,32 @@ async def load(url: str, body: dict, concurrency: int, requests: int, headers: d
         await asyncio.gather(*(one() for _ in range(requests)))
         wall = time.perf_counter() - t0
     return summarize({"requests": requests, "tokens": tokens, "wall": wall, "ttfts": ttfts})
+
+
+async def leak_probe(url: str, body: dict, headers: dict) -> dict:
+    """One stream of the leak text: did the whole key reach the client, and how did the stream end?"""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json=body, headers=headers) as r:
+            raw = await r.read()
+    content = []
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data: {"):
+            try:
+                obj = json.loads(line[6:])
+            except ValueError:
+                continue
+            for c in obj.get("choices") or []:
+                content.append(((c or {}).get("delta") or {}).get("content") or "")
+    text = "".join(content)
+    key = LEAK_KEY.encode()
+    if b"[REDACTED:" in raw:
+        end = "redacted in place, stream completed"
+    elif b"Blocked by" in raw or b"guardrails_violation" in raw:
+        end = "error chunk (blocked)"
+    else:
+        end = "completed"
+    # The key arrives split across deltas: look in the joined content, and in the raw bytes for any other shape.
+    return {"leaked": LEAK_KEY in text or key in raw, "chars": len(text), "end": end}
 
 
 def summarize(raw: dict) -> dict:
@@ -110,20 +163,41 @@ def pool(runs: list[dict]) -> dict:
                       "wall": sum(r["wall"] for r in raws), "ttfts": [t for r in raws for t in r["ttfts"]]})
 
 
+def peer_config(upstream: str, sf: bool, default: dict, headers: dict | None = None) -> dict:
+    """The guardrail config every contender runs: the default config's regex output rails, chunk 200 / context 50;
+    for the NeMo server also its main model = the same upstream (``default_headers`` select the synthetic text
+    or delay)."""
+    cfg = {"rails": {"config": {"regex_detection": {"output": default["rails"]["config"]["regex_detection"]["output"]}},
+                     "output": {"flows": ["regex check output"],
+                                "streaming": {"enabled": True, "chunk_size": 200, "context_size": 50,
+                                              "stream_first": sf}}}}
+    if headers is None:
+        return cfg
+    params: dict = {"base_url": upstream, "api_key": "sk-bench"}
+    if headers:
+        params["default_headers"] = headers
+    return {"models": [{"type": "main", "engine": "openai", "model": "synthetic-model", "parameters": params}],
+            **cfg}
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--delay-ms", type=float, default=0.0)
-    ap.add_argument("--out", default=str(ROOT / ".notes" / "rails.md"))
+    ap.add_argument("--out", default=str(ROOT / ".notes" / "rails-bench.md"))
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds the requests are split into")
     ap.add_argument("--telemetry", action="store_true", help="keep Railcar's trace recording on (default off)")
+    ap.add_argument("--ttft-concurrency", type=int, default=2, help="concurrency of the 5 ms/token TTFT runs")
+    ap.add_argument("--ttft-requests", type=int, default=24, help="streams per contender in the TTFT runs")
+    ap.add_argument("--no-peer", action="store_true", help="throughput table only (skip the issue-8 peer table)")
     args = ap.parse_args()
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="railcar-bench-"))
     # NEMO_GUARDRAILS_NO_USAGE_STATS: nemoguardrails would otherwise post usage reports off-host (loopback only here).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-bench", "NEMO_GUARDRAILS_NO_USAGE_STATS": "1"}
+    t_start = time.perf_counter()
     try:
         up_port = free_port()
         procs.append(subprocess.Popen([PY, "-m", "sidecar.replay_upstream", "--port", str(up_port), "--synthetic",
@@ -132,7 +206,7 @@ async def main() -> int:
         wait_port(up_port, procs[-1])
         upstream = f"http://127.0.0.1:{up_port}/v1"
         default = yaml.safe_load((ROOT / "rails" / "default_config" / "config.yml").read_text())
-        contenders: list[tuple[str, str, dict]] = []
+        contenders: list[tuple[str, str]] = []
 
         def railcar(name: str, config_path: str | None) -> None:
             port = free_port()
@@ -145,50 +219,50 @@ async def main() -> int:
                 e["RAILCAR_GUARDRAILS_CONFIG_PATH"] = config_path
             procs.append(subprocess.Popen([str(BIN / "railcar"), "serve"], cwd=ROOT, env=e,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            contenders.append((name, f"http://127.0.0.1:{port}", {}))
+            contenders.append((name, f"http://127.0.0.1:{port}"))
 
         railcar("passthrough", None)
+        # One NeMo server, one config id per (scenario, stream_first): the synthetic text / delay reach the shared
+        # upstream as the model's default headers, since the server does not forward client headers upstream.
+        scenarios = {"tp": {}, "ttft": {"x-synthetic-delay-ms": "5"},
+                     "leak": {"x-synthetic-text": LEAK_TEXT, "x-synthetic-delay-ms": "1"}}
         for sf in (True, False):
-            cfg = {"rails": {"config": {"regex_detection": {"output": default["rails"]["config"]["regex_detection"]
-                                                            ["output"]}},
-                             "output": {"flows": ["regex check output"],
-                                        "streaming": {"enabled": True, "chunk_size": 200, "context_size": 50,
-                                                      "stream_first": sf}}}}
             path = tmp / f"sf_{sf}.yml"
-            path.write_text(yaml.safe_dump(cfg))
+            path.write_text(yaml.safe_dump(peer_config(upstream, sf, default)))
             railcar(f"railcar rails sf={str(sf).lower()}", str(path))
-            if sf:
-                peer_dir = tmp / "peer" / "regex"
-                peer_dir.mkdir(parents=True)
-                peer = {"models": [{"type": "main", "engine": "openai", "model": "synthetic-model",
-                                    "parameters": {"base_url": upstream, "api_key": "sk-bench"}}], **cfg}
-                (peer_dir / "config.yml").write_text(yaml.safe_dump(peer))
-                nport = free_port()
-                procs.append(subprocess.Popen([str(BIN / "nemoguardrails"), "server", "--config",
-                                               str(tmp / "peer"), "--port", str(nport), "--disable-chat-ui",
-                                               "--default-config-id", "regex"],
-                                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-                nemo = ("nemoguardrails server sf=true", f"http://127.0.0.1:{nport}", {})
-        contenders.append(nemo)
-        for name, base, _ in contenders:
+            for scen, headers in scenarios.items():
+                d = tmp / "peer" / f"{scen}_sf_{str(sf).lower()}"
+                d.mkdir(parents=True)
+                (d / "config.yml").write_text(yaml.safe_dump(peer_config(upstream, sf, default, headers)))
+        nport = free_port()
+        procs.append(subprocess.Popen([str(BIN / "nemoguardrails"), "server", "--config", str(tmp / "peer"),
+                                       "--port", str(nport), "--disable-chat-ui",
+                                       "--default-config-id", "tp_sf_true"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nemo_base = f"http://127.0.0.1:{nport}"
+        for sf in ("true", "false"):
+            contenders.append((f"nemoguardrails server sf={sf}", nemo_base))
+        for name, base in contenders:
             if name.startswith("nemo"):
-                wait_port(int(base.rsplit(":", 1)[1]), procs[-1])
+                wait_port(nport, procs[-1])
             else:
                 await wait_ready(base + "/readyz")
         body = {"model": "synthetic-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         hdr = {"x-synthetic-tokens": str(args.tokens)}
 
-        def body_for(name: str) -> dict:
-            return {**body, "guardrails": {"config_id": "regex"}} if name.startswith("nemo") else body
+        def body_for(name: str, scen: str = "tp") -> dict:
+            if name.startswith("nemo"):
+                return {**body, "guardrails": {"config_id": f"{scen}_sf_{name.rsplit('=', 1)[1]}"}}
+            return body
 
-        for name, base, _ in contenders:
+        for name, base in contenders:
             await load(base + "/v1/chat/completions", body_for(name), 4, 8, hdr)  # warm
         # The machine is shared: run the contenders in interleaved rounds and pool them, so a burst of someone
         # else's load hits every contender alike instead of one of them.
-        runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
+        runs: dict[str, list[dict]] = {name: [] for name, _ in contenders}
         per_round = max(args.concurrency, args.requests // args.rounds)
         for _ in range(args.rounds):
-            for name, base, _ in contenders:
+            for name, base in contenders:
                 n = per_round if not name.startswith("nemo") else max(args.concurrency, per_round // 4)
                 runs[name].append(await load(base + "/v1/chat/completions", body_for(name), args.concurrency, n,
                                              hdr))
@@ -196,19 +270,24 @@ async def main() -> int:
         for name, r in results.items():
             print(name, {k: round(v, 1) for k, v in r.items() if k != "raw"}, flush=True)
         base = results["passthrough"]
-        lines = [f"Concurrency {args.concurrency}, {args.requests} streams per Railcar contender (a quarter of that "
-                 f"for the nemoguardrails server) in {args.rounds} interleaved rounds, {args.tokens} one-token deltas each, "
-                 f"{args.delay_ms} ms per token, 2 shared cores, Railcar trace recording "
-                 f"{'on' if args.telemetry else 'off'}; ratios vs passthrough in the same run.", "",
-                 "| contender | streams/s | tokens/s | vs passthrough | TTFT p50 ms | TTFT p99 ms |",
-                 "|---|---:|---:|---:|---:|---:|"]
+        peer = results["nemoguardrails server sf=true"]
+        lines = ["<!-- bench:start -->",
+                 "## Throughput at concurrency %d" % args.concurrency, "",
+                 f"{args.requests} streams per Railcar contender (a quarter of that for the nemoguardrails server) in "
+                 f"{args.rounds} interleaved rounds, {args.tokens} one-token deltas each, {args.delay_ms} ms per "
+                 f"token, regex output rails chunk 200 / context 50 everywhere (Railcar: plus the inline hold-back, "
+                 f"on by default), 2 shared cores, Railcar trace recording {'on' if args.telemetry else 'off'}; "
+                 f"ratios vs passthrough and vs the nemoguardrails server (sf=true) in the same run.", "",
+                 "| contender | streams/s | tokens/s | vs passthrough | vs nemoguardrails server | TTFT p50 ms "
+                 "| TTFT p99 ms |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in results.items():
             lines.append(f"| {name} | {r['streams_s']:.1f} | {r['tokens_s']:.0f} | "
-                         f"{r['tokens_s'] / base['tokens_s']:.2f} | {r['ttft_p50']:.1f} | {r['ttft_p99']:.1f} |")
-        peer = results.get("nemoguardrails server sf=true")
-        if peer:
-            lines += ["", f"Railcar sf=true vs nemoguardrails server: "
-                          f"{results['railcar rails sf=true']['tokens_s'] / peer['tokens_s']:.1f}x tokens/s"]
+                         f"{r['tokens_s'] / base['tokens_s']:.2f} | {r['tokens_s'] / peer['tokens_s']:.1f}x | "
+                         f"{r['ttft_p50']:.1f} | {r['ttft_p99']:.1f} |")
+        if not args.no_peer:
+            lines += await peer_table(args, contenders, body_for, results)
+        lines += ["", f"Bench wall time {time.perf_counter() - t_start:.0f} s.", "<!-- bench:end -->"]
         text = "\n".join(lines) + "\n"
         print(text)
         out = Path(args.out)
@@ -216,7 +295,7 @@ async def main() -> int:
         start, end = "<!-- bench:start -->", "<!-- bench:end -->"
         old = out.read_text() if out.exists() else ""
         if start in old and end in old:  # replace only the table section of the notes
-            text = old[:old.index(start) + len(start)] + "\n" + text + old[old.index(end):]
+            text = old[:old.index(start)] + text.rstrip("\n") + old[old.index(end) + len(end):]
         out.write_text(text)
         return 0
     finally:
@@ -227,6 +306,37 @@ async def main() -> int:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+async def peer_table(args: argparse.Namespace, contenders: list[tuple[str, str]], body_for, results: dict) -> list:
+    """Issue 8: TTFT at 5 ms per token, tokens/s at the bench concurrency, and the leak probe, per contender."""
+    ttft: dict[str, list[dict]] = {name: [] for name, _ in contenders}
+    hdr5 = {"x-synthetic-tokens": str(args.tokens), "x-synthetic-delay-ms": "5"}
+    half = max(1, args.ttft_requests // 2)
+    for _ in range(2):  # two interleaved rounds, as above
+        for name, base in contenders:
+            ttft[name].append(await load(base + "/v1/chat/completions", body_for(name, "ttft"),
+                                         args.ttft_concurrency, half, hdr5))
+    leak_hdr = {"x-synthetic-text": LEAK_TEXT, "x-synthetic-delay-ms": "1"}
+    leaks = {name: await leak_probe(base + "/v1/chat/completions", body_for(name, "leak"), leak_hdr)
+             for name, base in contenders}
+    lines = ["", "## Issue 8: streaming without the trade-off (peer: nemoguardrails server, same rails)", "",
+             f"TTFT: {args.tokens} one-token deltas at 5 ms per token, concurrency {args.ttft_concurrency}, "
+             f"{2 * half} streams per contender (2 interleaved rounds). tokens/s: the concurrency "
+             f"{args.concurrency} runs above. Leak probe: one stream of prose ({len(LEAK_TEXT)} chars in 4-char "
+             f"deltas, 1 ms apart) with an AWS access key id ~{LEAK_TEXT.index(LEAK_KEY)} chars in; "
+             "\"key reached client\" = the whole key is anywhere in the bytes the client received.", "",
+             "| contender | TTFT p50 ms | TTFT p99 ms | tokens/s c=%d | key reached client | how the stream ended "
+             "| content chars received |" % args.concurrency,
+             "|---|---:|---:|---:|---|---|---:|"]
+    for name, _ in contenders:
+        t = pool(ttft[name])
+        lk = leaks[name]
+        label = name if not name.startswith("railcar") else name + " + inline hold-back"
+        lines.append(f"| {label} | {t['ttft_p50']:.1f} | {t['ttft_p99']:.1f} | {results[name]['tokens_s']:.0f} | "
+                     f"{'**yes**' if lk['leaked'] else 'no'} | {lk['end']} | {lk['chars']} |")
+        print(name, "ttft", {k: round(v, 1) for k, v in t.items() if k != "raw"}, lk, flush=True)
+    return lines
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ __all__ = ["RailsGuard", "RailsStreamGuard", "TextFilter", "build_guard", "DEFAU
 
 DEFAULT_REFUSAL = "I'm sorry, I can't respond to that."
 _NEMO_TYPE = {"input": "input", "tool_output": "input", "output": "output", "tool_input": "output"}
+_META_KEYS = ("id", "created", "model", "object", "system_fingerprint")
 _LOG_KEYS = ("activated_rails", "llm_calls", "internal_events", "colang_history", "stats")
 
 
@@ -341,6 +342,50 @@ def _validate_options(opts: Any) -> None:
         raise GuardRejected(400, "guardrails.return_choice: must be a boolean", param="guardrails.return_choice")
 
 
+def _template(data: bytes, obj: dict, content: str, ci: int) -> tuple[bytes, bytes, int, int] | None:
+    """The bytes around the content string of a simple content frame: ``(prefix, suffix, len(prefix) +
+    len(suffix), choice index)``, or ``None``.
+
+    A frame ``prefix + T + suffix`` where ``T`` parses as a JSON string is then the same event as ``data`` with
+    ``delta.content = loads(T)``: the template is accepted only if ``prefix + "\u0001" + suffix`` parses to
+    ``obj`` with exactly that one value changed (so ``T``'s position is ``choices[0].delta.content``, whatever
+    duplicate keys or spacing the upstream uses), and JSON being context-free, any other string token there
+    yields the same structure. Providers send the same bytes around every delta (ids, model, ``logprobs: null``
+    ...), so on_events then parses one short string per frame instead of the whole object."""
+    at = data.rfind(b'"content"')
+    if at < 0:
+        return None
+    i = at + 9
+    n = len(data)
+    while i < n and data[i] in b" \t\r\n:":
+        i += 1
+    if i >= n or data[i] != 0x22:  # '"'
+        return None
+    j = i + 1
+    while True:
+        j = data.find(b'"', j)
+        if j < 0:
+            return None
+        k = j - 1
+        while data[k] == 0x5C:  # count the backslashes before this quote
+            k -= 1
+        if (j - 1 - k) % 2 == 0:
+            break
+        j += 1
+    pre, suf = data[:i], data[j + 1:]
+    try:
+        test = orjson.loads(pre + b'"\\u0001"' + suf)
+        d = test["choices"][0]["delta"]
+        if d.get("content") != "\x01":
+            return None
+        d["content"] = content
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if test != obj:
+        return None
+    return pre, suf, len(pre) + len(suf), ci
+
+
 def _held(f: Any) -> bool:
     """Whether a text filter holds characters back now (filters without a ``held`` attribute never do)."""
     return bool(getattr(f, "held", ""))
@@ -389,6 +434,10 @@ class RailsStreamGuard:
         self._lock = asyncio.Lock()
         self._ended = False
         self._meta: dict[str, Any] = {}
+        self._meta_missing: tuple[str, ...] = _META_KEYS  # stream-level keys not seen yet (for synthesized frames)
+        # on_events' frame template (see _template) and how many more times one may be derived in this stream.
+        self._tpl: tuple[bytes, bytes, int, int] | None = None
+        self._tpl_tries = 8
         self._user = _last_user(exchange.body.get("messages") or [])
         self._check_output = guard.enabled("output")
         self._check_tools = guard.enabled("tool_input")
@@ -398,6 +447,13 @@ class RailsStreamGuard:
 
     # -- output plumbing -------------------------------------------------------------------------------------
     async def _send(self, frame: bytes) -> None:
+        if self.stopped:
+            return
+        if not self._lock.locked():
+            # Nobody is mid-send: no await point before the sink takes the frame (a held sink appends; aiohttp
+            # hands the bytes to the transport before it awaits a drain), so order holds without the lock.
+            await self.sink.send(frame)
+            return
         async with self._lock:
             if not self.stopped:
                 await self.sink.send(frame)
@@ -497,7 +553,8 @@ class RailsStreamGuard:
         if data is None:
             await self._emit(raw)
             return
-        if data == b"[DONE]" or data.strip() == b"[DONE]":
+        # JSON objects start with "{": only other payloads can be the [DONE] sentinel (no strip() copy per event).
+        if data[:1] != b"{" and (data == b"[DONE]" or data.strip() == b"[DONE]"):
             await self._finish(raw)
             return
         try:
@@ -505,13 +562,164 @@ class RailsStreamGuard:
         except orjson.JSONDecodeError:
             await self._emit(raw)  # not ours to judge; relay as is
             return
+        await self._on_obj(raw, obj)
+
+    async def on_events(self, events: list[tuple[bytes, bytes | None]]) -> int:
+        """A batch of consecutive upstream SSE events (one upstream read), ``(raw, data)`` as for :meth:`on_event`.
+
+        The effect is exactly that of :meth:`on_event` called for each event in order (same frames, same order,
+        same chunk checks at the same deltas, same blocks); only the per-event overhead is cut. Returns how many
+        events were handled: ``len(events)``, or fewer when the stream stopped (a block) part-way, counting the
+        event whose handling blocked.
+
+        Fast path: a run of *simple* content frames (one choice, a non-empty string ``delta.content``, no tool
+        calls, no ``finish_reason``) whose deltas the inline filter releases whole (``InlineFilter.pass_through``:
+        one RE2 pass per delta) is relayed as the original bytes, joined into one ``send``, with the chunker fed
+        per delta and a chunk check submitted right after the frame that completes it (the frames before it are
+        sent first, as :meth:`on_event` does). Everything else goes through :meth:`on_event`'s code."""
+        run: list[tuple] = []  # simple frames of one choice not handled yet: (raw, content, obj or None, data)
+        run_st: _Choice | None = None
+        run_ci = run_at = 0
+        tpl = self._tpl
+        for i, (raw, data) in enumerate(events):
+            if self.stopped:
+                return i
+            if data is not None and data[:1] == b"{":
+                if tpl is not None and data.startswith(tpl[0]) and data.endswith(tpl[1]) and len(data) > tpl[2]:
+                    # Same bytes as the template frame around its content string: only that token is parsed.
+                    try:
+                        content = orjson.loads(data[len(tpl[0]):len(data) - len(tpl[1])])
+                    except orjson.JSONDecodeError:
+                        content = None
+                    if type(content) is str and content:
+                        st = self._choices[tpl[3]]
+                        if not st.finished and not st.pending:
+                            if run and tpl[3] != run_ci:
+                                done = await self._run(run, run_st, run_ci)
+                                if self.stopped:
+                                    return run_at + done
+                                run = []
+                            if not run:
+                                run_at = i
+                            run.append((raw, content, None, data))  # meta: the template frame's, taken already
+                            run_st, run_ci = st, tpl[3]
+                            continue
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    obj = None
+                content, ci = None, 0
+                if type(obj) is dict:
+                    choices = obj.get("choices")
+                    if type(choices) is list and len(choices) == 1:
+                        c = choices[0]
+                        if type(c) is dict and c.get("finish_reason") is None:
+                            delta = c.get("delta")
+                            if type(delta) is dict and not delta.get("tool_calls"):
+                                content = delta.get("content")
+                                ci = c.get("index", 0)
+                if type(content) is str and content and type(ci) is int:
+                    st = self._choices.get(ci)
+                    if st is None:
+                        st = self._state(ci)
+                    if not st.finished and not st.pending:
+                        if run and ci != run_ci:
+                            done = await self._run(run, run_st, run_ci)
+                            if self.stopped:
+                                return run_at + done
+                            run = []
+                        if not run:
+                            run_at = i
+                        if self._meta_missing:
+                            self._take_meta(obj)
+                        run.append((raw, content, obj, data))
+                        run_st, run_ci = st, ci
+                        if self._tpl_tries:
+                            self._tpl_tries -= 1
+                            tpl = self._tpl = _template(data, obj, content, ci) or tpl
+                        continue
+                if run:
+                    done = await self._run(run, run_st, run_ci)
+                    if self.stopped:
+                        return run_at + done
+                    run = []
+                if obj is None:
+                    await self._emit(raw)  # not ours to judge; relay as is
+                else:
+                    await self._on_obj(raw, obj)
+                continue
+            if run:
+                done = await self._run(run, run_st, run_ci)
+                if self.stopped:
+                    return run_at + done
+                run = []
+            await self.on_event(raw, data)
+        if run:
+            done = await self._run(run, run_st, run_ci)
+            if self.stopped:
+                return run_at + done
+        return len(events)
+
+    async def _run(self, run: list[tuple], st: _Choice, ci: int) -> int:
+        """Handle a run of simple content frames of choice ``ci`` (see :meth:`on_events`); returns how many were
+        handled (all unless the stream stopped, counting the frame whose handling blocked)."""
+        f = st.filter
+        if f is None:
+            k = len(run)
+        else:
+            passer = getattr(f, "pass_through", None)
+            k = passer([r[1] for r in run]) if passer is not None else 0
+        if k:
+            sf = self.guard.stream_first
+            chunker = st.chunker if self._check_output else None
+            out: list[bytes] = []
+            queue = self._queue
+            for n, (raw, content, _, _) in enumerate(run[:k], 1):
+                if chunker is None:
+                    if sf or not queue:
+                        out.append(raw)
+                    else:
+                        queue.append((raw, (), frozenset()))
+                    continue
+                b = chunker.feed(content)
+                if sf:
+                    out.append(raw)  # stream_first: text never waits
+                elif not queue and st.checked >= chunker.fed:
+                    out.append(raw)
+                else:
+                    queue.append((raw, ((ci, chunker.fed),), frozenset()))
+                if b is not None:
+                    if out:
+                        await self._send(out[0] if len(out) == 1 else b"".join(out))
+                        out = []
+                    await self._submit(ci, b)
+                    if self.stopped:
+                        return n
+            if out:
+                await self._send(out[0] if len(out) == 1 else b"".join(out))
+        for n, (raw, _, obj, data) in enumerate(run[k:], k + 1):
+            await self._on_obj(raw, obj if obj is not None else orjson.loads(data))
+            if self.stopped:
+                return n
+        return len(run)
+
+    def _take_meta(self, obj: dict) -> None:
+        missing = []
+        for k in self._meta_missing:
+            if k in obj:
+                self._meta[k] = obj[k]
+            else:
+                missing.append(k)
+        self._meta_missing = tuple(missing)
+
+    async def _on_obj(self, raw: bytes, obj: Any) -> None:
+        """One parsed upstream JSON event ``obj`` with its exact bytes ``raw``."""
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if not isinstance(choices, list) or not choices:
             await self._emit(raw)
             return
-        for k in ("id", "created", "model", "object", "system_fingerprint"):
-            if k in obj and k not in self._meta:
-                self._meta[k] = obj[k]
+        if self._meta_missing:
+            self._take_meta(obj)
 
         modified = False
         override: list[bytes] | None = None  # frames to send instead of this one (frame-level hold)
@@ -520,6 +728,7 @@ class RailsStreamGuard:
         batches: list[tuple[int, ChunkBatch]] = []
         completed: list[tuple[int, list[int]]] = []
         pre_frames: list[tuple[bytes, tuple]] = []
+        has_content = False  # some choice's delta carries content (stream_first sends such frames at once)
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
@@ -581,6 +790,8 @@ class RailsStreamGuard:
                                 modified = True
                     if done:
                         completed.append((ci, done))
+                if delta.get("content"):  # after the filter may have rewritten it
+                    has_content = True
             if choice.get("finish_reason") is not None and not st.finished:
                 st.finished = True
                 # The choice is over: release what the filter held, cut the last chunk, complete open tool calls.
@@ -597,7 +808,7 @@ class RailsStreamGuard:
         frames = [raw if not modified else sse_frame(obj)] if override is None else override
         for pf, gates in pre_frames:
             await self._emit(pf, gates)
-        if self.guard.stream_first and not tool_gates and not pre_frames and self._has_content(choices):
+        if self.guard.stream_first and not tool_gates and not pre_frames and has_content:
             for frame in frames:
                 await self._send(frame)  # stream_first: text never waits, not even behind held tool calls
         else:
@@ -623,14 +834,6 @@ class RailsStreamGuard:
             o["choices"][0]["delta"]["content"] = out if i == len(pending) - 1 else ""
             frames.append(sse_frame(o))
         return frames
-
-    @staticmethod
-    def _has_content(choices: list) -> bool:
-        for c in choices:
-            d = c.get("delta") if isinstance(c, dict) else None
-            if isinstance(d, dict) and d.get("content"):
-                return True
-        return False
 
     async def _flush_choice(self, ci: int, st: _Choice, batches: list) -> list[tuple[bytes, tuple]] | None:
         """End of one choice's content: flush its filter (a synthesized content frame, with its text gate, if text

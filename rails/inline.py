@@ -220,6 +220,14 @@ def _options() -> re2.Options:
     return o
 
 
+def _gate_options() -> re2.Options:
+    # As the scanner's own Set (rails.scanner): a Set whose DFA runs out of memory reports "no match", so give the
+    # combined gate at least the memory its two halves had.
+    o = re2.Options()
+    o.max_mem = 768 << 20
+    return o
+
+
 class HoldBack:
     """The compiled hold-back for one detector selection. Thread-safe; build one per process.
 
@@ -253,6 +261,17 @@ class HoldBack:
                 self._set.Add(text)
                 self._holds.append((d, re2.compile(text, _options()), back, re2.compile(pat, _options()), lazy))
         self._set.Compile()
+        # The clean-delta gate of InlineFilter.pass_through: every scanner pattern and every hold pattern in one Set,
+        # so one DFA pass answers both questions _step asks (a complete match? an open tail?) for a delta.
+        gate = re2.Set.SearchSet(_gate_options())
+        for d in scanner.detectors:
+            for pat in d.patterns:
+                gate.Add(pat)
+        for d in scanner.detectors:
+            for pat in d.patterns:
+                gate.Add(prefix_pattern(pat)[0])
+        gate.Compile()
+        self._gate = gate._set.Match  # the C-level call on UTF-8 bytes (the wrapper only encodes str first)
         # Released text kept visible to later scans: the longest pattern context (+1 for a JSON escape).
         self.context_chars = max(widths, default=0) + 1
         # A candidate can never be longer than its detector's longest value.
@@ -374,6 +393,38 @@ class InlineFilter:
             if not text:
                 return "", None
         return self._step(text, final=False)
+
+    def pass_through(self, deltas: list[str]) -> int:
+        """Batch fast path: release the leading ``deltas`` that :meth:`feed` would release whole and unchanged.
+
+        Returns ``k``: ``deltas[:k]`` were consumed exactly as ``k`` calls of :meth:`feed` would have (each returning
+        ``(delta, None)``); the caller then feeds ``deltas[k:]`` one by one. ``k`` is 0 while a tail is held, after
+        a block or during an overflow suppression. Per delta this is one RE2 ``Set`` pass over the same window
+        ``_step`` scans (``ctx + delta``) with the scanner's patterns and the hold patterns together: no hit means
+        no complete match and no open value prefix, which is exactly when ``_step`` releases the delta whole.
+        Deltas must be non-empty ``str``."""
+        if self.blocked or self.held or self._suppress is not None:
+            return 0
+        gate = self.hb._gate
+        cc = self.hb.context_chars
+        ctx = self.ctx
+        k = chars = scanned = 0
+        for d in deltas:
+            w = ctx + d
+            try:
+                if gate(w.encode()):
+                    break
+            except UnicodeEncodeError:  # lone surrogates: let feed() handle (and fail) it the usual way
+                break
+            ctx = w[-cc:]
+            k += 1
+            chars += len(d)
+            scanned += 2 * len(w)  # _step scans the window twice (complete matches, open tails)
+        if k:
+            self.ctx = ctx
+            self.consumed += chars
+            self.scanned += scanned
+        return k
 
     def flush(self) -> tuple[str, InlineMatch | None]:
         """End of the stream: judge and release whatever is held."""

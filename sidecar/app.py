@@ -382,17 +382,28 @@ async def _relay_sse(request: web.Request, st: SidecarState, guard: Guard, ex: E
                 else:
                     sg = guard.open_stream(ex, sink)
                 on_event = sg.on_event
+                # The batch seam: one call per upstream read instead of one per event, when the guard has it.
+                on_events = getattr(sg, "on_events", None)
                 hold, flush = sink.hold, sink.flush
                 while not sg.stopped and (chunk := await readany()):
                     # One client write per upstream read, like the pass-through (see _Sink).
                     hold()
                     try:
-                        for raw, data in feed(chunk):
-                            if data is not None:
-                                datas.append(data)
-                            await on_event(raw, data)
-                            if sg.stopped:
-                                break
+                        events = feed(chunk)
+                        if on_events is not None:
+                            if events:
+                                mark = len(datas)
+                                datas.extend([d for _, d in events if d is not None])
+                                n = await on_events(events)
+                                if n < len(events):  # blocked part-way: record only what the guard handled
+                                    del datas[mark + sum(1 for _, d in events[:n] if d is not None):]
+                        else:
+                            for raw, data in events:
+                                if data is not None:
+                                    datas.append(data)
+                                await on_event(raw, data)
+                                if sg.stopped:
+                                    break
                     finally:
                         await flush()
                 if sg.stopped:

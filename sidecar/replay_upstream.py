@@ -13,7 +13,10 @@ Two modes in one server:
 - **Synthetic**: a stream of ``tokens`` ``chat.completion.chunk`` events (one token each, ``delay_s`` apart,
   then a finish chunk and ``data: [DONE]``) for load tests and benchmarks; frames are built once. Used for
   unmatched requests when ``synthetic=True``, or per request with ``x-synthetic-tokens: N`` (and optionally
-  ``x-synthetic-delay-ms``); non-streaming requests get one ``chat.completion`` with the same text.
+  ``x-synthetic-delay-ms``); non-streaming requests get one ``chat.completion`` with the same text. With a
+  ``text`` (constructor, ``--text``) or per request ``x-synthetic-text: <text>`` (ASCII, as HTTP headers are),
+  the stream carries that text instead, split into deltas of ``x-synthetic-chunk-chars`` (default
+  ``chunk_chars``, 4) characters: e.g. a planted key in the middle of prose, to see whether it reaches a client.
 
 Fault injection per request with ``x-replay-fault``: ``hang`` (never answer: timeouts), ``hang-after-first``
 (headers and one event, then silence), ``reset`` (headers and one event, then the TCP connection is aborted).
@@ -44,7 +47,8 @@ from typing import Any, Iterable
 import orjson
 from aiohttp import web
 
-__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "default_records_path", "synthetic_frames"]
+__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "default_records_path", "synthetic_frames",
+           "split_text"]
 
 
 def default_records_path() -> Path:
@@ -73,9 +77,21 @@ def _body_key(body: Any) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def synthetic_frames(tokens: int, model: str = "synthetic-model") -> list[bytes]:
+def split_text(text: str, chunk_chars: int = 4) -> list[str]:
+    """``text`` as streamed deltas of ``chunk_chars`` characters each (the last may be shorter); ``[]`` for ``""``.
+    Raises ``ValueError`` for ``chunk_chars`` < 1."""
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars: must be >= 1, got {chunk_chars}")
+    return [text[i:i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+
+
+def synthetic_frames(tokens: int, model: str = "synthetic-model", deltas: list[str] | None = None) -> list[bytes]:
     """SSE frames of a synthetic stream: a role chunk carrying the first token, ``tokens - 1`` content chunks,
-    a finish chunk (``finish_reason: stop``, with ``usage``) and ``data: [DONE]``; each token is ``"tok "``."""
+    a finish chunk (``finish_reason: stop``, with ``usage``) and ``data: [DONE]``; each token is ``"tok "``.
+    With ``deltas`` (e.g. :func:`split_text` of a given text) the content chunks carry those strings instead and
+    ``tokens`` is ignored (``len(deltas)`` tokens)."""
+    if deltas is not None:
+        tokens = len(deltas)
     created = int(time.time())
     head = {"id": "chatcmpl-synthetic", "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -83,8 +99,9 @@ def synthetic_frames(tokens: int, model: str = "synthetic-model") -> list[bytes]
         obj = dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra)
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-    frames = [frame({"role": "assistant", "content": "tok "}, None)] if tokens > 0 else []
-    frames += [frame({"content": "tok "}, None) for _ in range(max(tokens - 1, 0))]
+    texts = deltas if deltas is not None else ["tok "] * tokens
+    frames = [frame({"role": "assistant", "content": texts[0]}, None)] if tokens > 0 else []
+    frames += [frame({"content": t}, None) for t in texts[1:]]
     frames.append(frame({}, "stop", usage={"prompt_tokens": 8, "completion_tokens": tokens,
                                            "total_tokens": tokens + 8}))
     frames.append(b"data: [DONE]\n\n")
@@ -112,13 +129,16 @@ class ReplayUpstream:
     ``records``: recorded interactions (dicts as in the JSONL; default none). ``synthetic``: answer unmatched
     chat requests with a synthetic stream. ``tokens`` / ``delay_s``: synthetic length and inter-token delay
     (seconds). ``split``: how recorded SSE bodies are written (``"event"``, an int byte size, or ``None``).
-    ``host``/``port``: where to listen (port 0: ephemeral). After entering, ``base_url`` is
+    ``host``/``port``: where to listen (port 0: ephemeral). ``text``: the synthetic stream's content instead of
+    ``tokens`` times ``"tok "``, split into deltas of ``chunk_chars`` characters. After entering, ``base_url`` is
     ``http://127.0.0.1:<port>/v1``.
     """
 
     def __init__(self, records: Iterable[dict[str, Any]] | None = None, *, synthetic: bool = False,
                  tokens: int = 256, delay_s: float = 0.0, split: str | int | None = "event",
-                 host: str = "127.0.0.1", port: int = 0, model: str = "synthetic-model") -> None:
+                 host: str = "127.0.0.1", port: int = 0, model: str = "synthetic-model",
+                 text: str | None = None, chunk_chars: int = 4) -> None:
+        split_text("", chunk_chars)  # validate early
         self.records = list(records or [])
         self.by_id = {r["id"]: r for r in self.records}
         self.by_body: dict[bytes, dict[str, Any]] = {}
@@ -132,7 +152,8 @@ class ReplayUpstream:
         self.active = 0
         self.completed = 0
         self.record_requests = True
-        self._frames: dict[int, list[bytes]] = {}
+        self.text, self.chunk_chars = text, chunk_chars
+        self._frames: dict[Any, list[bytes]] = {}
         self._runner: web.AppRunner | None = None
 
     @property
@@ -163,11 +184,15 @@ class ReplayUpstream:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    def frames(self, tokens: int) -> list[bytes]:
-        """The cached synthetic frames for ``tokens`` tokens."""
-        f = self._frames.get(tokens)
+    def frames(self, tokens: int, text: str | None = None, chunk_chars: int | None = None) -> list[bytes]:
+        """The cached synthetic frames for ``tokens`` tokens, or for ``text`` in deltas of ``chunk_chars``."""
+        key: Any = tokens if text is None else (text, chunk_chars or self.chunk_chars)
+        f = self._frames.get(key)
         if f is None:
-            f = self._frames[tokens] = synthetic_frames(tokens, self.model)
+            deltas = None if text is None else split_text(text, chunk_chars or self.chunk_chars)
+            f = synthetic_frames(tokens, self.model, deltas)
+            if len(self._frames) < 256:  # bounded: per-request texts must not grow the cache without end
+                self._frames[key] = f
         return f
 
     # ---------------------------------------------------------------------------------------------- handlers
@@ -199,11 +224,18 @@ class ReplayUpstream:
             record = self.by_body.get(_body_key(body))
         if record is not None:
             return await self._replay(request, rec, record, fault)
-        if self.synthetic or "x-synthetic-tokens" in request.headers:
-            tokens = int(request.headers.get("x-synthetic-tokens", self.tokens))
-            delay = float(request.headers.get("x-synthetic-delay-ms", self.delay_s * 1000)) / 1000
+        hdr = request.headers
+        if self.synthetic or "x-synthetic-tokens" in hdr or "x-synthetic-text" in hdr:
+            try:
+                tokens = int(hdr.get("x-synthetic-tokens", self.tokens))
+                delay = float(hdr.get("x-synthetic-delay-ms", self.delay_s * 1000)) / 1000
+                chunk_chars = int(hdr.get("x-synthetic-chunk-chars", self.chunk_chars))
+                split_text("", chunk_chars)
+            except ValueError as exc:
+                return _error(400, f"bad x-synthetic-* header: {exc}")
+            text = hdr.get("x-synthetic-text", self.text)
             stream = isinstance(body, dict) and bool(body.get("stream"))
-            return await self._synthetic(request, rec, tokens, delay, stream, fault)
+            return await self._synthetic(request, rec, tokens, delay, stream, fault, text, chunk_chars)
         return _error(404, "no recorded interaction matches this request body")
 
     async def _replay(self, request: web.Request, rec: ReceivedRequest, record: dict[str, Any],
@@ -223,15 +255,19 @@ class ReplayUpstream:
         return await self._stream(request, rec, record["status"], ctype, pieces, 0.0, fault)
 
     async def _synthetic(self, request: web.Request, rec: ReceivedRequest, tokens: int, delay: float,
-                         stream: bool, fault: str) -> web.StreamResponse:
+                         stream: bool, fault: str, text: str | None = None,
+                         chunk_chars: int | None = None) -> web.StreamResponse:
         if not stream:
+            content = "tok " * tokens if text is None else text
+            tokens = tokens if text is None else len(split_text(text, chunk_chars or self.chunk_chars))
             obj = {"id": "chatcmpl-synthetic", "object": "chat.completion", "created": int(time.time()),
                    "model": self.model,
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * tokens},
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                 "logprobs": None, "finish_reason": "stop"}],
                    "usage": {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": tokens + 8}}
             return web.Response(body=orjson.dumps(obj), content_type="application/json")
-        return await self._stream(request, rec, 200, "text/event-stream", self.frames(tokens), delay, fault)
+        return await self._stream(request, rec, 200, "text/event-stream", self.frames(tokens, text, chunk_chars),
+                                  delay, fault)
 
     async def _stream(self, request: web.Request, rec: ReceivedRequest, status: int, ctype: str,
                       pieces: list[bytes], delay: float, fault: str) -> web.StreamResponse:
@@ -295,12 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", action="store_true", help="synthetic stream for unmatched requests")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--text", default=None, help="synthetic content instead of 'tok ' tokens")
+    p.add_argument("--chunk-chars", type=int, default=4, help="characters per delta of --text")
     a = p.parse_args(argv)
 
     async def run() -> None:
         records = load_records(a.records) if a.records else []
         up = ReplayUpstream(records, synthetic=a.synthetic, tokens=a.tokens, delay_s=a.delay_ms / 1000,
-                            host=a.host, port=a.port)
+                            host=a.host, port=a.port, text=a.text, chunk_chars=a.chunk_chars)
         up.record_requests = False  # long-running: keep memory flat
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

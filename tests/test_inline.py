@@ -241,3 +241,60 @@ def test_adversarial_long_candidate_stays_linear():
         assert m is None
     assert f.max_held <= d.get("slack_token").max_len
     assert f.scanned <= 2 * (n + 40) * (hb.context_chars + d.get("slack_token").max_len + 2)
+
+
+@SETTINGS
+@given(data=st.data(), action=st.sampled_from(["block", "redact"]))
+def test_pass_through_consumes_exactly_the_deltas_feed_releases_whole(scanner, data, action):
+    """``InlineFilter.pass_through`` (the stream guard's batch fast path) takes the leading deltas that ``feed`` would
+    release whole and unchanged, and leaves the filter in the state those ``feed`` calls would have: feeding the
+    rest afterwards gives the same releases and the same match as feeding everything one by one."""
+    det_id = data.draw(st.sampled_from(sorted(GENERATORS)))
+    value = GENERATORS[det_id](random.Random(data.draw(st.integers(0, 10**6))))
+    words = data.draw(st.lists(st.sampled_from(["tok ", " A", "KIA", " s", "k-", " gh", "p_", "hello ", "\n",
+                                                 " eyJ", "é "]), max_size=12))
+    at = data.draw(st.integers(0, len(words)))
+    text_parts = words[:at] + split(f" {value} ", data.draw(st.lists(st.integers(1, 400), max_size=6))) + words[at:]
+    kinds = data.draw(st.sampled_from([["secret"], ["secret", "pii"]]))
+    hb = HoldBack(Scanner(d.select(kinds), KEY), action, max_holdback_chars=4096)
+    ref = hb.filter()
+    whole = 0  # leading deltas feed releases whole (the most pass_through may take)
+    ref_out, ref_match = [], None
+    for x in text_parts:
+        r, m = ref.feed(x)
+        ref_out.append(r)
+        if m is not None:
+            ref_match = m
+            break
+    for i, r in enumerate(ref_out):
+        if r != text_parts[i] or (ref_match is not None and i == len(ref_out) - 1):
+            break
+        whole += 1
+    f = hb.filter()
+    k = f.pass_through(text_parts)
+    assert k <= whole
+    # every delta pass_through took was one feed releases whole, with no match on the way
+    out = list(text_parts[:k])
+    match = None
+    for x in text_parts[k:]:
+        r, m = f.feed(x)
+        out.append(r)
+        if m is not None:
+            match = m
+            break
+    assert out == ref_out
+    assert (match is None) == (ref_match is None)
+    if match is not None:
+        assert (match.detector, match.match.start, match.match.end) == (
+            ref_match.detector, ref_match.match.start, ref_match.match.end)
+    else:
+        assert (f.flush(), f.ctx, f.consumed) == (ref.flush(), ref.ctx, ref.consumed)
+
+
+def test_pass_through_takes_clean_text_and_stops_at_an_open_tail(scanner):
+    f = HoldBack(Scanner(d.select(["secret"]), KEY), "block").filter()  # the default kinds
+    assert f.pass_through(["Hello", " world", ", tok tok"]) == 3 and f.ctx.endswith("tok tok")
+    # " gh" may open a github token: pass_through stops there; feed holds it back
+    assert f.pass_through([" and", " gh", "p_x"]) == 1
+    assert f.feed(" gh") == (" ", None) and f.held == "gh"
+    assert f.pass_through(["p_rest"]) == 0  # a tail is held: only feed() may decide
