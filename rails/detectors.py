@@ -321,8 +321,10 @@ CATALOG: tuple[Detector, ...] = (
          [r"(?:^|[^0-9\-.]|\\u[0-9A-Fa-f]{4})([0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4})(?:[^0-9\-]|$)"],
          [], 11, ssn_ok, 0.85, "high"),
     _pii("payment_card", "Payment card number (PAN)",
-         [r"(?:^|[^0-9\-.]|\\u[0-9A-Fa-f]{4})([2-6][0-9]{12,18}|[2-6][0-9]{3}(?:[ -][0-9]{4}){2}[ -][0-9]{1,7}|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{5})"
-          r"(?:[^0-9\-]|$)"],
+         # Not glued to letters either side: a digit run inside a hex digest or an identifier (``a3f04539...``,
+         # a SHA-256 with 16 digits in a row) is not a card. JSON escapes before the value still count as a boundary.
+         [r"(?:^|[^0-9A-Za-z_\-.]|\\[nrtbf]|\\u[0-9A-Fa-f]{4})([2-6][0-9]{12,18}|[2-6][0-9]{3}(?:[ -][0-9]{4}){2}[ -][0-9]{1,7}|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{5})"
+          r"(?:[^0-9A-Za-z_\-]|$)"],
          [], 23, card_ok, 0.9, "high"),
     _pii("iban", "International Bank Account Number",
          [r"(?:^|[^A-Za-z0-9])([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b"],

@@ -74,6 +74,12 @@ def consumer_metrics(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
     return m
 
 
+# Values Railcar derives itself (hashes), never scanned: see SecurityProcessor.process.
+_OWN_CONTENT_KEYS = frozenset({"ref", "args_ref", "truncated", "original_length"})
+_OWN_ATTRS = frozenset({"railcar.input.prefix", "railcar.request.tools_ref"})
+_ENTRY_ATTRS = frozenset({"railcar.input.messages", "railcar.output.message"})
+
+
 class _Trace:
     __slots__ = ("texts", "chains")
 
@@ -151,14 +157,24 @@ class SecurityProcessor:
                 chain = nxt
             if isinstance(out_entry, dict):
                 tr.chains.setdefault(chain_ref(chain, out_entry), (chain, out_entry))
-            # Scan every string: content texts, span, event and resource attributes.
+            # Scan every string: content texts, span, event and resource attributes, except the identifiers
+            # Railcar itself derives (content refs and chain hashes are SHA-256 hex, fingerprints are HMACs: a
+            # 16-hex ref made only of digits can pass a card's Luhn check) and the redaction notes, whose
+            # masked previews were already merged above.
             for name, ea in events:
+                if name == "railcar.redaction":
+                    continue
                 for key, val in ea.items():
-                    self._scan(val, f"$.events.{name}.{key}", loc)
+                    if not (name == "railcar.content" and key in _OWN_CONTENT_KEYS):
+                        self._scan(val, f"$.events.{name}.{key}", loc)
             for key, val in attrs.items():
+                if key in _OWN_ATTRS:
+                    continue
+                if key in _ENTRY_ATTRS:  # JSON message entries: scan names and ids, not refs
+                    parsed = entries if key == "railcar.input.messages" else [out_entry]
+                    self._scan_entries(parsed, val, f"$.attributes.{key}", loc)
+                    continue
                 self._scan(val, f"$.attributes.{key}", loc)
-            for key, val in res.items():
-                self._scan(val, f"$.resource.{key}", loc)
             model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
             if model:
                 self.agg.observe_model_path(agent, model, attrs.get("railcar.rails.activated") or ())
@@ -167,6 +183,19 @@ class SecurityProcessor:
         self.agg.note_scan(bytes_scanned=len(value), records=1, free_text=True)
         self._m["records"].inc()
         return n
+
+    def _scan_entries(self, entries: Any, raw: Any, path: str, loc: dict[str, Any]) -> None:
+        """Scan the strings of message entries (``railcar.input.messages`` / ``railcar.output.message``) but their
+        ``ref`` / ``args_ref`` hashes; when the JSON did not parse as entries, scan the raw attribute."""
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            self._scan(raw, path, loc)
+            return
+        for i, e in enumerate(entries):
+            for k, v in e.items():
+                if k == "tool_calls" and isinstance(v, list):
+                    self._scan_entries(v, orjson.dumps(v).decode(), f"{path}[{i}].tool_calls", loc)
+                elif k not in _OWN_CONTENT_KEYS:
+                    self._scan(v, f"{path}[{i}].{k}", loc)
 
     def _scan(self, val: Any, path: str, loc: dict[str, Any]) -> None:
         if isinstance(val, str):
@@ -294,6 +323,9 @@ class ConsumerGroupWorker:
         """Consume until :meth:`stop`; per batch: process, fileset commit, findings topic, offset commit."""
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+        from streams.kafka_logging import quiet_aiokafka
+
+        quiet_aiokafka()  # a broker outage must not flood the log with aiokafka's repeats
         opts = self.k.client_options()
         consumer = AIOKafkaConsumer(group_id=self.k.group_id, enable_auto_commit=False,
                                     auto_offset_reset="earliest", **opts, **self.consumer_kwargs)

@@ -3,7 +3,9 @@
 One model call is one span of kind CLIENT named ``chat {model}``, built as an opentelemetry-sdk ``ReadableSpan``
 and encoded with ``opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans``: the record value is an
 OTLP ``TracesData`` protobuf (byte-identical to ``ExportTraceServiceRequest``), the encoding the OpenTelemetry
-Collector's ``kafkaexporter``/``kafkareceiver`` call ``otlp_proto`` (``../shared/KAFKA.md``).
+Collector's ``kafkaexporter``/``kafkareceiver`` call ``otlp_proto`` (``../shared/KAFKA.md``). The recorder's hot
+path uses :func:`encode_call`, which writes the very same bytes directly from a :class:`CallSpan` (3x cheaper than
+building the SDK span and its protobuf objects; equality is tested against the SDK path).
 
 Attribute names follow the OpenTelemetry GenAI semantic conventions
 (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ and the ``gen_ai`` attribute registry):
@@ -17,6 +19,7 @@ Attribute names follow the OpenTelemetry GenAI semantic conventions
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -31,7 +34,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status, StatusCode
 
 __all__ = [
-    "CallSpan", "OTLPDecodeError", "build_span", "encode", "decode", "make_resource", "any_value",
+    "CallSpan", "OTLPDecodeError", "build_span", "encode", "encode_call", "decode", "make_resource", "any_value",
     "attributes_of", "parse_traceparent", "SCOPE",
 ]
 
@@ -156,3 +159,112 @@ def iter_spans(td: TracesData) -> Iterable[tuple[dict[str, Any], PbSpan]]:
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 yield res, sp
+
+
+# ---------------------------------------------------------------------------------------------- direct encoder
+# The SDK's encoder builds one protobuf object per attribute, value, event and span, then serializes them: ~75 µs
+# for a typical Railcar span, a third of the recorder's work per call. ``encode_call`` writes the same
+# ``TracesData`` wire bytes directly (protobuf encoding, https://protobuf.dev/programming-guides/encoding/; field
+# numbers from opentelemetry-proto ``trace.proto`` / ``common.proto`` / ``resource.proto``), in the order and
+# with the presence rules the SDK path produces, so the bytes are identical (``tests/test_otlp.py`` checks it).
+
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_pack_double = struct.Struct("<d").pack
+
+
+def _varint_slow(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64  # int64 two's complement, as protobuf encodes negative int64
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [_varint_slow(n) for n in range(1 << 14)]  # 1- and 2-byte varints: every tag and most lengths
+
+
+def _varint(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 16384 else _varint_slow(n)
+
+
+_LD_TAG = [_SMALL[f << 3 | 2] for f in range(16)]  # length-delimited tags of fields 0..15
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    n = len(payload)
+    return _LD_TAG[field] + (_SMALL[n] if n < 16384 else _varint_slow(n)) + payload
+
+
+def _str(field: int, s: str) -> bytes:
+    return _ld(field, s.encode("utf-8", "surrogatepass"))
+
+
+def _any(v: Any) -> bytes:
+    """An ``AnyValue`` payload (oneof: the member is always written, even at its default)."""
+    if v.__class__ is str:
+        return _str(1, v)
+    if v.__class__ is bool:
+        return b"\x10" + (b"\x01" if v else b"\x00")
+    if v.__class__ is int:
+        return b"\x18" + _varint(v)
+    if v.__class__ is float:
+        return b"\x21" + _pack_double(v)
+    if isinstance(v, bytes):
+        return _ld(7, v)
+    if isinstance(v, (list, tuple)):
+        return _ld(5, b"".join(_ld(1, _any(x)) for x in v))
+    if v is None:
+        return b""
+    raise TypeError(f"attribute value of type {type(v).__name__} is not encodable")
+
+
+def _attrs(field: int, attrs: Mapping[str, Any]) -> bytes:
+    return b"".join(_ld(field, _str(1, k) + _ld(2, _any(v))) for k, v in attrs.items())
+
+
+_RESOURCE_CACHE: dict[int, tuple[Resource, bytes]] = {}
+
+
+def _resource_field(resource: Resource) -> bytes:
+    hit = _RESOURCE_CACHE.get(id(resource))
+    if hit is None or hit[0] is not resource:
+        body = _ld(1, _attrs(1, resource.attributes))
+        if resource.schema_url:
+            body += _str(3, resource.schema_url)
+        hit = _RESOURCE_CACHE[id(resource)] = (resource, body)
+        if len(_RESOURCE_CACHE) > 64:
+            _RESOURCE_CACHE.pop(next(iter(_RESOURCE_CACHE)))
+    return hit[1]
+
+
+_SCOPE_FIELD = _ld(1, _str(1, SCOPE.name) + _str(2, SCOPE.version))
+
+
+def encode_call(call: CallSpan, resource: Resource) -> bytes:
+    """OTLP ``TracesData`` bytes for one :class:`CallSpan`, identical to ``encode([build_span(call, resource)])``
+    (kind CLIENT, scope ``railcar``, status ERROR with ``call.error`` when set) without building SDK objects.
+    Raises ``TypeError`` for an attribute value that is not str, bool, int, float, bytes or a list of those."""
+    span = [_ld(1, call.trace_id.to_bytes(16, "big")), _ld(2, call.span_id.to_bytes(8, "big"))]
+    if call.parent_span_id:
+        span.append(_ld(4, call.parent_span_id.to_bytes(8, "big")))
+    if call.name:
+        span.append(_str(5, call.name))
+    span.append(b"\x30\x03")  # kind = SPAN_KIND_CLIENT
+    if call.start_ns:
+        span.append(b"\x39" + _pack_fixed64(call.start_ns))
+    if call.end_ns:
+        span.append(b"\x41" + _pack_fixed64(call.end_ns))
+    span.append(_attrs(9, call.attributes))
+    for name, attrs, ts in call.events:
+        ev = (b"\x09" + _pack_fixed64(ts) if ts else b"") + (_str(2, name) if name else b"") + _attrs(3, attrs)
+        span.append(_ld(11, ev))
+    span.append(_ld(15, _str(2, call.error) + b"\x18\x02" if call.error else b""))  # status is always set
+    # flags: SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, plus IS_REMOTE for a remote (traceparent) parent
+    span.append(b"\x85\x01" + _pack_fixed32(0x300 if call.parent_span_id else 0x100))
+    scope_spans = _SCOPE_FIELD + _ld(2, b"".join(span))
+    return _ld(1, _resource_field(resource) + _ld(2, scope_spans))

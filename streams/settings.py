@@ -44,6 +44,9 @@ class KafkaConfig:
     compression_type: str = opt("zstd", "Producer compression.", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     linger_ms: int = opt(5, "Producer batching delay in ms.")
     max_batch_size: int = opt(1024 * 1024, "Producer batch size in bytes.")
+    max_request_size: int = opt(1024 * 1024, "Largest record the producer sends, in bytes (aiokafka "
+                                "max_request_size; keep <= the broker's message.max.bytes). Larger trace events "
+                                "are dropped and counted.")
     request_timeout_ms: int = opt(5000, "Producer request timeout in ms; past it, unsent events go to the spool.")
     retry_backoff_ms: int = opt(200, "Wait between reconnect/replay attempts while the broker is unreachable.")
     security_protocol: str = opt("PLAINTEXT", "Kafka security protocol.",
@@ -58,9 +61,11 @@ class KafkaConfig:
     def validate(self) -> None:
         if self.enable_idempotence and self.acks != "all":
             raise ConfigError("kafka.acks: must be 'all' when kafka.enable_idempotence is true")
-        for name in ("linger_ms", "max_batch_size", "request_timeout_ms", "retry_backoff_ms"):
+        for name in ("linger_ms", "max_batch_size", "max_request_size", "request_timeout_ms", "retry_backoff_ms"):
             if getattr(self, name) < (0 if name == "linger_ms" else 1):
                 raise ConfigError(f"kafka.{name}: must be > 0")
+        if self.max_request_size < 64 * 1024:
+            raise ConfigError("kafka.max_request_size: must be >= 65536 (a trace event needs room)")
 
     def client_options(self, environ=None) -> dict:
         """aiokafka connection keyword arguments (bootstrap, client id, TLS, SASL) shared by producer and consumer.

@@ -231,3 +231,26 @@ async def test_consume_command_serves_health_ready_and_metrics(mock_cluster, tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_railcar_hashes_are_not_scanned_but_content_is(scanner, tmp_path) -> None:
+    # bench/pipeline.py's plain text gave 2 payment_card findings: a content ref (16 hex of SHA-256) that happened
+    # to be 16 decimal digits with a card prefix and a valid Luhn digit, scanned as the `ref` of its
+    # `railcar.content` event and inside `railcar.input.messages`. Find such a text, then record and consume it.
+    from streams.consumer import iter_findings
+    from streams.recorder import content_ref
+
+    text = next(t for t in (f"deploy rollback ledger {i}" for i in range(2_000_000))
+                if content_ref(t).isdigit() and scanner.scan_text(content_ref(t), "$"))
+    assert [m.detector for m in scanner.scan_text(content_ref(text), "$")] == ["payment_card"]
+    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id="agent-a"))
+    card = "4539 1488 0343 6467"  # a real PAN shape (Luhn-valid Visa) in the content is still found
+    values = []
+    for content in (text, f"pay with {card} please"):
+        ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": content}]})
+        values.append(rec.build(ex)[1])
+    assert content_ref(text).encode() in values[0]
+    found = iter_findings(values[:1], scanner, open_fileset(str(tmp_path / "a")), "w")
+    assert found == []
+    found = iter_findings(values, scanner, open_fileset(str(tmp_path / "b")), "w")
+    assert [f["detector"] for f in found] == ["payment_card"]

@@ -119,6 +119,10 @@ def test_printed_summary_and_nothing_raw_persisted(demo_run) -> None:
         assert s in text, s
     assert f"{summary['events_published']} trace events published" in text
     assert f"{summary['events_consumed']} consumed" in text
+    # The demo relies on the pipeline's own size bound: no record filter of its own, the producer's drop count.
+    flat = " ".join(text.split())  # rich wraps lines at 120 columns
+    assert "1 MiB record limit" not in flat and "events_oversize" not in summary
+    assert f"{summary['events_dropped']} dropped" in flat and "over-long texts published as a prefix" in flat
     for f in summary["findings"]:
         assert f["masked_preview"][:8] in text
     values = _planted_values(load_records(RECORDED))

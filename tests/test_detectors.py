@@ -105,3 +105,24 @@ def test_select_and_get():
         d.select(disabled=["nope"])
     with pytest.raises(KeyError, match="nope"):
         d.get("nope")
+
+
+@pytest.mark.parametrize("text", [
+    # A Luhn-valid Visa number glued inside hex digests / identifiers (SHA-256, a content ref, a build id).
+    "sha256:e3b0c44298fc1c14a4539148803436467fb92427ae41e4649b934ca495991b7852b855",
+    "ref 9f4539148803436467 and commit 4539148803436467ab",
+    "build_4539148803436467",
+])
+def test_card_digits_inside_hex_or_identifiers_are_not_cards(text):
+    from rails.scanner import Scanner
+
+    assert d.card_ok("4539148803436467")  # the digits alone are a valid card: only the context rejects them
+    assert [m.detector for m in Scanner(key=b"k" * 32).scan_text(text) if m.detector == "payment_card"] == []
+
+
+def test_card_after_json_escape_or_punctuation_still_found():
+    from rails.scanner import Scanner
+
+    sc = Scanner(key=b"k" * 32)
+    for text in ('{"note":"card:\\n4539148803436467"}', "pay (4539 1488 0343 6467).", "card=4539148803436467;"):
+        assert [m.detector for m in sc.scan_text(text)] == ["payment_card"], text

@@ -52,3 +52,25 @@ def test_traceparent() -> None:
         0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)
     for bad in (None, "", "00-xyz-abc-01", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"):
         assert otlp.parse_traceparent(bad) is None
+
+
+def test_direct_encoder_is_byte_identical_to_the_sdk_path() -> None:
+    import random
+
+    from streams.otlp import CallSpan, build_span, encode, encode_call, make_resource
+
+    rng = random.Random(7)
+    res = make_resource("railcar", "agent-é", "ns", environ={"POD_NAME": "p-1"})
+    values = ["", "plain", "ünïcødé ✓ 🚀", "x" * 300, True, False, 0, 1, -1, 2**62, -(2**63), 0.0, 0.25, -1e300,
+              ["a", ""], [1, 2, 3], [True], [0.5, 1.5], []]
+    for i in range(200):
+        attrs = {f"k{j}.{rng.random():.3f}": rng.choice(values) for j in range(rng.randrange(0, 8))}
+        events = [(rng.choice(["railcar.content", "railcar.redaction", ""]),
+                   {f"e{j}": rng.choice(values) for j in range(rng.randrange(0, 4))},
+                   rng.choice([0, 1, 1_700_000_000_123_456_789])) for _ in range(rng.randrange(0, 5))]
+        call = CallSpan(name=rng.choice(["chat gpt-x", "", "chat ü"]), trace_id=rng.getrandbits(128) or 1,
+                        span_id=rng.getrandbits(64) or 1, start_ns=rng.choice([0, 1_700_000_000_000_000_000]),
+                        end_ns=rng.choice([0, 1_700_000_000_500_000_000]), attributes=attrs, events=events,
+                        parent_span_id=rng.choice([None, rng.getrandbits(64) or 1]),
+                        error=rng.choice([None, "", "timeout: upstream"]))
+        assert encode_call(call, res) == encode([build_span(call, res)]), i

@@ -104,3 +104,58 @@ async def test_spooled_events_delivered_after_restart(mock_cluster: MockCluster,
     await pub2.close()
     recs = await read_topic(mock_cluster.bootstrap, "spans", 41)
     _check_exactly_once_in_order(recs, {b"trace": [str(i).encode() for i in range(41)]})
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_oversize_record_is_dropped_and_counted_not_retried(mock_cluster: MockCluster) -> None:
+    # A 2 MB record is over max_request_size: aiokafka refuses it for good. It must not block what follows.
+    mock_cluster.create_topic("spans", 2)
+    k, t = _cfg(mock_cluster)
+    k.max_request_size = 256 * 1024
+    reg = CollectorRegistry()
+    pub = Publisher(k, t, registry=reg)
+    await pub.start()
+    pub.publish(b"t", b"0")
+    pub.publish(b"t", b"x" * 2_000_000)
+    for i in range(1, 20):
+        pub.publish(b"t", str(i).encode())
+    for _ in range(100):
+        if pub.stats["published"] >= 20:
+            break
+        await asyncio.sleep(0.05)
+    await pub.close(timeout_s=2)
+    assert pub.stats["published"] == 20 and pub.stats["dropped_too_large"] == 1 and pub.spool.pending == 0
+    assert _sample(reg, "railcar_publisher_events_dropped_total", reason="too_large") == 1
+    _check_exactly_once_in_order(await read_topic(mock_cluster.bootstrap, "spans", 20),
+                                 {b"t": [str(i).encode() for i in range(20)]})
+
+
+async def test_broker_rejected_record_is_isolated_and_dropped(mock_cluster: MockCluster) -> None:
+    # The broker answers one Produce with MESSAGE_TOO_LARGE (errno 10): the batch's records are retried one by
+    # one, only the one rejected again is dropped, the rest arrive in order.
+    mock_cluster.create_topic("spans", 1)
+    k, t = _cfg(mock_cluster)
+    k.enable_idempotence = False
+    reg = CollectorRegistry()
+    pub = Publisher(k, t, registry=reg)
+    await pub.start()
+    pub.publish(b"t", b"warm")
+    for _ in range(100):
+        if pub.stats["published"]:
+            break
+        await asyncio.sleep(0.05)
+    mock_cluster.push_request_errors(0, [10, 10])  # the batch, then the first record retried alone
+    for i in range(5):
+        pub.publish(b"t", str(i).encode())
+    for _ in range(100):
+        if pub.stats["published"] + pub.stats["dropped_too_large"] >= 6:
+            break
+        await asyncio.sleep(0.05)
+    await pub.close(timeout_s=2)
+    assert pub.stats["dropped_too_large"] == 1 and pub.stats["published"] == 5
+    assert _sample(reg, "railcar_publisher_events_dropped_total", reason="too_large") == 1
+    recs = await read_topic(mock_cluster.bootstrap, "spans", 5)
+    assert [r.value for r in sorted(recs, key=lambda r: r.offset)] == [b"warm", b"1", b"2", b"3", b"4"]

@@ -113,3 +113,73 @@ async def test_observer_never_blocks_and_records_in_background(scanner: Scanner)
     await rec.drain()
     await rec.close()
     assert len(out) == 3 and rec.stats["dropped"] == 2 and rec.stats["recorded"] == 3
+
+
+def test_inline_image_request_is_bounded_under_the_record_limit(scanner: Scanner) -> None:
+    # The recorded Groq request with an inline base64 image (2.78 MB): its span must fit in a 1 MiB Kafka record,
+    # and a secret beyond the kept prefix is still redacted (noted, never published).
+    from kafka_support import RECORDED
+
+    with RECORDED.open("rb") as fh:
+        rec_ = next(orjson.loads(line) for line in fh if b"image-as-binary-content-input" in line[:400])
+    body = dict(rec_["request"])
+    assert len(orjson.dumps(body)) > 2_000_000
+    body["messages"] = [*body["messages"], {"role": "user", "content": "x" * 100_000 + f" key {AWS} end"}]
+    out: list = []
+    rec = TraceRecorder(scanner, lambda k, v: out.append((k, v)))
+    _, value = rec.build(Exchange(body=body))
+    assert len(value) < 1024 * 1024 // 2 and AWS.encode() not in value
+    _, sp, _ = _span(value)
+    contents = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.content"]
+    cut = [c for c in contents if c.get("truncated")]
+    assert len(cut) == 2 and rec.stats["truncated"] == 2
+    for c in cut:
+        assert len(c["text"].encode()) <= 64 * 1024 and c["original_length"] > len(c["text"])
+    notes = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.redaction"]
+    assert any(n["railcar.redaction.detector"] == "aws_access_key_id" for n in notes)
+
+
+def test_span_content_budget_caps_many_large_texts(scanner: Scanner) -> None:
+    rec = TraceRecorder(scanner, lambda k, v: None, max_content_bytes=64 * 1024, max_span_content_bytes=200_000)
+    msgs = [{"role": "user", "content": f"{i} " + "é" * 50_000} for i in range(20)]  # 20 x ~100 KB of UTF-8
+    _, value = rec.build(Exchange(body={"model": "m", "messages": msgs}))
+    assert 200_000 < len(value) < 200_000 + 20_000
+    _, sp, _ = _span(value)
+    texts = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.content"]
+    assert sum(len(t["text"].encode()) for t in texts) <= 200_000
+    assert all(t["truncated"] and t["original_length"] == 50_000 + len(f"{i} ") for i, t in enumerate(texts[:20]))
+
+
+def test_reassembly_skips_a_malformed_chunk_and_keeps_the_last_model() -> None:
+    ex = Exchange(body={"model": "m", "stream": True, "messages": []})
+    ex.stream_data = [_chunk({"content": "a"}), b"{not json", b": comment", _chunk({"content": "b"}),
+                      orjson.dumps({"id": "c2", "model": "m-final", "choices": [
+                          {"index": 0, "delta": {"content": "c"}, "finish_reason": "length"},
+                          {"index": 1, "delta": {"content": "other choice"}}]}), b"[DONE]"]
+    ans = reassemble(ex)
+    assert ans["content"] == "abc" and ans["finish_reasons"] == ["length"]
+    assert ans["model"] == "m-final" and ans["id"] == "c2"
+
+
+def test_text_known_clean_is_scanned_once(scanner: Scanner) -> None:
+    calls: list[str] = []
+
+    class Counting:
+        detectors = scanner.detectors
+
+        def gate(self, text: str) -> bool:
+            calls.append(text)
+            return scanner.gate(text)
+
+        def __getattr__(self, name: str):
+            return getattr(scanner, name)
+
+    rec = TraceRecorder(Counting(), lambda k, v: None)
+    system = "You are a careful assistant for ticket 4539 and order 12. " * 10
+    for i in range(5):  # five conversations sharing the system prompt, one leaking a key
+        user = f"question {i}" + (f" key {AWS}" if i == 2 else "")
+        _, value = rec.build(Exchange(body={"model": "m", "messages": [{"role": "system", "content": system},
+                                                                        {"role": "user", "content": user}]}))
+        assert AWS.encode() not in value
+    assert calls.count(system) == 1
+    assert sum(1 for c in calls if AWS in c) >= 1  # a text with a secret is never cached as clean
