@@ -97,13 +97,15 @@ def test_blocked_streams_end_with_the_error_chunk(demo_run) -> None:
     for c in blocked_streams:
         assert c["error_chunk_last"] is True
         err = json.loads(c["tail"][0])["error"]
-        assert err == {"message": "Blocked by regex check output rails.", "type": "guardrails_violation",
-                       "param": "regex check output", "code": "content_blocked"}
+        # The inline hold-back ([guardrails.inline], on with any guardrail config) stops the key before the
+        # chunked regex rail would have seen it: its rail is "sensitive data".
+        assert err == {"message": "Blocked by sensitive data rails.", "type": "guardrails_violation",
+                       "param": "sensitive data", "code": "content_blocked"}
         assert c["tail"][1] == "[DONE]"
-        assert 0 < c["tokens"] < 300  # tokens flowed first (stream_first), then the rail cut the answer
+        assert 0 < c["tokens"] < 300  # tokens flowed first (stream_first), then the hold-back cut the answer
     kinds = {(c["session"], c["result"], c["rail"]) for c in calls if c["result"].startswith("blocked")}
     assert ("attack-prompt-injection", "blocked_input", "regex check input") in kinds
-    assert ("leak-answer-google-key", "blocked_output", "regex check output") in kinds
+    assert ("leak-answer-google-key", "blocked_output", "sensitive data") in kinds
     # the clean recorded sessions are relayed: nothing of theirs is blocked
     leaky = {"leak-stream-aws-key", "leak-stream-private-key", "leak-answer-google-key", "attack-prompt-injection"}
     assert {c["session"] for c in calls if c["result"].startswith("blocked")} == leaky
@@ -113,7 +115,7 @@ def test_printed_summary_and_nothing_raw_persisted(demo_run) -> None:
     res, out = demo_run
     text = res.stdout
     summary = json.loads((out / "demo-summary.json").read_text())
-    for s in ("Traffic through the sidecars", "blocked streams", "Blocked by the rails", "regex check output",
+    for s in ("Traffic through the sidecars", "blocked streams", "Blocked by the rails", "sensitive data",
               "regex check input", "tokens relayed", "trace events published to otlp_spans", "Findings (5)",
               "Suggestions", str(out / "nemo-agent-security"), str(out / "report.html")):
         assert s in text, s
