@@ -61,7 +61,7 @@ class ServerConfig:
     max_body_bytes: int = opt(8 * 1024 * 1024, "Largest accepted request body in bytes; larger gets HTTP 413.")
     grace_period_s: float = opt(30.0, "On SIGTERM: seconds in-flight streams may take to finish before exit.")
     log_level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
-    log_content: bool = opt(False, "Log request/response content (off: the sidecar never logs content by default).")
+    log_content: bool = opt(False, "Let NeMo Guardrails log at INFO (its records can quote content); off: no content in logs.")
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:

@@ -86,7 +86,10 @@ def main(args: argparse.Namespace, config: RailcarConfig) -> int:
     """Entry point of ``railcar serve`` (see :mod:`sidecar.cli`): returns the process exit code."""
     logging.basicConfig(level=config.server.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Content never reaches logs: aiohttp's access log is off and only the sidecar's own messages remain.
+    # Content never reaches logs: aiohttp's access log is off, and NeMo Guardrails (whose INFO/DEBUG records can
+    # carry message text and matched patterns) only speaks at WARNING unless `server.log_content` is on.
+    if not config.server.log_content:
+        logging.getLogger("nemoguardrails").setLevel(max(logging.WARNING, logging.getLogger().level))
     import uvloop
 
     return uvloop.run(serve(config))
