@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import socket
 import string
 import subprocess
 import sys
@@ -40,25 +38,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from common import ROOT, bench_env, cpu_seconds, free_port, run_table, start, stop, wait_http
+
 TOKENS = 64
 CONCURRENCY = 32
 SYSTEM = ("You are a careful operations assistant for the payments team. Answer briefly, cite the runbook "
           "section you used, and never repeat credentials back to the user. ") * 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/<pid>/stat, see proc(5))."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def aws_key(rng: random.Random) -> str:
@@ -99,27 +84,6 @@ async def load(session: aiohttp.ClientSession, url: str, reqs: list[bytes]) -> f
     return time.perf_counter() - t0
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as fh:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=fh, cwd=ROOT)
-
-
-async def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} never became ready")
-
-
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """Unlabelled samples and ``name{labels}`` keys of a Prometheus text exposition."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -158,8 +122,7 @@ async def main_async(args: argparse.Namespace) -> str:
     scale = 0.25 if args.quick else 1.0
     rounds, per_round = 3, int(1000 * scale)
     tmp = Path(tempfile.mkdtemp(prefix="railcar-bench-pipeline-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-    env["RAILCAR_FINGERPRINT_KEY"] = "bench-fingerprint-key-0123456789abcdef"
+    env = bench_env(RAILCAR_FINGERPRINT_KEY="bench-fingerprint-key-0123456789abcdef")
     procs: list[subprocess.Popen] = []
     try:
         broker = start([sys.executable, "-m", "streams.mock_broker", "--topic", "otlp_spans:8"], env,
@@ -254,14 +217,7 @@ async def main_async(args: argparse.Namespace) -> str:
             metrics = await scrape(s, murl)
             snapshot = orjson.loads((tmp / "fileset" / "nemo-agent-security" / "security_snapshot.json").read_bytes())
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(reversed(procs))
     on_rounds = rounds + 1 + (rounds if bound_n["on"] else 0)  # measured, CPU-bound and burst rounds
     planted = sum(1 for i in range(per_round) if i % 10 == 0) * on_rounds + sum(
         1 for i in range(CONCURRENCY * 2) if i % 10 == 0)
@@ -311,17 +267,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a quarter of the requests")
     p.add_argument("--out", default=str(ROOT / ".notes" / "pipeline-bench.md"), help="markdown file for the table")
     args = p.parse_args()
-    try:
-        import uvloop
-
-        table = uvloop.run(main_async(args))
-    except ImportError:  # pragma: no cover
-        table = asyncio.run(main_async(args))
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
-    return 0
+    return run_table(main_async, args, args.out)
 
 
 if __name__ == "__main__":

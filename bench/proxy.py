@@ -18,39 +18,16 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, bench_env, cpu_seconds, free_port, pct, run_table, start, stop, wait_http
+
 TOKENS = 256
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/<pid>/stat, see proc(5))."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 @dataclass
@@ -113,29 +90,8 @@ async def run_load(session: aiohttp.ClientSession, url: str, concurrency: int, t
     return Result(total, seconds, ttft, latency, tokens, cpu, ucpu)
 
 
-def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
-
-
-async def wait_ready(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} never became ready")
-
-
 async def main_async(args: argparse.Namespace) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-    env["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"  # no usage reports off-host
+    env = bench_env()
     fileset = tempfile.mkdtemp(prefix="railcar-bench-fileset-")  # never the checkout's ./railcar-fileset
     up_port, sc_port = free_port(), free_port()
     upstream = start([sys.executable, "-m", "sidecar.replay_upstream", "--synthetic", "--port", str(up_port),
@@ -151,8 +107,8 @@ async def main_async(args: argparse.Namespace) -> str:
     ]
     rows = []
     try:
-        await wait_ready(f"http://127.0.0.1:{up_port}/v1/models", upstream)
-        await wait_ready(f"http://127.0.0.1:{sc_port}/readyz", sidecar)
+        await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
+        await wait_http(f"http://127.0.0.1:{sc_port}/readyz", sidecar)
         direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         proxy_url = f"http://127.0.0.1:{sc_port}/v1/chat/completions"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -168,13 +124,7 @@ async def main_async(args: argparse.Namespace) -> str:
                 rows.append((conc, delay, d, p))
                 print(f"done c={conc} delay={delay}ms", file=sys.stderr)
     finally:
-        for proc in (sidecar, upstream):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (sidecar, upstream):
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop((sidecar, upstream))
         shutil.rmtree(fileset, ignore_errors=True)
     return render(rows, args.telemetry)
 
@@ -215,17 +165,7 @@ def main() -> int:
                    help="keep the sidecar's trace recording on (default off: this measures the proxy)")
     p.add_argument("--out", default=str(ROOT / ".notes" / "proxy.md"), help="markdown file for the table")
     args = p.parse_args()
-    try:
-        import uvloop
-
-        table = uvloop.run(main_async(args))
-    except ImportError:  # pragma: no cover
-        table = asyncio.run(main_async(args))
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
-    return 0
+    return run_table(main_async, args, args.out)
 
 
 if __name__ == "__main__":

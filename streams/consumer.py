@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -48,6 +47,7 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from streams import otlp
+from streams.lru import LRU
 
 __all__ = ["SecurityProcessor", "ConsumerGroupWorker", "main", "consumer_metrics", "health_app", "run_consumer"]
 
@@ -105,21 +105,10 @@ class SecurityProcessor:
         load = getattr(fileset, "load_state", None)
         self.agg.restore(load(writer_id) if load else None)
         self._published: set[str] = {f.id for f in self.agg.findings()}
-        self._traces: collections.OrderedDict[bytes, _Trace] = collections.OrderedDict()
-        self._max_traces = max_traces
+        self._traces: LRU[bytes, _Trace] = LRU(max_traces, _Trace)
         self._m = metrics or consumer_metrics()
         self.records = 0
         self.bytes = 0
-
-    def _trace(self, trace_id: bytes) -> _Trace:
-        t = self._traces.get(trace_id)
-        if t is None:
-            t = self._traces[trace_id] = _Trace()
-            while len(self._traces) > self._max_traces:
-                self._traces.popitem(last=False)
-        else:
-            self._traces.move_to_end(trace_id)
-        return t
 
     def process(self, value: bytes) -> int:
         """Scan one record value; returns the number of spans. Raises :class:`streams.otlp.OTLPDecodeError`
@@ -133,7 +122,7 @@ class SecurityProcessor:
             attrs = otlp.attributes_of(sp.attributes)
             agent = str(attrs.get("gen_ai.agent.id") or res.get("gen_ai.agent.id") or res.get("service.name", ""))
             loc = {"agent": agent, "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex()}
-            tr = self._trace(sp.trace_id)
+            tr = self._traces.get(sp.trace_id)
             events = [(ev.name, otlp.attributes_of(ev.attributes)) for ev in sp.events]  # decoded once
             for name, ea in events:
                 if name == "railcar.content":

@@ -10,21 +10,24 @@ records wait in a bounded deque; a background task scans them with :class:`strea
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
+
+from streams.background import QueueWorker
 
 __all__ = ["EmbeddedPipeline"]
 
 log = logging.getLogger("railcar.embedded")
 
 
-class EmbeddedPipeline:
+class EmbeddedPipeline(QueueWorker[bytes]):
     """In-process sink for trace records. ``config``: the :class:`sidecar.config.RailcarConfig`; ``scanner``:
     shared :class:`rails.scanner.Scanner` (built from ``[detection]`` when None). Records beyond
     ``[telemetry] queue_size`` waiting are dropped and counted in ``stats["dropped"]``."""
+
+    task_name = "railcar-embedded-consumer"
 
     def __init__(self, config: Any, *, scanner: Any = None, writer_id: str = "embedded",
                  commit_interval_s: float = 1.0, registry: CollectorRegistry = REGISTRY) -> None:
@@ -36,34 +39,13 @@ class EmbeddedPipeline:
             scanner = scanner_from_config(config.detection)
         self.proc = SecurityProcessor(scanner, open_fileset(config.fileset.root, config.fileset.s3_endpoint_url),
                                       writer_id, metrics=consumer_metrics(registry))
-        self._q: collections.deque[bytes] = collections.deque()
-        self._max = config.telemetry.queue_size
+        super().__init__(config.telemetry.queue_size, {"processed": 0, "undecodable": 0, "commits": 0})
         self._interval = commit_interval_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.stats = {"processed": 0, "dropped": 0, "undecodable": 0, "commits": 0}
 
     def publish(self, key: bytes, value: bytes) -> bool:
-        """Queue one record (O(1)); False when the queue is full (counted)."""
-        if len(self._q) >= self._max:
-            self.stats["dropped"] += 1
-            return False
-        self._q.append(value)
-        self._wake.set()
-        return True
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="railcar-embedded-consumer")
-
-    async def close(self) -> None:
-        """Process what is queued, commit the fileset, stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        """Queue one record (O(1)); False when the queue is full (counted). :meth:`close` processes what is
+        queued and commits the fileset."""
+        return self.offer(value)
 
     def _work(self, values: list[bytes]) -> None:
         from streams.otlp import OTLPDecodeError
@@ -79,18 +61,14 @@ class EmbeddedPipeline:
         loop = asyncio.get_running_loop()
         dirty, last = False, loop.time()
         while True:
-            if self._q:
-                values = [self._q.popleft() for _ in range(min(len(self._q), 1000))]
+            if self._pending:
+                values = [self._pending.popleft() for _ in range(min(len(self._pending), 1000))]
                 await asyncio.to_thread(self._work, values)
                 dirty = True
             elif self._closing:
                 break
             else:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
-                except asyncio.TimeoutError:
-                    pass
+                await self._idle(self._interval)
             if dirty and loop.time() - last >= self._interval:
                 await asyncio.to_thread(self.proc.commit)
                 self.stats["commits"] += 1

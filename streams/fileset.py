@@ -66,6 +66,21 @@ def _sugg_dicts(suggestions: Iterable[Suggestion | Mapping[str, Any]]) -> list[d
     return [s.as_dict() if hasattr(s, "as_dict") else dict(s) for s in suggestions]
 
 
+def _new_lines(existing: bytes, items: list[dict[str, Any]]) -> list[bytes]:
+    """The JSONL lines of the ``items`` whose ``id`` is neither in ``existing`` (the suggestions file's bytes) nor
+    earlier in ``items``: what both backends append. Unparseable existing lines are skipped."""
+    seen = set()
+    for line in existing.splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):
+            seen.add(orjson.loads(line)["id"])
+    new = []
+    for s in items:
+        if s["id"] not in seen:
+            seen.add(s["id"])
+            new.append(orjson.dumps(s) + b"\n")
+    return new
+
+
 class _Base:
     def _commit(self, state: Mapping[str, Any], suggestions: Iterable[Any], writer_id: str) -> CommitResult:
         state = {**state, "writer": writer_id}
@@ -170,15 +185,7 @@ class LocalFileset(_Base):
                 if not data.endswith(b"\n"):  # a torn, never-acknowledged tail from a crash
                     data = data[: data.rfind(b"\n") + 1]
                     os.ftruncate(fd, len(data))
-            seen = set()
-            for line in data.splitlines():
-                with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):
-                    seen.add(orjson.loads(line)["id"])
-            new = []
-            for s in items:
-                if s["id"] not in seen:
-                    seen.add(s["id"])
-                    new.append(orjson.dumps(s) + b"\n")
+            new = _new_lines(data, items)
             if new:
                 os.lseek(fd, 0, os.SEEK_END)
                 buf = memoryview(b"".join(new))
@@ -288,15 +295,7 @@ class S3Fileset(_Base):
 
     def _append_suggestions(self, items: list[dict[str, Any]]) -> int:
         existing = self._get(SUGGESTIONS) or b""
-        seen = set()
-        for line in existing.splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):
-                seen.add(orjson.loads(line)["id"])
-        new = []
-        for s in items:
-            if s["id"] not in seen:
-                seen.add(s["id"])
-                new.append(orjson.dumps(s) + b"\n")
+        new = _new_lines(existing, items)
         if new:
             self._put(SUGGESTIONS, existing + b"".join(new), "application/x-ndjson")
         return len(new)

@@ -41,7 +41,6 @@ partition (the consumer needs earlier spans of the trace to resolve refs). Dedup
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import logging
 import random
@@ -52,6 +51,8 @@ import orjson
 
 from sidecar.guard import Exchange
 from streams import otlp
+from streams.background import QueueWorker
+from streams.lru import LRU
 
 __all__ = ["TraceRecorder", "reassemble", "start_recording", "content_ref", "chain_ref"]
 
@@ -238,7 +239,7 @@ class _TraceState:
         self.chains: set[str] = set()
 
 
-class TraceRecorder:
+class TraceRecorder(QueueWorker[Exchange]):
     """Builds and publishes one redacted span per finished exchange.
 
     ``scanner``: a :class:`rails.scanner.Scanner` (one per process). ``publish(key, value)``: non-blocking sink
@@ -249,6 +250,8 @@ class TraceRecorder:
     ``stats["truncated"]``.
     """
 
+    task_name = "railcar-recorder"
+
     def __init__(self, scanner: Any, publish: Callable[[bytes, bytes], Any], resource: Any = None, *,
                  agent_id: str = "", max_pending: int = 10000, max_traces: int = 10000,
                  max_content_bytes: int = MAX_CONTENT_BYTES,
@@ -258,60 +261,31 @@ class TraceRecorder:
         self.publish = publish
         self.resource = resource if resource is not None else otlp.make_resource(agent_id=agent_id)
         self.agent_id = agent_id or str(self.resource.attributes.get("gen_ai.agent.id", ""))
-        self._pending: collections.deque[Exchange] = collections.deque()
-        self._max_pending = max_pending
-        self._traces: collections.OrderedDict[int, _TraceState] = collections.OrderedDict()
-        self._max_traces = max_traces
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.stats = {"recorded": 0, "dropped": 0, "errors": 0, "bytes": 0, "truncated": 0}
+        super().__init__(max_pending, {"recorded": 0, "errors": 0, "bytes": 0, "truncated": 0})
+        self._traces: LRU[int, _TraceState] = LRU(max_traces, _TraceState)
 
     # ------------------------------------------------------------ ExchangeObserver
     def exchange_finished(self, exchange: Exchange) -> None:
-        """Queue ``exchange`` for recording (O(1)); drops and counts when ``max_pending`` are waiting."""
-        if len(self._pending) >= self._max_pending:
-            self.stats["dropped"] += 1
-            return
-        self._pending.append(exchange)
-        self._wake.set()
+        """Queue ``exchange`` for recording (O(1)); drops and counts when ``max_pending`` are waiting.
+        :meth:`close` records what is pending, then stops."""
+        self.offer(exchange)
 
     # ------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="railcar-recorder")
-
-    async def close(self) -> None:
-        """Record what is pending, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-
     async def drain(self) -> None:
         """Wait until every queued exchange has been recorded (tests, shutdown)."""
         while self._pending:
             await asyncio.sleep(0.005)
 
-    async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            exchange = self._pending.popleft()
-            try:
-                key, value = self.build(exchange)
-                self.publish(key, value)
-                self.stats["recorded"] += 1
-                self.stats["bytes"] += len(value)
-            except Exception:  # a bad exchange must not stop recording; never log content
-                self.stats["errors"] += 1
-                log.exception("trace recording failed for request %s", exchange.request_id)
-            await asyncio.sleep(0)  # let requests run between records
+    async def _handle(self, exchange: Exchange) -> None:
+        try:
+            key, value = self.build(exchange)
+            self.publish(key, value)
+            self.stats["recorded"] += 1
+            self.stats["bytes"] += len(value)
+        except Exception:  # a bad exchange must not stop recording; never log content
+            self.stats["errors"] += 1
+            log.exception("trace recording failed for request %s", exchange.request_id)
+        await asyncio.sleep(0)  # let requests run between records
 
     # ------------------------------------------------------------ building
     def _trace_ids(self, exchange: Exchange) -> tuple[int, int | None]:
@@ -327,21 +301,11 @@ class TraceRecorder:
         digest = hashlib.sha256(f"{self.agent_id}\x00{conv}".encode("utf-8", "surrogatepass")).digest()
         return int.from_bytes(digest[:16], "big") or 1, None
 
-    def _state(self, trace_id: int) -> _TraceState:
-        st = self._traces.get(trace_id)
-        if st is None:
-            st = self._traces[trace_id] = _TraceState()
-            while len(self._traces) > self._max_traces:
-                self._traces.popitem(last=False)
-        else:
-            self._traces.move_to_end(trace_id)
-        return st
-
     def build(self, exchange: Exchange) -> tuple[bytes, bytes]:
         """``(key, value)`` for one exchange: key the 32-hex trace id, value ``TracesData`` bytes. Updates the
         per-trace dedup state (so call it once per exchange, in order)."""
         trace_id, parent = self._trace_ids(exchange)
-        st = self._state(trace_id)
+        st = self._traces.get(trace_id)
         now = time.time_ns()
         events: list[tuple[str, dict[str, Any], int]] = []
         notes: list[dict[str, Any]] = []

@@ -9,15 +9,25 @@
 - ``start_sidecar(config, guard=PassThrough(), observers=())``: an async factory running the sidecar app on an
   ephemeral port; returns a :class:`RunningSidecar` (``base_url``, ``url(path)``, ``app``); stopped at teardown.
 - ``sidecar``: a running pass-through sidecar in front of ``replay_upstream``.
+- ``railcar_process(command, env)``: a factory starting ``railcar serve`` / ``railcar consume`` as a real
+  subprocess on a free loopback port, returning a :class:`RailcarProcess` (``base``, ``wait_ready``, ``stop``);
+  any still running is killed at teardown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -26,7 +36,8 @@ from sidecar.config import RailcarConfig, load_config
 from sidecar.guard import PassThrough
 from sidecar.replay_upstream import ReplayUpstream, load_records
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 RECORDED = SHARED / "fixtures" / "recorded" / "chat_completions.jsonl"
 
 
@@ -114,3 +125,76 @@ async def replay_upstream(records):
 async def sidecar(replay_upstream, make_config, start_sidecar) -> RunningSidecar:
     cfg = make_config(server={"grace_period_s": 2.0}, upstream={"base_url": replay_upstream.base_url})
     return await start_sidecar(cfg)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RailcarProcess:
+    """A ``railcar <command>`` subprocess listening on ``127.0.0.1:port``; its stderr goes to ``log`` (a pipe could
+    fill up and block it)."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """What the process wrote to stderr so far (for assertion messages)."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait_ready(self, http: aiohttp.ClientSession, path: str = "/readyz", timeout_s: float = 20.0) -> None:
+        """Poll ``GET path`` every 50 ms until 200; ``AssertionError`` (with the process's stderr) when it exits
+        first or after ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            assert self.proc.poll() is None, f"railcar exited with {self.proc.returncode}:\n{self.output()}"
+            try:
+                async with http.get(self.base + path) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.proc.args} never answered 200 on {path}:\n{self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        """Send ``sig`` and return the exit code (``subprocess.TimeoutExpired`` after ``timeout_s``)."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout_s)
+
+
+@pytest.fixture
+def railcar_process(tmp_path: Path):
+    """Factory ``start(command, env=None, *, port=None, log_name=None) -> RailcarProcess``: runs
+    ``python -m sidecar.cli <command>`` from the checkout with the environment minus every ``RAILCAR_*`` variable,
+    plus ``RAILCAR_SERVER_PORT`` (``port`` or a free one), ``RAILCAR_SERVER_LOG_LEVEL=warning`` and ``env``;
+    stderr in ``tmp_path / log_name`` (default ``<command>-<n>.log``). Processes still running at teardown are
+    killed."""
+    started: list[RailcarProcess] = []
+
+    def start(command: str, env: Mapping[str, str] | None = None, *, port: int | None = None,
+              log_name: str | None = None) -> RailcarProcess:
+        port = port or free_port()
+        full = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
+        full.update(RAILCAR_SERVER_PORT=str(port), RAILCAR_SERVER_LOG_LEVEL="warning", **(env or {}))
+        log = tmp_path / (log_name or f"{command}-{len(started)}.log")
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", command], env=full, cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=fh)
+        started.append(RailcarProcess(proc, port, log))
+        return started[-1]
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()

@@ -1,4 +1,5 @@
-"""Test helpers for the Kafka part: a mock-cluster fixture, reading a topic back, the 2-consumer group patch.
+"""Test helpers for the Kafka part: a mock-cluster fixture, reading a topic back, polling until a condition holds,
+a connected publisher, the 2-consumer group patch.
 
 The SyncGroup delay below is a test-only workaround for librdkafka's mock cluster (``../shared/KAFKA.md``): the
 mock rejects a follower's SyncGroup that arrives after the leader's, so the leader's SyncGroup is delayed ~0.3 s.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -59,6 +60,24 @@ async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 1
     finally:
         await consumer.stop()
     return out
+
+
+async def eventually(cond: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.05) -> bool:
+    """Poll ``cond()`` every ``interval_s`` until it is true (returns True) or ``timeout_s`` passed (returns False:
+    the caller's own assertions then say what is missing)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(interval_s)
+    return True
+
+
+async def publish_first(pub: Any, key: bytes = b"t", value: bytes = b"warm", timeout_s: float = 5.0) -> None:
+    """Publish one record through a started :class:`streams.producer.Publisher` and wait until the broker took it,
+    so the producer is connected before a test injects a fault. ``AssertionError`` after ``timeout_s``."""
+    pub.publish(key, value)
+    assert await eventually(lambda: pub.stats["published"] >= 1, timeout_s), f"not published: {pub.stats}"
 
 
 @contextlib.contextmanager

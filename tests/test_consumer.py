@@ -142,14 +142,6 @@ async def test_two_consumers_share_partitions(mock_cluster, tmp_path, scanner) -
     assert len({s["id"] for s in sugg}) == len(sugg)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metric(text: str, name: str, **labels: str) -> float | None:
     """The value of sample ``name{labels}`` in a Prometheus text exposition (None when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -161,76 +153,62 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-async def test_consume_command_serves_health_ready_and_metrics(mock_cluster, tmp_path, scanner) -> None:
+async def test_consume_command_serves_health_ready_and_metrics(mock_cluster, tmp_path, scanner,
+                                                              railcar_process) -> None:
     """`railcar consume` as a real subprocess: /healthz at once, /readyz 503 until it joined the group, /metrics
     with lag per partition, records, records/s, findings by type and dead-lettered; SIGTERM exits 0."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import aiohttp
 
     mock_cluster.create_topic("spans", 2)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-    env.update(RAILCAR_KAFKA_BOOTSTRAP_SERVERS=mock_cluster.bootstrap, RAILCAR_KAFKA_TRACE_TOPIC="spans",
-               RAILCAR_KAFKA_FINDINGS_TOPIC="findings", RAILCAR_KAFKA_DEAD_LETTER_TOPIC="dlq",
-               RAILCAR_KAFKA_GROUP_ID="sec-http", RAILCAR_FILESET_ROOT=str(tmp_path / "fs"),
-               RAILCAR_SERVER_PORT=str(port), RAILCAR_SERVER_LOG_LEVEL="warning")
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "consume"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            async def get(path: str) -> tuple[int, str]:
-                async with http.get(base + path) as r:
-                    return r.status, await r.text()
+    consume = railcar_process("consume", {
+        "RAILCAR_KAFKA_BOOTSTRAP_SERVERS": mock_cluster.bootstrap, "RAILCAR_KAFKA_TRACE_TOPIC": "spans",
+        "RAILCAR_KAFKA_FINDINGS_TOPIC": "findings", "RAILCAR_KAFKA_DEAD_LETTER_TOPIC": "dlq",
+        "RAILCAR_KAFKA_GROUP_ID": "sec-http", "RAILCAR_FILESET_ROOT": str(tmp_path / "fs")})
+    base = consume.base
+    async with aiohttp.ClientSession() as http:
+        async def get(path: str) -> tuple[int, str]:
+            async with http.get(base + path) as r:
+                return r.status, await r.text()
 
-            ready_codes = []
-            for _ in range(300):
-                assert proc.poll() is None, proc.stderr.read().decode()
-                try:
-                    code, _ = await get("/readyz")
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-                    continue
-                ready_codes.append(code)
-                if code == 200:
-                    break
+        ready_codes = []
+        for _ in range(300):
+            assert consume.proc.poll() is None, consume.output()
+            try:
+                code, _ = await get("/readyz")
+            except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
-            assert ready_codes[-1] == 200 and set(ready_codes) <= {200, 503}
-            assert (await get("/healthz"))[0] == 200
-            code, body = await get("/readyz")
-            assert orjson.loads(body)["partitions"] == [0, 1]
+                continue
+            ready_codes.append(code)
+            if code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert ready_codes[-1] == 200 and set(ready_codes) <= {200, 503}
+        assert (await get("/healthz"))[0] == 200
+        code, body = await get("/readyz")
+        assert orjson.loads(body)["partitions"] == [0, 1]
 
-            recs = _records(scanner, 9)  # 3 planted tokens
-            await _produce(mock_cluster.bootstrap, "spans", recs + [(b"poison", b"\xff\x00 not OTLP")])
-            text = ""
-            for _ in range(200):
-                code, text = await get("/metrics")
-                if (_metric(text, "railcar_consumer_records_total") or 0) >= 9 \
-                        and _metric(text, "railcar_consumer_dead_lettered_total"):
-                    break
-                await asyncio.sleep(0.1)
-            assert code == 200
-            assert _metric(text, "railcar_consumer_records_total") == 9
-            assert _metric(text, "railcar_consumer_dead_lettered_total") == 1
-            assert _metric(text, "railcar_consumer_findings_total", type="leaked_secret") == 3
-            for _ in range(50):  # lag is refreshed on the next poll after the commit
-                code, text = await get("/metrics")
-                if all(_metric(text, "railcar_consumer_lag", partition=p) == 0 for p in ("0", "1")):
-                    break
-                await asyncio.sleep(0.1)
-            assert [_metric(text, "railcar_consumer_lag", partition=p) for p in ("0", "1")] == [0, 0]
-            assert _metric(text, "railcar_consumer_records_per_second") is not None
-            assert (await get("/nope"))[0] == 404
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        recs = _records(scanner, 9)  # 3 planted tokens
+        await _produce(mock_cluster.bootstrap, "spans", recs + [(b"poison", b"\xff\x00 not OTLP")])
+        text = ""
+        for _ in range(200):
+            code, text = await get("/metrics")
+            if (_metric(text, "railcar_consumer_records_total") or 0) >= 9 \
+                    and _metric(text, "railcar_consumer_dead_lettered_total"):
+                break
+            await asyncio.sleep(0.1)
+        assert code == 200
+        assert _metric(text, "railcar_consumer_records_total") == 9
+        assert _metric(text, "railcar_consumer_dead_lettered_total") == 1
+        assert _metric(text, "railcar_consumer_findings_total", type="leaked_secret") == 3
+        for _ in range(50):  # lag is refreshed on the next poll after the commit
+            code, text = await get("/metrics")
+            if all(_metric(text, "railcar_consumer_lag", partition=p) == 0 for p in ("0", "1")):
+                break
+            await asyncio.sleep(0.1)
+        assert [_metric(text, "railcar_consumer_lag", partition=p) for p in ("0", "1")] == [0, 0]
+        assert _metric(text, "railcar_consumer_records_per_second") is not None
+        assert (await get("/nope"))[0] == 404
+    assert consume.stop(timeout_s=15) == 0
 
 
 def test_railcar_hashes_are_not_scanned_but_content_is(scanner, tmp_path) -> None:

@@ -1,7 +1,11 @@
 """The detector catalog: pattern hygiene and each validator's rules (sources in rails/detectors.py)."""
 
-import re2
+import re
+
 import pytest
+import re2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rails import detectors as d
 
@@ -83,6 +87,33 @@ def test_placeholders(value):
 def test_real_looking_values_are_not_placeholders():
     assert not d.is_placeholder("AKIALALEMEL33243OLIB", 4)
     assert not d.is_placeholder("ghp_ljlgcugi9yo8ncycci5odfl1m0usx07swa0f", 4)
+
+
+@pytest.mark.parametrize("value", ["AKIAIOSFODNN7EXAMPLE", "AKIAXXXXXXXXXXXXXXXX", "AKIAABABABABABABABAB",
+                                   "ASIA2222222222222222"])
+def test_aws_placeholders_are_rejected(value):
+    assert not d.get("aws_access_key_id").validate(value)
+
+
+def test_aws_random_key_with_a_placeholder_word_inside_is_a_finding():
+    # bench/pipeline.py planted this random key (body random over [A-Z2-7]): "XXXX" inside it made it a
+    # "placeholder", so one planted key in ~700 was never a finding.
+    from rails.scanner import Scanner
+
+    key = "AKIA4VXXXXUJEAZB4O3Y"
+    assert d.get("aws_access_key_id").validate(key)
+    assert d.get("aws_access_key_id").validate("AKIAQ7YOURM3KD5ZTB2N")
+    text = f"The CI job uses {key} for the bucket."
+    assert [text[m.start:m.end] for m in Scanner().scan_text(text)] == [key]
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", min_size=16, max_size=16))
+@settings(max_examples=300, deadline=None)
+def test_aws_random_bodies_are_found_unless_low_variety_or_example(body):
+    # gitleaks' aws-access-token rule (allowlist ".+EXAMPLE$") plus Railcar's low-variety rules, nothing else.
+    low_variety = len(set(body)) < 5 or re.search(r"(.)\1{7,}", body) is not None
+    expected = not (low_variety or body.endswith("EXAMPLE"))
+    assert d.get("aws_access_key_id").validate("AKIA" + body) is expected
 
 
 def test_phone_uses_libphonenumber():

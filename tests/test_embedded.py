@@ -8,12 +8,7 @@ local fileset; the secret itself must be nowhere in the fileset.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 
 import aiohttp
 import orjson
@@ -29,9 +24,6 @@ from streams.embedded import EmbeddedPipeline
 from streams.fileset import open_fileset
 from streams.recorder import TraceRecorder, start_recording
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.fixture(scope="module")
 def scanner() -> Scanner:
     return Scanner(key=b"embedded-test-key" * 2)
@@ -42,12 +34,6 @@ def _record(scanner: Scanner, text: str, agent: str = "agent-emb") -> tuple[byte
     ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": text}]})
     ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {"content": "ok"}}]})
     return rec.build(ex)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_pipeline_commits_findings_and_counts_bad_records(make_config, scanner, tmp_path) -> None:
@@ -107,51 +93,34 @@ async def test_start_recording_picks_the_sink(make_config, scanner, tmp_path) ->
     assert [p["model"] for p in snap["coverage"]["model_paths"]] == ["m"]
 
 
-async def test_railcar_serve_without_kafka_writes_the_local_fileset(records, replay_upstream, tmp_path) -> None:
+async def test_railcar_serve_without_kafka_writes_the_local_fileset(records, replay_upstream, tmp_path,
+                                                                   railcar_process) -> None:
     rng = random.Random(3)
     secret = GENERATORS["aws_access_key_id"](rng)
     rec = next(r for r in records if r.get("status") == 200 and r["stream"] and r["request"].get("messages"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-    env.update(RAILCAR_UPSTREAM_BASE_URL=replay_upstream.base_url, RAILCAR_SERVER_PORT=str(port),
-               RAILCAR_FILESET_ROOT=str(tmp_path / "fs"), RAILCAR_TELEMETRY_AGENT_ID="agent-serve",
-               RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_FINGERPRINT_KEY="k" * 32)
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(400):
-                assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
-                try:
-                    async with http.get(base + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-            req = dict(rec["request"])
-            req["messages"] = list(req["messages"]) + [
-                {"role": "user", "content": f"deploy with AWS key {secret} please"}]
-            async with http.post(base + "/v1/chat/completions", json=req,
-                                 headers={"x-replay-id": rec["id"]}) as r:
-                body = await r.read()
-                assert r.status == 200, body[:300]
-            assert body == rec["response_body"].encode()  # relayed byte for byte
-            fs = open_fileset(str(tmp_path / "fs"))
-            snap = None
-            for _ in range(100):  # the embedded consumer commits every second
-                snap = fs.read_snapshot()
-                if snap and snap["findings"]:
-                    break
-                await asyncio.sleep(0.1)
-        assert snap and snap["findings"], "no finding written by the embedded consumer"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    serve = railcar_process("serve", {"RAILCAR_UPSTREAM_BASE_URL": replay_upstream.base_url,
+                                      "RAILCAR_FILESET_ROOT": str(tmp_path / "fs"),
+                                      "RAILCAR_TELEMETRY_AGENT_ID": "agent-serve",
+                                      "RAILCAR_FINGERPRINT_KEY": "k" * 32})
+    base = serve.base
+    async with aiohttp.ClientSession() as http:
+        await serve.wait_ready(http)
+        req = dict(rec["request"])
+        req["messages"] = list(req["messages"]) + [
+            {"role": "user", "content": f"deploy with AWS key {secret} please"}]
+        async with http.post(base + "/v1/chat/completions", json=req, headers={"x-replay-id": rec["id"]}) as r:
+            body = await r.read()
+            assert r.status == 200, body[:300]
+        assert body == rec["response_body"].encode()  # relayed byte for byte
+        fs = open_fileset(str(tmp_path / "fs"))
+        snap = None
+        for _ in range(100):  # the embedded consumer commits every second
+            snap = fs.read_snapshot()
+            if snap and snap["findings"]:
+                break
+            await asyncio.sleep(0.1)
+    assert snap and snap["findings"], "no finding written by the embedded consumer"
+    assert serve.stop() == 0
     snap = fs.read_snapshot()
     aws = [f for f in snap["findings"] if f["detector"] == "aws_access_key_id"]
     assert len(aws) == 1 and aws[0]["location"]["agent"] == "agent-serve"

@@ -7,7 +7,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from kafka_support import mock_cluster  # noqa: F401  (fixture)
+from kafka_support import eventually, mock_cluster, publish_first  # noqa: F401  (mock_cluster: fixture)
 from streams.kafka_logging import RepeatFilter, quiet_aiokafka
 from streams.mock_broker import MockCluster
 from streams.producer import Publisher
@@ -50,21 +50,14 @@ async def test_outage_logs_one_warning_and_one_recovery_line(mock_cluster: MockC
                     retry_backoff_ms=50, linger_ms=2)
     pub = Publisher(k, TelemetryConfig(), registry=CollectorRegistry())
     await pub.start()
-    pub.publish(b"t", b"first")
-    for _ in range(100):
-        if pub.stats["published"]:
-            break
-        await asyncio.sleep(0.05)
+    await publish_first(pub, b"t", b"first")
     caplog.clear()
     mock_cluster.broker_down(1)
     for i in range(40):  # 2.4 s of traffic with the broker down
         pub.publish(b"t", str(i).encode())
         await asyncio.sleep(0.06)
     mock_cluster.broker_up(1)
-    for _ in range(200):
-        if pub.spool.pending == 0 and pub.queue_depth == 0 and pub.stats["published"] >= 41:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: pub.spool.pending == 0 and pub.queue_depth == 0 and pub.stats["published"] >= 41, 10)
     await pub.close()
     assert pub.stats["published"] == 41 and pub.stats["spooled"] > 0
     ours = [r for r in caplog.records if r.name == "railcar.producer" and r.levelno >= logging.INFO]

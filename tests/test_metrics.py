@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
@@ -16,9 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafka_support import mock_cluster  # noqa: F401  (fixture)
 from sidecar.metrics import Metrics
 from sidecar.replay_upstream import ReplayUpstream
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _families(text: str) -> list[str]:
     return [f.name for f in text_string_to_metric_families(text)]
@@ -44,35 +36,16 @@ def test_render_merges_the_shared_registry_without_duplicates() -> None:
     assert "railcar_publisher" not in Metrics(shared=None).render().decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_running_sidecar_exposes_publisher_and_rails_metrics(mock_cluster, tmp_path) -> None:
+async def test_running_sidecar_exposes_publisher_and_rails_metrics(mock_cluster, tmp_path, railcar_process) -> None:
     mock_cluster.create_topic("otlp_spans", 2)
-    port = _free_port()
     async with ReplayUpstream(synthetic=True, tokens=4) as up:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-        env.update(RAILCAR_UPSTREAM_BASE_URL=up.base_url, RAILCAR_SERVER_PORT=str(port),
-                   RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_KAFKA_BOOTSTRAP_SERVERS=mock_cluster.bootstrap,
-                   RAILCAR_FILESET_ROOT=str(tmp_path / "fs"))
-        with open(tmp_path / "serve.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve"], env=env, cwd=ROOT,
-                                    stdout=subprocess.DEVNULL, stderr=log)
-        base = f"http://127.0.0.1:{port}"
+        serve = railcar_process("serve", {"RAILCAR_UPSTREAM_BASE_URL": up.base_url,
+                                          "RAILCAR_KAFKA_BOOTSTRAP_SERVERS": mock_cluster.bootstrap,
+                                          "RAILCAR_FILESET_ROOT": str(tmp_path / "fs")})
+        base = serve.base
         try:
             async with aiohttp.ClientSession() as http:
-                for _ in range(400):
-                    assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                    try:
-                        async with http.get(base + "/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.05)
+                await serve.wait_ready(http)
                 body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
                 async with http.post(base + "/v1/chat/completions", json=body) as r:
                     assert r.status == 200 and (await r.read()).endswith(b"data: [DONE]\n\n")
@@ -85,8 +58,7 @@ async def test_running_sidecar_exposes_publisher_and_rails_metrics(mock_cluster,
                         break
                     await asyncio.sleep(0.05)
         finally:
-            proc.terminate()
-            proc.wait(20)
+            serve.stop()  # before the upstream closes
     names = _type_lines(text)
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     fams = set(_families(text))

@@ -11,14 +11,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -29,14 +24,9 @@ from streams import otlp
 from streams.mock_broker import MockCluster
 from streams.spool import Spool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TURN = re.compile(r"worker (\d+) turn (\d+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Fail over to the spool quickly when the broker is down.
+FAST_KAFKA = {"RAILCAR_KAFKA_REQUEST_TIMEOUT_MS": "1000", "RAILCAR_KAFKA_RETRY_BACKOFF_MS": "100"}
 
 
 def _p99(values: list[float]) -> float:
@@ -88,15 +78,8 @@ def _traceparent(worker: int) -> str:
     return f"00-{worker + 1:032x}-{worker + 1:016x}-01"
 
 
-def _env(**kw: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-    env.update(RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_KAFKA_REQUEST_TIMEOUT_MS="1000",
-               RAILCAR_KAFKA_RETRY_BACKOFF_MS="100", **kw)
-    return env
-
-
 @pytest.mark.slow
-async def test_broker_down_10s_under_50_streams(tmp_path) -> None:
+async def test_broker_down_10s_under_50_streams(tmp_path, railcar_process) -> None:
     """Two identical ``railcar serve`` processes, 50 concurrent streams each at the same moments, each publishing
     to its own mock cluster: A's broker goes down for 10 s, B's stays up. B is the control measured in the same
     run under the same machine load (the box is shared, so a baseline taken at another moment is not comparable
@@ -109,15 +92,13 @@ async def test_broker_down_10s_under_50_streams(tmp_path) -> None:
         async with ReplayUpstream(synthetic=True, tokens=16, delay_s=0.02) as up:
             up.record_requests = False
             spool = tmp_path / "spool-a"
-            ports = {"A": _free_port(), "B": _free_port()}
             procs = {
-                "A": _serve(_env(RAILCAR_UPSTREAM_BASE_URL=up.base_url, RAILCAR_SERVER_PORT=str(ports["A"]),
-                                 RAILCAR_KAFKA_BOOTSTRAP_SERVERS=mc_a.bootstrap, RAILCAR_TELEMETRY_SPOOL_DIR=str(spool),
-                                 RAILCAR_FILESET_ROOT=str(tmp_path / "fs")), tmp_path / "a.log"),
-                "B": _serve(_env(RAILCAR_UPSTREAM_BASE_URL=up.base_url, RAILCAR_SERVER_PORT=str(ports["B"]),
-                                 RAILCAR_KAFKA_BOOTSTRAP_SERVERS=mc_b.bootstrap,
-                                 RAILCAR_TELEMETRY_SPOOL_DIR=str(tmp_path / "spool-b"),
-                                 RAILCAR_FILESET_ROOT=str(tmp_path / "fs")), tmp_path / "b.log"),
+                side: railcar_process("serve", {**FAST_KAFKA, "RAILCAR_UPSTREAM_BASE_URL": up.base_url,
+                                                "RAILCAR_KAFKA_BOOTSTRAP_SERVERS": mc.bootstrap,
+                                                "RAILCAR_TELEMETRY_SPOOL_DIR": str(spool_dir),
+                                                "RAILCAR_FILESET_ROOT": str(tmp_path / "fs")},
+                                      log_name=f"{side.lower()}.log")
+                for side, mc, spool_dir in (("A", mc_a, spool), ("B", mc_b, tmp_path / "spool-b"))
             }
             phase = "warmup"
             lat: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -126,7 +107,7 @@ async def test_broker_down_10s_under_50_streams(tmp_path) -> None:
             spool_peak = 0
 
             async def worker(side: str, w: int, http: aiohttp.ClientSession) -> None:
-                url = f"http://127.0.0.1:{ports[side]}/v1/chat/completions"
+                url = procs[side].base + "/v1/chat/completions"
                 await asyncio.sleep(w * 0.35 / 50)  # staggered, as independent agents would be
                 while not stop.is_set():
                     body = {"model": "m", "stream": True,
@@ -141,34 +122,27 @@ async def test_broker_down_10s_under_50_streams(tmp_path) -> None:
                         lat.setdefault((side, tag), []).append((t1, t1 - t0))
                     sent[side, w] += 1
 
-            try:
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-                    for side in "AB":
-                        await _wait_ready(http, f"http://127.0.0.1:{ports[side]}", procs[side])
-                    tasks = [asyncio.create_task(worker(s, w, http)) for s in "AB" for w in range(50)]
-                    await asyncio.sleep(2.0)
-                    phase = "up"
-                    await asyncio.sleep(6.0)
-                    phase = "down"
-                    mc_a.broker_down(1)
-                    for _ in range(100):
-                        await asyncio.sleep(0.1)
-                        spool_peak = max(spool_peak, sum(p.stat().st_size for p in spool.glob("*.seg")))
-                    mc_a.broker_up(1)
-                    phase = "recovery"
-                    await asyncio.sleep(2.0)
-                    stop.set()
-                    await asyncio.gather(*tasks)
-                total = sum(n for (s, _), n in sent.items() if s == "A")
-                recs = await read_topic(mc_a.bootstrap, "otlp_spans", total, timeout=30)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 for side in "AB":
-                    procs[side].send_signal(signal.SIGTERM)
-                    assert procs[side].wait(20) == 0
-            finally:
-                for p in procs.values():
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
+                    await procs[side].wait_ready(http)
+                tasks = [asyncio.create_task(worker(s, w, http)) for s in "AB" for w in range(50)]
+                await asyncio.sleep(2.0)
+                phase = "up"
+                await asyncio.sleep(6.0)
+                phase = "down"
+                mc_a.broker_down(1)
+                for _ in range(100):
+                    await asyncio.sleep(0.1)
+                    spool_peak = max(spool_peak, sum(p.stat().st_size for p in spool.glob("*.seg")))
+                mc_a.broker_up(1)
+                phase = "recovery"
+                await asyncio.sleep(2.0)
+                stop.set()
+                await asyncio.gather(*tasks)
+            total = sum(n for (s, _), n in sent.items() if s == "A")
+            recs = await read_topic(mc_a.bootstrap, "otlp_spans", total, timeout=30)
+            for side in "AB":
+                assert procs[side].stop() == 0
 
     p99 = {k: _window_p99(v) * 1000 for k, v in lat.items() if k[1] in ("up", "down")}
     print(f"\n50 streams per sidecar, p99 latency ms (median of 1 s windows): "
@@ -181,44 +155,21 @@ async def test_broker_down_10s_under_50_streams(tmp_path) -> None:
     _check_exactly_once_in_order(recs, {w: n for (s, w), n in sent.items() if s == "A"})
 
 
-def _serve(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A ``railcar serve`` subprocess; its stderr goes to ``log`` (a pipe could fill up and block it)."""
-    with open(log, "wb") as fh:
-        return subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=fh)
-
-
-async def _wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen) -> None:
-    for _ in range(400):
-        assert proc.poll() is None, f"railcar serve exited with {proc.returncode}"
-        try:
-            async with http.get(base + "/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("railcar serve never became ready")
-
-
 @pytest.mark.slow
-async def test_sigkilled_sidecar_delivers_its_spool_after_restart(mock_cluster, tmp_path) -> None:
+async def test_sigkilled_sidecar_delivers_its_spool_after_restart(mock_cluster, tmp_path, railcar_process) -> None:
     mock_cluster.create_topic("otlp_spans", 4)
     spool_dir = tmp_path / "spool"
-    port = _free_port()
     n = 20
     async with ReplayUpstream(synthetic=True, tokens=8) as up:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-        env.update(RAILCAR_UPSTREAM_BASE_URL=up.base_url, RAILCAR_SERVER_PORT=str(port),
-                   RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_KAFKA_BOOTSTRAP_SERVERS=mock_cluster.bootstrap,
-                   RAILCAR_KAFKA_REQUEST_TIMEOUT_MS="1000", RAILCAR_KAFKA_RETRY_BACKOFF_MS="100",
-                   RAILCAR_TELEMETRY_SPOOL_DIR=str(spool_dir), RAILCAR_FILESET_ROOT=str(tmp_path / "fs"))
-        base = f"http://127.0.0.1:{port}"
+        env = {**FAST_KAFKA, "RAILCAR_UPSTREAM_BASE_URL": up.base_url,
+               "RAILCAR_KAFKA_BOOTSTRAP_SERVERS": mock_cluster.bootstrap,
+               "RAILCAR_TELEMETRY_SPOOL_DIR": str(spool_dir), "RAILCAR_FILESET_ROOT": str(tmp_path / "fs")}
         mock_cluster.broker_down(1)
-        first = _serve(env, tmp_path / "first.log")
+        first = railcar_process("serve", env, log_name="first.log")
+        base = first.base
         try:
             async with aiohttp.ClientSession() as http:
-                await _wait_ready(http, base, first)
+                await first.wait_ready(http)
                 for i in range(n):
                     body = {"model": "m", "stream": True,
                             "messages": [{"role": "user", "content": f"worker {i} turn 0"}]}
@@ -234,23 +185,16 @@ async def test_sigkilled_sidecar_delivers_its_spool_after_restart(mock_cluster, 
                 await asyncio.sleep(0.1)
             assert pending == n
         finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-        assert first.returncode == -signal.SIGKILL
+            first.stop(signal.SIGKILL)
+        assert first.proc.returncode == -signal.SIGKILL
         mock_cluster.broker_up(1)
-        second = _serve(env, tmp_path / "second.log")
-        try:
-            recs = await read_topic(mock_cluster.bootstrap, "otlp_spans", n, timeout=30)
-            for _ in range(100):  # replay acknowledged: the cursor covers every spooled record
-                if Spool(spool_dir).pending == 0:
-                    break
-                await asyncio.sleep(0.1)
-            assert Spool(spool_dir).pending == 0
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(20) == 0
-        finally:
-            if second.poll() is None:
-                second.kill()
-                second.wait()
+        second = railcar_process("serve", env, port=first.port, log_name="second.log")
+        recs = await read_topic(mock_cluster.bootstrap, "otlp_spans", n, timeout=30)
+        for _ in range(100):  # replay acknowledged: the cursor covers every spooled record
+            if Spool(spool_dir).pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert Spool(spool_dir).pending == 0
+        assert second.stop() == 0
     assert len(recs) == n
     _check_exactly_once_in_order(recs, {i: 1 for i in range(n)})

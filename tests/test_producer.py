@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from kafka_support import mock_cluster, read_topic  # noqa: F401  (fixture)
+from kafka_support import eventually, mock_cluster, publish_first, read_topic  # noqa: F401  (mock_cluster: fixture)
 from streams.mock_broker import MockCluster
 from streams.producer import Publisher
 from streams.settings import KafkaConfig, TelemetryConfig
@@ -74,10 +74,7 @@ async def test_broker_down_spools_then_replays_exactly_once(mock_cluster: MockCl
     assert pub.stats["spooled"] > 0 and pub.spool.bytes > 0
     mock_cluster.broker_up(1)
     await burst(50)
-    for _ in range(100):
-        if pub.spool.pending == 0 and pub.queue_depth == 0:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: pub.spool.pending == 0 and pub.queue_depth == 0, 10, 0.1)
     await pub.close()
     assert pub.stats["replayed"] > 0
     _check_exactly_once_in_order(await read_topic(mock_cluster.bootstrap, "spans", n), expected)
@@ -97,10 +94,7 @@ async def test_spooled_events_delivered_after_restart(mock_cluster: MockCluster,
     pub2 = Publisher(k, t, registry=CollectorRegistry())  # a new process over the same spool
     await pub2.start()
     pub2.publish(b"trace", b"40")
-    for _ in range(100):
-        if pub2.spool.pending == 0 and pub2.queue_depth == 0:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: pub2.spool.pending == 0 and pub2.queue_depth == 0, 10, 0.1)
     await pub2.close()
     recs = await read_topic(mock_cluster.bootstrap, "spans", 41)
     _check_exactly_once_in_order(recs, {b"trace": [str(i).encode() for i in range(41)]})
@@ -122,10 +116,7 @@ async def test_oversize_record_is_dropped_and_counted_not_retried(mock_cluster: 
     pub.publish(b"t", b"x" * 2_000_000)
     for i in range(1, 20):
         pub.publish(b"t", str(i).encode())
-    for _ in range(100):
-        if pub.stats["published"] >= 20:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: pub.stats["published"] >= 20)
     await pub.close(timeout_s=2)
     assert pub.stats["published"] == 20 and pub.stats["dropped_too_large"] == 1 and pub.spool.pending == 0
     assert _sample(reg, "railcar_publisher_events_dropped_total", reason="too_large") == 1
@@ -142,18 +133,11 @@ async def test_broker_rejected_record_is_isolated_and_dropped(mock_cluster: Mock
     reg = CollectorRegistry()
     pub = Publisher(k, t, registry=reg)
     await pub.start()
-    pub.publish(b"t", b"warm")
-    for _ in range(100):
-        if pub.stats["published"]:
-            break
-        await asyncio.sleep(0.05)
+    await publish_first(pub)
     mock_cluster.push_request_errors(0, [10, 10])  # the batch, then the first record retried alone
     for i in range(5):
         pub.publish(b"t", str(i).encode())
-    for _ in range(100):
-        if pub.stats["published"] + pub.stats["dropped_too_large"] >= 6:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: pub.stats["published"] + pub.stats["dropped_too_large"] >= 6)
     await pub.close(timeout_s=2)
     assert pub.stats["dropped_too_large"] == 1 and pub.stats["published"] == 5
     assert _sample(reg, "railcar_publisher_events_dropped_total", reason="too_large") == 1
