@@ -18,8 +18,9 @@ and to the nemoguardrails server measured in the same run. Then the issue-8 peer
 every contender alike). Railcar's trace recording is off unless
 ``--telemetry`` (it costs every Railcar contender the same and is not what this compares).
 Usage: ``.venv/bin/python bench/rails.py [--concurrency 32] [--requests 512] [--tokens 256] [--delay-ms 0]
-[--rounds 4] [--telemetry] [--ttft-concurrency 2] [--ttft-requests 24] [--no-peer] [--out .notes/rails-bench.md]``;
-about 2 minutes on 2 shared cores.
+[--rounds 4] [--telemetry] [--ttft-concurrency 2] [--ttft-requests 24] [--no-peer] [--baseline DIR]
+[--out .notes/rails-bench.md]``; about 2 minutes on 2 shared cores (``--baseline``: two more contenders, before/after
+in the same interleaved rounds).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, free_port, stop, wait_http, write_notes
+
 PY = sys.executable
 BIN = Path(PY).parent
 # An AWS access key id of the catalog's shape (random body: the validators reject documented placeholders such as
@@ -56,12 +58,6 @@ LEAK_TEXT = ("Sure. Here is the deployment checklist you asked for, step by step
 # (HTTP header values cannot end in whitespace: the text travels as the x-synthetic-text header.)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -73,20 +69,6 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
                 raise RuntimeError(f"process exited: {proc.args}")
             time.sleep(0.2)
     raise RuntimeError(f"port {port} not up")
-
-
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < end:
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} not ready")
 
 
 _EMPTY = re.compile(rb'"content":\s*(?:""|null)')
@@ -192,6 +174,9 @@ async def main() -> int:
     ap.add_argument("--ttft-concurrency", type=int, default=2, help="concurrency of the 5 ms/token TTFT runs")
     ap.add_argument("--ttft-requests", type=int, default=24, help="streams per contender in the TTFT runs")
     ap.add_argument("--no-peer", action="store_true", help="throughput table only (skip the issue-8 peer table)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run the rails contenders from DIR (a copy of an earlier rails/ + sidecar/, put first "
+                         "on PYTHONPATH), interleaved with the rest: before/after in one run")
     args = ap.parse_args()
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="railcar-bench-"))
@@ -208,7 +193,7 @@ async def main() -> int:
         default = yaml.safe_load((ROOT / "rails" / "default_config" / "config.yml").read_text())
         contenders: list[tuple[str, str]] = []
 
-        def railcar(name: str, config_path: str | None) -> None:
+        def railcar(name: str, config_path: str | None, overlay: str | None = None) -> None:
             port = free_port()
             # Trace recording off unless --telemetry: the figures are about the proxy and its rails (the recorder
             # costs the same in every Railcar contender); the fileset goes to the temp dir, never the checkout.
@@ -217,6 +202,8 @@ async def main() -> int:
                  "RAILCAR_FILESET_ROOT": str(tmp / "fileset")}
             if config_path:
                 e["RAILCAR_GUARDRAILS_CONFIG_PATH"] = config_path
+            if overlay:  # a baseline's packages ahead of the checkout's (the editable install is found last)
+                e["PYTHONPATH"] = os.pathsep.join(p for p in (overlay, os.environ.get("PYTHONPATH")) if p)
             procs.append(subprocess.Popen([str(BIN / "railcar"), "serve"], cwd=ROOT, env=e,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             contenders.append((name, f"http://127.0.0.1:{port}"))
@@ -230,6 +217,8 @@ async def main() -> int:
             path = tmp / f"sf_{sf}.yml"
             path.write_text(yaml.safe_dump(peer_config(upstream, sf, default)))
             railcar(f"railcar rails sf={str(sf).lower()}", str(path))
+            if args.baseline:
+                railcar(f"railcar rails sf={str(sf).lower()} (baseline)", str(path), args.baseline)
             for scen, headers in scenarios.items():
                 d = tmp / "peer" / f"{scen}_sf_{str(sf).lower()}"
                 d.mkdir(parents=True)
@@ -246,7 +235,7 @@ async def main() -> int:
             if name.startswith("nemo"):
                 wait_port(nport, procs[-1])
             else:
-                await wait_ready(base + "/readyz")
+                await wait_http(base + "/readyz", interval=0.2)
         body = {"model": "synthetic-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         hdr = {"x-synthetic-tokens": str(args.tokens)}
 
@@ -290,22 +279,11 @@ async def main() -> int:
         lines += ["", f"Bench wall time {time.perf_counter() - t_start:.0f} s.", "<!-- bench:end -->"]
         text = "\n".join(lines) + "\n"
         print(text)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-        old = out.read_text() if out.exists() else ""
-        if start in old and end in old:  # replace only the table section of the notes
-            text = old[:old.index(start)] + text.rstrip("\n") + old[old.index(end) + len(end):]
-        out.write_text(text)
+        # replace only the table section of the notes
+        write_notes(args.out, text, section=("<!-- bench:start -->", "<!-- bench:end -->"))
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, 10)
 
 
 async def peer_table(args: argparse.Namespace, contenders: list[tuple[str, str]], body_for, results: dict) -> list:

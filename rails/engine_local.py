@@ -7,6 +7,13 @@ never silent.
 
 Checks go through ``check_async(messages, rail_types=[...])`` (NeMo Guardrails 0.24.1): ``input`` rails judge the
 last ``user`` message, ``output`` rails the last ``assistant`` message.
+
+Model-free configs on IORails (every rail's action takes none of the model / HTTP collaborators, e.g. the ``regex``
+and injection-detection rails) skip one hop: ``IORails.check_async`` only submits ``IORails._run_check`` to its
+non-streaming admission queue (``AsyncWorkQueue``: a future, a worker task wake-up, ~15 us of a ~65 us check here)
+to bound concurrent model calls; a check that calls no model is awaited directly, so it runs start to finish in the
+caller's task without suspending. Same rails, same NeMo request span and logs; with NeMo metrics on (they hang off
+that queue) or on LLMRails the public ``check_async`` is used.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from rails.guardrails_config import LoadedRails
 log = logging.getLogger("railcar.rails")
 
 __all__ = ["CheckResult", "LocalEngine", "RailError"]
+
+# CompiledRail parameters through which a NeMo rail action reaches a model or the network (compiled_rail.py,
+# RailDependencies / _request_dependencies); an action taking none of them runs on its text and config alone.
+_MODEL_PARAMS = frozenset({"llm", "llms", "llm_task_manager", "http_client", "model_caches"})
 
 
 class RailError(RuntimeError):
@@ -44,13 +55,17 @@ class CheckResult:
 
 class LocalEngine:
     """In-process rails for one :class:`LoadedRails`. ``engine`` is ``"iorails"`` or ``"llmrails"``;
-    ``fallback_reason`` says why LLMRails was needed (``None`` on IORails)."""
+    ``fallback_reason`` says why LLMRails was needed (``None`` on IORails); ``model_free`` is true when every rail
+    runs without a model or network client (checks then skip NeMo's admission queue, see the module doc).
+
+    Raises :class:`ValueError` when ``loaded`` has no guardrail config."""
 
     mode = "local"
 
     def __init__(self, loaded: LoadedRails) -> None:
         from nemoguardrails.guardrails.guardrails import Guardrails
-        from nemoguardrails.guardrails.iorails import IORails
+        from nemoguardrails.guardrails.iorails import INTERNAL_ERROR_MESSAGE, IORails
+        from nemoguardrails.rails.llm.options import RailType
 
         if loaded.rails_config is None:
             raise ValueError("guardrails.config_path: local mode needs a guardrail config")
@@ -61,19 +76,31 @@ class LocalEngine:
                         loaded.source, self.fallback_reason)
         self._rails = Guardrails(loaded.rails_config, use_iorails=self.fallback_reason is None)
         self.engine = "iorails" if self._rails.use_iorails_engine else "llmrails"
+        # Both engines turn an exception inside an action into this refusal; to Railcar it is an error.
+        self._internal_error = INTERNAL_ERROR_MESSAGE
+        self._rail_types = {"input": [RailType.INPUT], "output": [RailType.OUTPUT]}  # built once, not per check
+        self.model_free = False
+        self._direct: Any = None  # IORails._run_check once the engine runs, when model_free
+        io = self._rails.rails_engine
+        if self.engine == "iorails":
+            compiled = getattr(getattr(io, "rails_manager", None), "_rails", None)
+            self.model_free = (isinstance(compiled, dict) and bool(compiled) and not io._metrics_enabled
+                               and all(not (getattr(r, "_accepted", _MODEL_PARAMS) & _MODEL_PARAMS)
+                                       for r in compiled.values()))
 
     async def check(self, kind: str, messages: list[dict[str, Any]]) -> CheckResult:
         """Run the ``kind`` (``"input"`` | ``"output"``) rails on ``messages`` (OpenAI-shaped, text content).
 
         Raises :class:`RailError` when a rail's action raised, or whatever the engine raises (the caller applies
         ``fail_mode``)."""
-        from nemoguardrails.rails.llm.options import RailType
-
-        from nemoguardrails.guardrails.iorails import INTERNAL_ERROR_MESSAGE
-
-        res = await self._rails.check_async(messages, rail_types=[RailType(kind)])
-        if res.status.value == "blocked" and res.content == INTERNAL_ERROR_MESSAGE:
-            # Both engines turn an exception inside an action into this refusal; to Railcar it is an error.
+        direct = self._direct
+        if direct is not None:
+            res = await direct(messages, self._rail_types[kind])
+        else:
+            res = await self._rails.check_async(messages, rail_types=self._rail_types[kind])
+            if self.model_free and getattr(self._rails.rails_engine, "_running", False):
+                self._direct = getattr(self._rails.rails_engine, "_run_check", None)
+        if res.status.value == "blocked" and res.content == self._internal_error:
             raise RailError(f"rail {res.rail!r} raised inside NeMo Guardrails (see its log)")
         return CheckResult(res.status.value, res.rail, res.content)
 
@@ -88,8 +115,10 @@ class LocalEngine:
 
     async def close(self) -> None:
         """Stop the engine's workers (IORails)."""
+        self._direct = None
         stop = getattr(self._rails.rails_engine, "stop", None)
         if stop is not None:
             res = stop()
             if hasattr(res, "__await__"):
                 await res
+

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 __all__ = ["CHECKS", "CHECK_SECONDS", "BLOCKED_REQUESTS", "BLOCKED_STREAMS", "record_check"]
@@ -24,7 +26,16 @@ BLOCKED_STREAMS = Counter("railcar_rails_blocked_streams", "Responses or streams
                           ("rail",))
 
 
+# Label children by label values: ``labels()`` takes the metric's lock and validates the values on every call; the
+# children are stable for the process (nothing here calls ``remove``), so each set is looked up once.
+_CHILDREN: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+
 def record_check(rail: str, kind: str, outcome: str, mode: str, seconds: float) -> None:
     """Count one check and observe its latency (``seconds``, float)."""
-    CHECKS.labels(rail, kind, outcome).inc()
-    CHECK_SECONDS.labels(kind, mode).observe(seconds)
+    key = (rail, kind, outcome, mode)
+    pair = _CHILDREN.get(key)
+    if pair is None:
+        pair = _CHILDREN[key] = (CHECKS.labels(rail, kind, outcome), CHECK_SECONDS.labels(kind, mode))
+    pair[0].inc()
+    pair[1].observe(seconds)

@@ -1,0 +1,105 @@
+"""Shared helpers of the rails guard tests (tests/test_rails_guard.py, tests/test_rails_stream_guard.py): an
+in-memory stream sink, OpenAI chunk frames, guards built from inline guardrail configs, and a stream driver."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rails.engine_local import LocalEngine
+from rails.guard import RailsGuard
+from rails.guardrails_config import load_guardrails_config
+from rails.settings import GuardrailsConfig
+from sidecar.guard import Exchange
+from sidecar.sse import split_events
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+RECORDED = SHARED / "fixtures" / "recorded" / "chat_completions.jsonl"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+SECRET_PATTERN_YAML = textwrap.dedent("""
+    rails:
+      config:
+        regex_detection:
+          output:
+            patterns: ["AKIA[0-9A-Z]{16}"]
+      output:
+        flows: [regex check output]
+        streaming:
+          enabled: true
+          chunk_size: %(chunk)d
+          context_size: %(context)d
+          stream_first: %(first)s
+""")
+
+
+class Sink:
+    """In-memory :class:`sidecar.guard.StreamSink`."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    async def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.frames)
+
+    def text(self) -> str:
+        out = []
+        for raw, data in split_events(self.body):
+            if data and data != b"[DONE]":
+                obj = orjson.loads(data)
+                for c in obj.get("choices") or []:
+                    content = (c.get("delta") or {}).get("content") or ""
+                    out.append(content if isinstance(content, str) else "".join(p.get("text", "") for p in content))
+        return "".join(out)
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    obj = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1, "model": "m",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def stream_of(deltas: list[str]) -> list[bytes]:
+    frames = [chunk({"role": "assistant", "content": ""})]
+    frames += [chunk({"content": d}) for d in deltas]
+    frames += [chunk({}, "stop"), b"data: [DONE]\n\n"]
+    return frames
+
+
+def split_secret(prefix_deltas: int, parts: int, suffix_deltas: int) -> list[str]:
+    pieces = [AWS_KEY[i * len(AWS_KEY) // parts:(i + 1) * len(AWS_KEY) // parts] for i in range(parts)]
+    return [f"w{i} " for i in range(prefix_deltas)] + pieces + [f" x{i}" for i in range(suffix_deltas)]
+
+
+def guard_for(yaml_text: str, **settings: Any) -> RailsGuard:
+    gs = GuardrailsConfig(config_inline=yaml_text, **settings)
+    loaded = load_guardrails_config(gs)
+    return RailsGuard(gs, loaded, LocalEngine(loaded))
+
+
+def secret_guard(chunk_size: int, context: int, first: bool) -> RailsGuard:
+    return guard_for(SECRET_PATTERN_YAML % {"chunk": chunk_size, "context": context, "first": str(first).lower()})
+
+
+async def run_stream(guard: RailsGuard, frames: list[bytes], body: dict | None = None,
+                     options: dict | None = None) -> tuple[Sink, Any, Exchange]:
+    ex = Exchange(body=body or {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                  guardrails_options=options)
+    sink = Sink()
+    sg = guard.open_stream(ex, sink)
+    for raw in frames:
+        for ev, data in split_events(raw):
+            await sg.on_event(ev, data)
+            if sg.stopped:
+                break
+        if sg.stopped:
+            break
+    await sg.on_end()
+    return sink, sg, ex
