@@ -100,8 +100,9 @@ _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 def github_checksum_ok(token: str) -> bool:
     """GitHub's new-format token checksum: the last 6 chars are base62(CRC32(the 30-char random part)).
 
-    Source: GitHub engineering blog "Behind GitHub's new authentication token formats" (2021). Used to raise
-    confidence, not to reject: test corpora (gitleaks) use random, checksum-less bodies.
+    Source: GitHub engineering blog "Behind GitHub's new authentication token formats" (2021). Never used to
+    reject (test corpora such as gitleaks' use random, checksum-less bodies); the scanner does not call it yet, so
+    ``github_token`` matches carry the catalog's fixed confidence either way.
     """
     _, _, rest = token.partition("_")
     if len(rest) != 36:
@@ -172,12 +173,11 @@ def iban_ok(value: str) -> bool:
 
 def phone_ok(value: str) -> bool:
     """libphonenumber validity; numbers without ``+`` are read as US/NANP (the catalog's home region)."""
+    if len(set(re.sub(r"\D", "", value))) < 4:
+        return False  # 555-555-5555 style fillers; checked first because parsing costs far more
     try:
         num = phonenumbers.parse(value, None if value.startswith("+") else "US")
     except phonenumbers.NumberParseException:
-        return False
-    digits = re.sub(r"\D", "", value)
-    if len(set(digits)) < 4:
         return False
     return phonenumbers.is_valid_number(num)
 
@@ -217,10 +217,13 @@ def aws_key_ok(value: str) -> bool:
 
 
 def github_ok(value: str) -> bool:
+    """A GitHub token that is not a placeholder (:func:`is_placeholder` past the 4-char ``ghp_`` prefix)."""
     return not is_placeholder(value, 4)
 
 
 def gitlab_ok(value: str) -> bool:
+    """A GitLab token that is not a placeholder (:func:`is_placeholder` past its ``glpat-`` / ``GR1348941``
+    prefix)."""
     prefix = 9 if value.startswith("GR1348941") else value.find("-") + 1
     return not is_placeholder(value, prefix)
 
@@ -271,7 +274,7 @@ CATALOG: tuple[Detector, ...] = (
     _secret("github_fine_grained_pat", "GitHub fine-grained personal access token",
             [LB + r"(github_pat_[A-Za-z0-9_]{82})\b"], ["github_pat_"], 93, _not_placeholder(11), 0.98),
     _secret("gitlab_token", "GitLab token (personal, pipeline trigger, runner, deploy, feed, OAuth, ...)",
-            [LB + r"((?:glpat|gldt|glft|glsoat|glrt|glcbt|glimt|glagent|gloas|glffct|glcbt)-[A-Za-z0-9_\-]{20,64}"
+            [LB + r"((?:glpat|gldt|glft|glsoat|glrt|glcbt|glimt|glagent|gloas|glffct)-[A-Za-z0-9_\-]{20,64}"
                   r"(?:\.[0-9a-z]{2}[0-9a-z]{7})?)(?:[^A-Za-z0-9_\-.]|$)",
              LB + r"(glptt-[0-9a-f]{40})\b",
              LB + r"(GR1348941[A-Za-z0-9_\-]{20})\b"],

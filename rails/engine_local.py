@@ -50,6 +50,7 @@ class CheckResult:
 
     @property
     def blocked(self) -> bool:
+        """``status == "blocked"``."""
         return self.status == "blocked"
 
 

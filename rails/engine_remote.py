@@ -81,7 +81,7 @@ class RemoteEngine:
                                              headers={"content-type": "application/json"}) as resp:
                     raw = await resp.read()
                     if resp.status != 200:
-                        raise RailError(f"guardrails server answered HTTP {resp.status}: {raw[:300]!r}")
+                        raise RailError(f"guardrails server answered HTTP {resp.status}: {_error_message(raw)}")
             doc = orjson.loads(raw)
             result = CheckResult(str(doc["status"]), doc.get("rail"), str(doc.get("content", "")))
         except TimeoutError:
@@ -107,5 +107,27 @@ class RemoteEngine:
             pass  # the config may have no input rails (HTTP 422) or the server is not up yet; requests decide
 
     async def close(self) -> None:
+        """Close the pooled HTTP session (idempotent)."""
         if self._session is not None:
             await self._session.close()
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of a non-200 answer, never its raw body: error texts end up in logs, spans and trace events,
+    and a body can echo the checked messages (pydantic 422 errors carry the offending ``input``; a proxy's error
+    page can hold anything). Only the error envelope's message (``{"error": {"message"}}``, what NeMo Guardrails
+    0.24.1 ``server/exception_handlers.py`` sends, with request content already stripped) or FastAPI's string
+    ``detail`` is kept, capped at 300 characters; else just the body's size."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    msg = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        msg = err.get("message") if isinstance(err, dict) else None
+        if msg is None:
+            msg = doc.get("detail")
+    if isinstance(msg, str) and msg:
+        return msg[:300]
+    return f"<{len(raw)} byte body not shown>"

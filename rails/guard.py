@@ -83,6 +83,7 @@ class RailsGuard:
         self.ready = True
 
     async def close(self) -> None:
+        """Close the engine (its workers or HTTP session)."""
         await self.engine.close()
 
     def enabled(self, kind: str) -> bool:
@@ -199,8 +200,9 @@ class RailsGuard:
 
     # -- non-streaming response ------------------------------------------------------------------------------
     async def check_response(self, exchange: Exchange, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Output rails on each choice's whole message, tool_input rails on its tool calls, the inline filter, and
-        ``guardrails_data``. Returns the body to send instead, or ``None`` to relay the upstream bytes."""
+        """The inline filter and output rails on each choice's whole message, the inline filter and tool_input rails
+        on each of its tool calls' arguments (as for a stream), and ``guardrails_data``. Returns the body to send
+        instead, or ``None`` to relay the upstream bytes."""
         changed = False
         choices = body.get("choices")
         user = last_user(exchange.body.get("messages") or [])
@@ -211,23 +213,32 @@ class RailsGuard:
             blocked: CheckResult | None = None
             content = msg.get("content")
             if isinstance(content, str) and content and self.filter_factory is not None:
-                f = self.filter_factory()
-                a, m1 = f.feed(content)
-                b, m2 = f.flush()
-                if m1 is not None or m2 is not None:
-                    blocked = CheckResult("blocked", match_rail(m1 or m2), DEFAULT_REFUSAL)
-                elif a + b != content:
-                    msg["content"] = content = a + b
+                text, match = self._filter_whole(content)
+                if match is not None:
+                    blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
+                elif text != content:
+                    msg["content"] = content = text
                     changed = True
             if blocked is None and isinstance(content, str) and content and self.enabled("output"):
                 res = await self.run_check(exchange, "output", [{"role": "user", "content": user},
                                                                 {"role": "assistant", "content": content}])
                 blocked = res if res.blocked else None
             calls = msg.get("tool_calls")
-            if blocked is None and isinstance(calls, list) and self.enabled("tool_input"):
+            if blocked is None and isinstance(calls, list):
                 for call in calls:
-                    args = ((call or {}).get("function") or {}).get("arguments")
-                    if isinstance(args, str) and args:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    args = fn.get("arguments") if isinstance(fn, dict) else None
+                    if not isinstance(args, str) or not args:
+                        continue
+                    if self.filter_factory is not None:  # as streamed arguments pass the inline filter
+                        text, match = self._filter_whole(args)
+                        if match is not None:
+                            blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
+                            break
+                        if text != args:
+                            fn["arguments"] = args = text
+                            changed = True
+                    if self.enabled("tool_input"):
                         res = await self.run_check(exchange, "tool_input", [{"role": "user", "content": user},
                                                                             {"role": "assistant", "content": args}])
                         if res.blocked:
@@ -253,6 +264,16 @@ class RailsGuard:
                 body["guardrails_data"] = data
             changed = True
         return body if changed else None
+
+    def _filter_whole(self, text: str) -> tuple[str, Any]:
+        """A fresh inline filter over one whole non-streamed ``text``: ``(text_out, None)`` (redacted or unchanged),
+        or ``(text, match)`` when the filter blocks."""
+        f = self.filter_factory()
+        released, match = f.feed(text)
+        if match is None:
+            rest, match = f.flush()
+            released += rest
+        return (text, match) if match is not None else (released, None)
 
     def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None:
         """The response's ``guardrails_data`` for the request's ``guardrails.options.log`` flags, or ``None`` when

@@ -66,10 +66,12 @@ class LoadedRails:
 
     @property
     def has_input(self) -> bool:
+        """The config has input flows."""
         return bool(self.input_flows)
 
     @property
     def has_output(self) -> bool:
+        """The config has output flows."""
         return bool(self.output_flows)
 
 

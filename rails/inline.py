@@ -46,8 +46,8 @@ import re2
 
 from rails import detectors as _det
 from rails.masking import fingerprint as _fingerprint
-from rails.masking import mask
-from rails.redaction import RedactionNote, placeholder
+from rails.masking import load_key, mask
+from rails.redaction import RedactionNote, placeholder, replace_matches
 from rails.scanner import Match, Scanner
 
 log = logging.getLogger("railcar.rails.inline")
@@ -211,6 +211,7 @@ class InlineMatch:
 
     @property
     def detector(self) -> str:
+        """The matched detector's id (``aws_access_key_id``)."""
         return self.match.detector
 
 
@@ -250,9 +251,11 @@ class HoldBack:
         self._holds: list[tuple[_det.Detector, Any, int, Any, bool]] = []
         self._lazy: set[str] = set()
         widths: list[int] = []
+        hold_texts: list[str] = []
         for d in scanner.detectors:
             for pat in d.patterns:
                 text, width = prefix_pattern(pat)
+                hold_texts.append(text)
                 back = width if width is not None else 64
                 widths.append(back)
                 lazy = _lazy_end(pat)
@@ -267,9 +270,8 @@ class HoldBack:
         for d in scanner.detectors:
             for pat in d.patterns:
                 gate.Add(pat)
-        for d in scanner.detectors:
-            for pat in d.patterns:
-                gate.Add(prefix_pattern(pat)[0])
+        for text in hold_texts:
+            gate.Add(text)
         gate.Compile()
         self._gate = gate._set.Match  # the C-level call on UTF-8 bytes (the wrapper only encodes str first)
         # Released text kept visible to later scans: the longest pattern context (+1 for a JSON escape).
@@ -297,13 +299,7 @@ class HoldBack:
             return text, None, []
         if self.action == "block":
             return "", InlineMatch(matches[0]), []
-        out, pos = [], 0
-        for m in matches:
-            out.append(text[pos:m.start])
-            out.append(placeholder(m.detector, m.fingerprint))
-            pos = m.end
-        out.append(text[pos:])
-        return "".join(out), None, [RedactionNote.from_match(m) for m in matches]
+        return replace_matches(text, matches), None, [RedactionNote.from_match(m) for m in matches]
 
     # -- internals used by InlineFilter -------------------------------------------------------------------
     def hold_start(self, w: str, off: int) -> tuple[int, _det.Detector | None]:
@@ -381,7 +377,8 @@ class InlineFilter:
         self.scanned = 0
         self.max_held = 0
         self.overflows = 0
-        self._suppress: tuple[_det.Detector, str, str] | None = None  # (detector, head, tail) after an overflow
+        # After an overflow in redact mode: (detector, head, tail, fingerprint) of the candidate being dropped.
+        self._suppress: tuple[_det.Detector, str, str, str] | None = None
 
     # -- public -----------------------------------------------------------------------------------------------
     def feed(self, text: str) -> tuple[str, InlineMatch | None]:
@@ -483,7 +480,7 @@ class InlineFilter:
             if over is not None:
                 return "", over
             if self._suppress is not None:
-                release += placeholder(det.id, self._suppress_fp)
+                release += placeholder(det.id, self._suppress[3])
                 held = ""
             else:
                 keep = len(held) - hb.max_holdback_chars
@@ -506,15 +503,14 @@ class InlineFilter:
         self.overflows += 1
         fp = _fingerprint(self.hb.scanner.key, det.id, held)
         m = Match(det.id, det.kind, det.confidence, det.severity, "$", at, at + len(held), fp,
-                  mask(det.id, det.kind, held))
+                  mask(det.id, held))
         log.warning("inline hold-back: %s candidate longer than max_holdback_chars=%d (%s); failing closed",
                     det.id, self.hb.max_holdback_chars, m.preview)
         if self.hb.action == "block":
             self.blocked = True
             self.held = ""
             return self._match(m, off, overflow=True)
-        self._suppress = (det, held[:128], held[128:][-64:])
-        self._suppress_fp = fp
+        self._suppress = (det, held[:128], held[128:][-64:], fp)
         self.notes.append(RedactionNote.from_match(self._match(m, off, overflow=True).match))
         return None
 
@@ -522,7 +518,7 @@ class InlineFilter:
         """Redact mode after an overflow: drop the part of ``text`` that still belongs to the candidate (up to its
         terminator when it completes, else as long as it can still continue). The candidate is represented by its
         first and last characters seen (``head + tail``), enough for repeat-bodied values such as PEM."""
-        det, head, tail = self._suppress
+        det, head, tail, fp = self._suppress
         base = head + tail
         self.scanned += len(base) + len(text)
         end = self.hb.completion(det, base + text)
@@ -530,7 +526,7 @@ class InlineFilter:
             cut = max(0, end - len(base))
         elif self.hb.still_open(det, base + text):
             self.consumed += len(text)
-            self._suppress = (det, head, (tail + text)[-64:])
+            self._suppress = (det, head, (tail + text)[-64:], fp)
             return ""
         else:
             lo, hi = 0, len(text)  # prefix-closed: binary search the longest continuation
@@ -555,8 +551,6 @@ def holdback_from_config(guardrails: Any, detection: Any, environ: Any = None) -
     field for bad values."""
     if not guardrails.inline_enabled:
         return None
-    from rails.masking import load_key
-
     dets = _det.select(guardrails.inline.kinds, detection.disabled_detectors)
     key = load_key(detection.fingerprint_key_file, detection.fingerprint_key_env, environ)
     return HoldBack(Scanner(dets, key), guardrails.inline.action, guardrails.inline.max_holdback_chars)

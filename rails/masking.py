@@ -43,8 +43,10 @@ def fingerprint(key: bytes, detector_id: str, value: str) -> str:
     return mac.hexdigest()[:FP_LEN]
 
 
-def mask(detector_id: str, kind: str, value: str) -> str:
-    """A preview safe to log: never more than 8 revealed characters of a secret, or of PII beyond its last 4."""
+def mask(detector_id: str, value: str) -> str:
+    """A preview of ``value`` (a ``detector_id`` capture) safe to log: never more than 8 revealed characters of a
+    secret; of PII only the last 4 digits (2 of a phone number), the email domain and first letter, or the IBAN's
+    country and last 3 characters."""
     if detector_id == "email_address":
         local, _, domain = value.rpartition("@")
         return f"{local[:1]}***@{domain}"

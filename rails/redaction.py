@@ -30,6 +30,7 @@ class RedactionNote:
     severity: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The note as a JSON-ready dict with the field names above (what events carry)."""
         return asdict(self)
 
     @classmethod
@@ -43,6 +44,7 @@ class RedactionNote:
 
     @classmethod
     def from_match(cls, m: Match) -> "RedactionNote":
+        """The note for a scanner :class:`Match` (its fingerprint and masked preview, never the value)."""
         return cls(m.detector, m.kind, m.path, m.fingerprint, m.preview, m.confidence, m.severity)
 
 
@@ -51,10 +53,12 @@ def placeholder(detector_id: str, fingerprint: str) -> str:
     return f"[REDACTED:{detector_id}:{fingerprint[:8]}]"
 
 
-def _apply(text: str, matches: list[Match]) -> str:
+def replace_matches(text: str, matches: list[Match]) -> str:
+    """``text`` with each match's ``start:end`` span replaced by its :func:`placeholder`. ``matches`` must be
+    sorted by ``start`` and non-overlapping, as :meth:`Scanner.scan_text` returns them."""
     parts: list[str] = []
     pos = 0
-    for m in matches:  # sorted, non-overlapping (Scanner guarantees it)
+    for m in matches:
         parts.append(text[pos:m.start])
         parts.append(placeholder(m.detector, m.fingerprint))
         pos = m.end
@@ -67,7 +71,7 @@ def redact_text(scanner: Scanner, text: str, path: str = "$") -> tuple[str, list
     matches = scanner.scan_text(text, path)
     if not matches:
         return text, []
-    return _apply(text, matches), [RedactionNote.from_match(m) for m in matches]
+    return replace_matches(text, matches), [RedactionNote.from_match(m) for m in matches]
 
 
 def redact_json(scanner: Scanner, obj: Any, path: str = "$") -> tuple[Any, list[RedactionNote]]:
@@ -77,9 +81,7 @@ def redact_json(scanner: Scanner, obj: Any, path: str = "$") -> tuple[Any, list[
 
     def walk(o: Any, p: str) -> Any:
         if isinstance(o, str):
-            if not scanner.gate(o):
-                return o
-            new, n = redact_text(scanner, o, p)
+            new, n = redact_text(scanner, o, p)  # scan_text gates first: clean strings cost one Set pass
             notes.extend(n)
             return new
         if isinstance(o, dict):

@@ -53,6 +53,7 @@ class Match:
     preview: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The match as a JSON-ready dict (``preview`` under the key ``masked_preview``)."""
         return {"detector": self.detector, "kind": self.kind, "confidence": self.confidence,
                 "severity": self.severity, "path": self.path, "start": self.start, "end": self.end,
                 "fingerprint": self.fingerprint, "masked_preview": self.preview}
@@ -109,7 +110,7 @@ class Scanner:
                 if value is None or not det.validate(value):
                     continue
                 found.append(Match(det.id, det.kind, det.confidence, det.severity, path, m.start(1), m.end(1),
-                                   _fingerprint(self.key, det.id, value), mask(det.id, det.kind, value)))
+                                   _fingerprint(self.key, det.id, value), mask(det.id, value)))
         if len(found) > 1:
             found = _resolve_overlaps(found)
         return found

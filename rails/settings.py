@@ -24,6 +24,7 @@ class RemoteGuardrailsConfig:
     timeout_millis: int = opt(2000, "Per-check timeout in milliseconds; past it, fail_mode decides.")
 
     def validate(self) -> None:
+        """Raises :class:`ConfigError` naming the field: ``timeout_millis`` <= 0, both config id fields set."""
         if self.timeout_millis <= 0:
             raise ConfigError("guardrails.remote.timeout_millis: must be > 0")
         if self.config_id and self.config_ids:
@@ -49,6 +50,7 @@ class InlineConfig:
     max_holdback_chars: int = opt(512, "Cap on characters held back while a possible match is open.")
 
     def validate(self) -> None:
+        """Raises :class:`ConfigError` naming ``guardrails.inline.max_holdback_chars`` when it is negative."""
         if self.max_holdback_chars < 0:
             raise ConfigError("guardrails.inline.max_holdback_chars: must be >= 0")
 
@@ -75,6 +77,8 @@ class GuardrailsConfig:
     inline: InlineConfig = opt(InlineConfig, "Inline hold-back of catalog secrets in streams.")
 
     def validate(self) -> None:
+        """Raises :class:`ConfigError` naming the field: remote mode without ``remote.endpoint``,
+        ``local_timeout_millis`` <= 0, both ``config_path`` and ``config_inline`` set."""
         if self.mode == "remote" and not self.remote.endpoint:
             raise ConfigError("guardrails.remote.endpoint: required when guardrails.mode = 'remote'")
         if self.local_timeout_millis <= 0:
@@ -89,6 +93,7 @@ class GuardrailsConfig:
 
     @property
     def inline_enabled(self) -> bool:
+        """``inline.enabled`` when set, else whether a guardrail configuration is in use (:attr:`loaded`)."""
         return self.loaded if self.inline.enabled is None else self.inline.enabled
 
 

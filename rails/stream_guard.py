@@ -462,7 +462,9 @@ class RailsStreamGuard:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            ci = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
+            ci = choice.get("index", 0)
+            if not isinstance(ci, int):
+                ci = 0
             delta = choice.get("delta")
             st = self._state(ci)
             if isinstance(delta, dict):
@@ -503,7 +505,9 @@ class RailsStreamGuard:
                         fn = entry.get("function")
                         frag = fn.get("arguments") if isinstance(fn, dict) else None
                         if isinstance(frag, str) and frag and self.guard.filter_factory is not None:
-                            tf = st.tool_filters.setdefault(entry["index"], self.guard.filter_factory())
+                            tf = st.tool_filters.get(entry["index"])
+                            if tf is None:  # (not setdefault: that would build a filter per fragment)
+                                tf = st.tool_filters[entry["index"]] = self.guard.filter_factory()
                             rel, match = tf.feed(frag)
                             if match is None and entry["index"] in done:
                                 more, match = tf.flush()

@@ -9,7 +9,7 @@ JSON value cannot be extended into another valid one), or when the stream moves 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,14 +19,14 @@ __all__ = ["ToolCall", "ToolCallAssembler"]
 
 @dataclass
 class ToolCall:
-    """One assembled tool call: ``index`` in the choice, ``id``, ``name``, ``arguments`` (the JSON text so far)."""
+    """One assembled tool call: ``index`` in the choice, ``id``, ``name``, ``arguments`` (the JSON text so far),
+    ``complete`` (no more fragments are taken)."""
 
     index: int
     id: str | None = None
     name: str = ""
     arguments: str = ""
     complete: bool = False
-    _parts: list[str] = field(default_factory=list, repr=False)
 
 
 class ToolCallAssembler:
@@ -61,9 +61,7 @@ class ToolCallAssembler:
                 call.name += fn["name"]
             frag = fn.get("arguments")
             if frag and not call.complete:
-                call._parts.append(frag)
-                call.arguments = "".join(call._parts) if len(call._parts) > 1 else frag
-                call._parts = [call.arguments]
+                call.arguments += frag
                 if _is_complete_json(call.arguments):
                     call.complete = True
                     done.append(idx)
@@ -83,6 +81,7 @@ class ToolCallAssembler:
 
 
 def _is_complete_json(text: str) -> bool:
+    """``text`` parses as a JSON object or array (RFC 8259)."""
     tail = text.rstrip()
     if not tail or tail[-1] not in "}]":
         return False  # cheap gate: only try to parse when it could be a finished object/array

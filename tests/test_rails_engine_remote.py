@@ -137,17 +137,22 @@ async def test_span_events_and_request_defaults(server: str) -> None:
     await bad.close()
 
 
+async def checks_server(handle, **runner_kw) -> web.AppRunner:
+    """A ``POST /v1/checks`` endpoint served by ``handle`` on a free loopback port."""
+    app = web.Application()
+    app.router.add_post("/v1/checks", handle)
+    runner = web.AppRunner(app, access_log=None, **runner_kw)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
 async def slow_server(delay: float) -> web.AppRunner:
     async def handle(request: web.Request) -> web.Response:
         await asyncio.sleep(delay)
         return web.json_response({"status": "passed", "content": "x"})
 
-    app = web.Application()
-    app.router.add_post("/v1/checks", handle)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
+    return await checks_server(handle, handler_cancellation=True)
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
@@ -169,4 +174,36 @@ async def test_fail_mode_remote_down_or_slow(fail_mode: str, fault: str) -> None
         assert refusal is None
     await guard.close()
     if runner:
+        await runner.cleanup()
+
+
+async def echo_error_server(status: int, body: bytes) -> web.AppRunner:
+    """A checks endpoint that fails with ``status`` and ``body``, ``{content}`` replaced by the request's last
+    message content (as pydantic 422 errors and proxy error pages can echo the request)."""
+    async def handle(request: web.Request) -> web.Response:
+        req = await request.json()
+        echoed = body.replace(b"{content}", req["messages"][-1]["content"].encode())
+        return web.Response(status=status, body=echoed, content_type="application/json")
+
+    return await checks_server(handle)
+
+
+@pytest.mark.parametrize("status,body,shown", [
+    (422, b'{"detail":[{"type":"string_type","loc":["body","messages",1],"msg":"bad","input":"{content}"}]}',
+     "byte body not shown"),
+    (502, b"<html>upstream said: {content}</html>", "byte body not shown"),
+    (400, b'{"error":{"message":"Could not load the requested guardrails configuration","type":"invalid_request_error",'
+          b'"param":null,"code":null}}', "Could not load the requested guardrails configuration"),
+])
+async def test_error_answer_never_carries_the_checked_content(status: int, body: bytes, shown: str) -> None:
+    secret = "AKIA" + "Q3VZ7XKM2PLRW5TN"
+    runner = await echo_error_server(status, body)
+    e = RemoteEngine(f"http://127.0.0.1:{runner.addresses[0][1]}", ["regex"], 5000)
+    try:
+        with pytest.raises(RailError) as info:
+            await e.check("output", msgs(f"here it is {secret}"))
+        assert f"HTTP {status}" in str(info.value) and shown in str(info.value)
+        assert secret not in str(info.value)
+    finally:
+        await e.close()
         await runner.cleanup()

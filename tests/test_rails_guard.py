@@ -92,6 +92,43 @@ async def test_non_streaming_block_and_guardrails_data() -> None:
     assert json.loads(out3["choices"][1]["message"]["content"])["log"]["activated_rails"][0]["name"]
 
 
+@pytest.mark.parametrize("action", ["block", "redact"])
+async def test_non_streaming_tool_call_arguments_get_the_inline_treatment(action: str) -> None:
+    # Streamed tool-call arguments pass the inline hold-back; a non-streamed answer must get the same treatment
+    # (README: "Non-streaming answers get the same treatment on the whole message"). No output or tool rails here:
+    # only the hold-back can catch the key.
+    from rails.inline import HoldBack
+    from rails.scanner import Scanner
+    from rails import detectors
+
+    key = "AKIA" + "Q3VZ7XKM2PLRW5TN"  # a real-shaped key (the EXAMPLE one is a documented placeholder)
+    gs = GuardrailsConfig(config_inline="rails:\n  input:\n    flows: [regex check input]\n  config:\n"
+                                        "    regex_detection:\n      input:\n        patterns: ['zzz']\n")
+    loaded = load_guardrails_config(gs)
+    hb = HoldBack(Scanner(detectors.select(["secret"]), b"k"), action)
+    guard = RailsGuard(gs, loaded, LocalEngine(loaded), filter_factory=hb)
+    args = json.dumps({"cmd": f"export AWS_ACCESS_KEY_ID={key}"})
+    body = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "sh", "arguments": args}}]}}]}
+    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "run it"}]})
+    out = await guard.check_response(ex, body)
+    assert out is not None and key not in json.dumps(out)
+    msg = out["choices"][0]["message"]
+    if action == "block":
+        assert out["choices"][0]["finish_reason"] == "content_filter" and "tool_calls" not in msg
+        assert ex.outcome["blocked"] and ex.outcome["blocked_rail"] == "sensitive data"
+    else:
+        new_args = json.loads(msg["tool_calls"][0]["function"]["arguments"])
+        assert new_args["cmd"].startswith("export AWS_ACCESS_KEY_ID=[REDACTED:aws_access_key_id:")
+        assert not ex.outcome.get("blocked")
+    clean = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "sh", "arguments": '{"cmd": "ls"}'}}]}}]}
+    assert await guard.check_response(Exchange(body={"model": "m", "messages": []}), clean) is None
+    await guard.close()
+
+
 # --------------------------------------------------------------------------------------- fail_mode
 
 
