@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import write_notes  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from planted_corpus import generate  # noqa: E402
 from rails.scanner import Scanner, iter_strings  # noqa: E402
 
@@ -41,6 +42,8 @@ PII = {"email_address", "us_ssn", "payment_card", "iban", "phone_number"}
 
 
 def build(mb: float) -> tuple[list[str], list[list[tuple[str, str]]], list[str]]:
+    """``(planted lines, planted (detector, value) pairs per line, clean lines)``, each corpus ~``mb`` MB.
+    Raises ``FileNotFoundError`` without ``../shared``."""
     target = int(mb * 1e6)
     recorded = RECORDED.read_text().splitlines()
     gen = generate(max(2000, target // 4000), seed=42, density=0.5)
@@ -68,6 +71,7 @@ def _found(value: str, reported: list[str]) -> bool:
 
 
 def run_railcar(lines: list[str], truth: list, clean: list[str]) -> dict:
+    """Railcar's scanner over both corpora: MB/s (decimal MB) planted and clean, recall over planted values."""
     scanner = Scanner(key=b"bench")
     enc = [line.encode() for line in lines]
     for b in enc[:2000]:  # warm-up: RE2 builds its DFA states lazily; measure the steady state
@@ -175,8 +179,7 @@ def main() -> int:
         "one core, one thread per tool.", "",
         "| tool | corpus | MB/s | recall |", "|---|---|---|---|", *rows, "", *[f"- {r}" for r in ratios], ""])
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_notes(args.out, text)
     return 0
 
 

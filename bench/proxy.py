@@ -32,6 +32,9 @@ TOKENS = 256
 
 @dataclass
 class Result:
+    """One load run: ``ttft`` / ``latency`` per request in seconds, ``tokens`` received, CPU seconds of the
+    sidecar and the upstream over the run (None when not measured)."""
+
     requests: int
     seconds: float
     ttft: list[float]
@@ -51,6 +54,9 @@ class Result:
 
 async def run_load(session: aiohttp.ClientSession, url: str, concurrency: int, total: int, delay_ms: float,
                    sidecar_pid: int | None, upstream_pid: int | None = None, stagger_s: float = 0.0) -> Result:
+    """``total`` streamed requests of :data:`TOKENS` synthetic tokens (``delay_ms`` apart) to ``url`` from
+    ``concurrency`` workers, worker ``i`` starting ``i * stagger_s`` seconds late; ``RuntimeError`` on a non-200
+    or a short stream."""
     body = b'{"model":"synthetic-model","stream":true,"messages":[{"role":"user","content":"count"}]}'
     headers = {"Content-Type": "application/json", "x-synthetic-tokens": str(TOKENS),
                "x-synthetic-delay-ms": str(delay_ms)}

@@ -41,7 +41,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from common import ROOT, free_port, stop, wait_http, write_notes
+from common import ROOT, bench_env, free_port, stop, wait_http, write_notes
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -59,6 +59,8 @@ LEAK_TEXT = ("Sure. Here is the deployment checklist you asked for, step by step
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Block until 127.0.0.1:``port`` accepts a TCP connection; ``RuntimeError`` when ``proc`` exits first or
+    after ``timeout`` seconds (the nemoguardrails server has no readiness route)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -80,6 +82,8 @@ def has_token(line: bytes) -> bool:
 
 
 async def load(url: str, body: dict, concurrency: int, requests: int, headers: dict) -> dict:
+    """POST ``requests`` streaming ``body`` to ``url``, ``concurrency`` at a time; returns :func:`summarize` of
+    the run (TTFT = request sent to the first non-empty content delta). ``AssertionError`` on a non-200."""
     ttfts: list[float] = []
     tokens = 0
     sem = asyncio.Semaphore(concurrency)
@@ -140,6 +144,7 @@ def summarize(raw: dict) -> dict:
 
 
 def pool(runs: list[dict]) -> dict:
+    """:func:`summarize` of several :func:`load` results taken together (requests, tokens, wall time summed)."""
     raws = [r["raw"] for r in runs]
     return summarize({"requests": sum(r["requests"] for r in raws), "tokens": sum(r["tokens"] for r in raws),
                       "wall": sum(r["wall"] for r in raws), "ttfts": [t for r in raws for t in r["ttfts"]]})
@@ -180,8 +185,8 @@ async def main() -> int:
     args = ap.parse_args()
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="railcar-bench-"))
-    # NEMO_GUARDRAILS_NO_USAGE_STATS: nemoguardrails would otherwise post usage reports off-host (loopback only here).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-bench", "NEMO_GUARDRAILS_NO_USAGE_STATS": "1"}
+    # bench_env: no inherited RAILCAR_* setting reaches a contender, nemoguardrails' usage reports off (loopback only).
+    env = bench_env(HF_HUB_OFFLINE="1", OPENAI_API_KEY="sk-bench")
     t_start = time.perf_counter()
     try:
         up_port = free_port()

@@ -19,6 +19,7 @@ response content is ever logged.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import warnings
@@ -210,6 +211,22 @@ def _upstream_failed(st: SidecarState, route: str, exc: UpstreamError) -> web.Re
                           None, exc.code)
 
 
+def _upstream_request_headers(request: web.Request, st: SidecarState) -> dict[str, str]:
+    """The headers for the upstream call (:func:`sidecar.headers.upstream_headers` under ``[upstream]``)."""
+    cfg = st.config.upstream
+    return upstream_headers(request.headers, api_key=st.upstream.api_key,
+                            pass_client_authorization=cfg.pass_client_authorization,
+                            default_headers=cfg.default_headers)
+
+
+def _body_failure(exc: BaseException) -> UpstreamError:
+    """The :class:`UpstreamError` for a response body that failed after its headers arrived: 504 for a read
+    timeout (``upstream.read_timeout_s``), 502 otherwise. Names the exception type only, never content."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamError(504, "upstream_timeout", "upstream timed out while sending the body")
+    return UpstreamError(502, "upstream_unreachable", f"upstream body failed: {type(exc).__name__}")
+
+
 def _bad_request(st: SidecarState, message: str, param: str | None, code: str) -> web.Response:
     st.metrics.count(ROUTE_CHAT, 400)
     return error_response(400, message, "invalid_request_error", param, code)
@@ -284,10 +301,7 @@ async def _serve_chat(request: web.Request, st: SidecarState, guard: Guard, ex: 
         data = orjson.dumps(ex.body)
     else:
         data = raw  # untouched: the client's exact bytes
-    cfg = st.config.upstream
-    headers = upstream_headers(request.headers, api_key=st.upstream.api_key,
-                               pass_client_authorization=cfg.pass_client_authorization,
-                               default_headers=cfg.default_headers)
+    headers = _upstream_request_headers(request, st)
     headers["content-type"] = "application/json"
     t0 = time.perf_counter()
     try:
@@ -323,9 +337,7 @@ async def _relay_json(request: web.Request, st: SidecarState, guard: Guard, ex: 
         payload = await up.read()
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         up.close()
-        err = UpstreamError(504, "upstream_timeout", "upstream timed out while sending the body") if isinstance(
-            exc, asyncio.TimeoutError) else UpstreamError(502, "upstream_unreachable",
-                                                          f"upstream body failed: {type(exc).__name__}")
+        err = _body_failure(exc)
         ex.status, ex.error = err.status, err.code
         return _upstream_failed(st, ROUTE_CHAT, err)
     finally:
@@ -338,7 +350,13 @@ async def _relay_json(request: web.Request, st: SidecarState, guard: Guard, ex: 
         except orjson.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
-            replaced = await guard.check_response(ex, parsed)
+            try:
+                replaced = await guard.check_response(ex, parsed)
+            except Exception as exc:  # fail closed, in the OpenAI shape, like a failing check_request
+                ex.status, ex.error = 500, f"guard failed: {type(exc).__name__}"
+                log.exception("guard check_response failed")
+                st.metrics.count(ROUTE_CHAT, 500)
+                return error_response(500, "guardrails check failed", "server_error", None, "guard_error")
             if replaced is not None:
                 payload = orjson.dumps(replaced)
     st.metrics.count(ROUTE_CHAT, up.status)
@@ -471,8 +489,6 @@ def _takes_abort(guard: Any) -> bool:
     """Whether ``guard.open_stream`` accepts the optional ``abort`` callback (cached per guard class)."""
     t = type(guard)
     if t not in _ABORT_CACHE:
-        import inspect
-
         try:
             _ABORT_CACHE[t] = "abort" in inspect.signature(guard.open_stream).parameters
         except (TypeError, ValueError):
@@ -519,10 +535,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     raw = await _read_body(request, st, route)
     if isinstance(raw, web.Response):
         return raw
-    cfg = st.config.upstream
-    headers = upstream_headers(request.headers, api_key=st.upstream.api_key,
-                               pass_client_authorization=cfg.pass_client_authorization,
-                               default_headers=cfg.default_headers)
+    headers = _upstream_request_headers(request, st)
     t0 = time.perf_counter()
     try:
         up = await st.upstream.send(request.method, request.path, headers, raw or None, request.query_string)
@@ -536,10 +549,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
             payload = await up.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             up.close()
-            timeout = isinstance(exc, asyncio.TimeoutError)
-            return _upstream_failed(st, route, UpstreamError(
-                504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unreachable",
-                f"upstream body failed: {type(exc).__name__}"))
+            return _upstream_failed(st, route, _body_failure(exc))
         finally:
             up.release()
         st.metrics.upstream_latency.labels(route).observe(time.perf_counter() - t0)

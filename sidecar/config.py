@@ -2,10 +2,12 @@
 
 Shape (every section and key optional; defaults shown by ``railcar serve --help``)::
 
-    [server]            host, port, max_body_bytes, grace_period_s, ...
-    [upstream]          base_url, api_key_env, api_key_file, timeouts, default_headers
+    [server]            host, port, max_body_bytes, grace_period_s, log_level, log_content
+    [upstream]          base_url, api_key_env, api_key_file, timeouts, default_headers, ...
     [guardrails]        config_path, mode, input/output/tool_input/tool_output switches, ...
-    [guardrails.inline] enabled, action, kinds, max_holdback_chars
+    [guardrails.remote] endpoint, config_id(s), timeout_millis  ([guardrails.policy], [guardrails.inline] too)
+    [detection]         fingerprint key, kinds, disabled_detectors
+    [telemetry]         enabled, agent identity, queue and spool sizes
     [kafka]             bootstrap_servers, trace_topic, findings_topic, ...
     [fileset]           root, ...
 
@@ -64,6 +66,7 @@ class ServerConfig:
     log_content: bool = opt(False, "Let NeMo Guardrails log at INFO (its records can quote content); off: no content in logs.")
 
     def validate(self) -> None:
+        """Raises :class:`ConfigError` naming ``server.port``, ``server.max_body_bytes`` or ``server.grace_period_s``."""
         if not 0 < self.port < 65536:
             raise ConfigError(f"server.port: {self.port} is not a TCP port (1-65535)")
         if self.max_body_bytes <= 0:
@@ -90,6 +93,7 @@ class UpstreamConfig:
     default_headers: dict = opt({}, "Static headers added to every upstream request (request headers win).")
 
     def validate(self) -> None:
+        """Raises :class:`ConfigError` naming the bad ``upstream.*`` field."""
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"upstream.base_url: {self.base_url!r} must start with http:// or https://")
         for name in ("connect_timeout_s", "read_timeout_s"):
@@ -141,6 +145,7 @@ class RailcarConfig:
             _validate_tree(getattr(self, name))
 
     def as_dict(self) -> dict[str, Any]:
+        """Every section as plain dicts (``dataclasses.asdict``), keyed by section name."""
         return {name: dataclasses.asdict(getattr(self, name)) for name in _sections()}
 
 
@@ -202,8 +207,10 @@ def _coerce(value: Any, tp: Any, key: str, choices: tuple[str, ...] | None, from
             out = dict(value)
         else:
             out = value
-    except (TypeError, ValueError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"{key}: invalid value {value!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        # Tables (upstream.default_headers, guardrails.request_defaults) may carry credentials: never echo them.
+        shown = "" if base is dict else f" {value!r}"
+        raise ConfigError(f"{key}: invalid value{shown}: {exc}") from None
     if choices:
         items = out if isinstance(out, list) else [out]
         bad = [v for v in items if v not in choices]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import hashlib
 import inspect
 import logging
 import random
@@ -76,7 +77,9 @@ def find_recorded(explicit: str = "", cwd: Path | None = None) -> Path:
 @dataclass
 class Session:
     """One agent run to drive: ``calls`` ``[(record_id, request_body)]`` in order; ``trace_id`` 32 hex chars;
-    ``leak`` the planted-leak title (``""`` for a clean recorded session); ``expect`` detector ids to be found."""
+    ``leak`` the planted-leak title (``""`` for a clean recorded session); ``expect`` detector ids to be found;
+    ``blocks`` the block expected (``"stream"``, ``"output"``, ``"input"`` or ``""``, see
+    :class:`sidecar.demo_data.leaks.Leak`)."""
 
     name: str
     agent: str
@@ -107,8 +110,6 @@ def recorded_sessions(records: list[dict[str, Any]], limit: int = 0) -> list[Ses
 
 
 def _trace_id(key: str) -> str:
-    import hashlib
-
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

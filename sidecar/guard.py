@@ -55,10 +55,12 @@ class Exchange:
 
     @property
     def stream(self) -> bool:
+        """The request asked for a streamed answer (``"stream": true``)."""
         return bool(self.body.get("stream"))
 
     @property
     def model(self) -> str:
+        """The request's ``model`` (``""`` when absent)."""
         return str(self.body.get("model", ""))
 
 
@@ -87,6 +89,11 @@ class StreamSink(Protocol):
 
 
 class StreamGuard(Protocol):
+    """What :meth:`Guard.open_stream` returns for one streamed response. ``stopped`` (bool) turns true on a
+    block. Optional batch seam: ``async on_events(events) -> int`` (``events`` a list of ``(raw, data)`` of one
+    upstream read, returning how many were handled, fewer when it stopped part-way); the proxy calls it instead
+    of ``on_event`` when present (``rails.stream_guard.RailsStreamGuard`` has it)."""
+
     stopped: bool
 
     async def on_event(self, raw: bytes, data: bytes | None) -> None:
@@ -98,6 +105,11 @@ class StreamGuard(Protocol):
 
 
 class Guard(Protocol):
+    """The hooks of the module docstring. ``open_stream`` may take a keyword ``abort`` (a no-argument callable
+    closing the upstream response) so a guard checking in the background can stop the generation between events;
+    the proxy passes it only when the signature declares it. Exceptions from ``check_request`` or
+    ``check_response`` answer HTTP 500 ``guard_error`` (fail closed)."""
+
     async def check_request(self, exchange: Exchange) -> Refusal | None: ...
 
     async def check_response(self, exchange: Exchange, body: dict[str, Any]) -> dict[str, Any] | None: ...

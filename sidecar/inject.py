@@ -43,6 +43,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.config import ConfigError
+from sidecar.errors import error_response
 
 log = logging.getLogger("railcar.inject")
 
@@ -79,7 +80,8 @@ class SidecarTemplate:
 
     @property
     def ports(self) -> set[int]:
-        return {int(p["containerPort"]) for p in self.container.get("ports") or [] if "containerPort" in p}
+        """The sidecar container's ``containerPort`` numbers."""
+        return _container_ports(self.container, "sidecar template: container")
 
     @classmethod
     def from_dict(cls, data: Any) -> "SidecarTemplate":
@@ -101,6 +103,7 @@ class SidecarTemplate:
         for key in ("name", "image"):
             if not isinstance(container.get(key), str) or not container[key]:
                 raise InjectError(f"sidecar template: container.{key}: required string")
+        _container_ports(container, "sidecar template: container")
         volumes = data.get("volumes") or []
         if not isinstance(volumes, list):
             raise InjectError("sidecar template: volumes: expected a list")
@@ -147,6 +150,19 @@ def _ptr(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def _container_ports(container: Any, where: str) -> set[int]:
+    """The ``containerPort`` numbers of a Kubernetes ``Container`` dict; :class:`InjectError` naming ``where``
+    when one is not an integer (so a malformed pod fails open with a warning instead of a 400)."""
+    out: set[int] = set()
+    for p in (container.get("ports") or []) if isinstance(container, dict) else ():
+        if isinstance(p, dict) and "containerPort" in p:
+            try:
+                out.add(int(p["containerPort"]))
+            except (TypeError, ValueError):
+                raise InjectError(f"{where}: ports.containerPort: {p['containerPort']!r} is not a port number") from None
+    return out
+
+
 def is_injected(pod: dict, name: str = "railcar") -> bool:
     """The pod already runs a container or init container called ``name``."""
     spec = pod.get("spec") or {}
@@ -184,9 +200,9 @@ def build_patch(pod: dict, template: dict | SidecarTemplate, *, root: str = "") 
     if spec.get("hostNetwork"):
         raise InjectError("pod: spec.hostNetwork is true: the sidecar's loopback port would be shared with the node")
     init = spec.get("initContainers") or []
+    sidecar_ports = tpl.ports
     for c in list(containers) + list(init):
-        used = {int(p.get("containerPort", 0)) for p in c.get("ports") or [] if isinstance(p, dict)}
-        clash = used & tpl.ports
+        clash = _container_ports(c, f"pod: container {c.get('name')!r}") & sidecar_ports
         if clash:
             raise InjectError(f"pod: container {c.get('name')!r} already uses port {min(clash)} of the sidecar")
 
@@ -285,11 +301,6 @@ def review_response(review: Any, template: SidecarTemplate) -> dict:
     return out
 
 
-def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
-    return web.json_response(body, status=status)
-
-
 def build_app(template: SidecarTemplate) -> web.Application:
     """The webhook's aiohttp application: ``POST /mutate`` (AdmissionReview JSON), ``GET /healthz``.
 
@@ -299,20 +310,21 @@ def build_app(template: SidecarTemplate) -> web.Application:
 
     async def mutate(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
-            return _error(415, "Content-Type must be application/json", "Content-Type", "unsupported_media_type")
+            return error_response(415, "Content-Type must be application/json", param="Content-Type",
+                                  code="unsupported_media_type")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {MAX_REVIEW_BYTES} bytes", None, "request_too_large")
+            return error_response(413, f"body larger than {MAX_REVIEW_BYTES} bytes", code="request_too_large")
         try:
             review = json.loads(raw)
         except ValueError as exc:
-            return _error(400, f"body: invalid JSON: {exc}", "body", "invalid_json")
+            return error_response(400, f"body: invalid JSON: {exc}", param="body", code="invalid_json")
         try:
             return web.json_response(review_response(review, template))
         except ValueError as exc:
             param = str(exc).split(":", 1)[0]
-            return _error(400, str(exc), param, "invalid_admission_review")
+            return error_response(400, str(exc), param=param, code="invalid_admission_review")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -47,6 +47,9 @@ from typing import Any, Iterable
 import orjson
 from aiohttp import web
 
+from sidecar.errors import error_response
+from sidecar.sse import split_events
+
 __all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "default_records_path", "synthetic_frames",
            "split_text"]
 
@@ -120,6 +123,7 @@ class ReceivedRequest:
     body: bytes
 
     def json(self) -> Any:
+        """``body`` parsed as JSON (``orjson.JSONDecodeError`` if it is not)."""
         return orjson.loads(self.body)
 
 
@@ -158,9 +162,11 @@ class ReplayUpstream:
 
     @property
     def base_url(self) -> str:
+        """``http://<host>:<port>/v1`` (the bound port once started)."""
         return f"http://{self.host}:{self.port}/v1"
 
     async def start(self) -> "ReplayUpstream":
+        """Bind and serve (``OSError`` when the port is taken); returns ``self``."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -174,6 +180,7 @@ class ReplayUpstream:
         return self
 
     async def close(self) -> None:
+        """Stop serving (idempotent); in-flight responses get 0.5 s."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -213,7 +220,7 @@ class ReplayUpstream:
         try:
             body = orjson.loads(rec.body)
         except orjson.JSONDecodeError:
-            return _error(400, "invalid JSON body")
+            return _error(400, "invalid JSON body", "invalid_json")
         rid = request.headers.get("x-replay-id")
         record = None
         if rid is not None:
@@ -232,7 +239,7 @@ class ReplayUpstream:
                 chunk_chars = int(hdr.get("x-synthetic-chunk-chars", self.chunk_chars))
                 split_text("", chunk_chars)
             except ValueError as exc:
-                return _error(400, f"bad x-synthetic-* header: {exc}")
+                return _error(400, f"bad x-synthetic-* header: {exc}", "invalid_header")
             text = hdr.get("x-synthetic-text", self.text)
             stream = isinstance(body, dict) and bool(body.get("stream"))
             return await self._synthetic(request, rec, tokens, delay, stream, fault, text, chunk_chars)
@@ -245,8 +252,6 @@ class ReplayUpstream:
         if not ctype.startswith("text/event-stream"):
             return web.Response(status=record["status"], body=body, headers={"Content-Type": ctype})
         if self.split == "event":
-            from sidecar.sse import split_events
-
             pieces = [raw for raw, _ in split_events(body)]
         elif isinstance(self.split, int):
             pieces = [body[i:i + self.split] for i in range(0, len(body), self.split)]
@@ -291,8 +296,6 @@ class ReplayUpstream:
             done = True
             self.completed += 1
             return resp
-        except (ConnectionError, asyncio.CancelledError):
-            raise
         finally:
             self.active -= 1
             if not done and fault != "reset":
@@ -309,7 +312,11 @@ class ReplayUpstream:
         """Any other ``/v1/*``: JSON echo of what arrived; ``?stream=N`` streams N SSE events instead."""
         rec = await self._note(request)
         if "stream" in request.query:
-            n = int(request.query["stream"] or 3)
+            try:
+                n = int(request.query["stream"] or 3)
+            except ValueError:
+                return _error(400, f"?stream={request.query['stream']!r}: expected a number of events",
+                              "invalid_query")
             pieces = [b"data: " + orjson.dumps({"path": rec.path, "i": i}) + b"\n\n" for i in range(n)]
             return await self._stream(request, rec, 200, "text/event-stream", pieces + [b"data: [DONE]\n\n"],
                                       self.delay_s, "")
@@ -317,9 +324,8 @@ class ReplayUpstream:
                                   "headers": rec.headers, "body": rec.body.decode("utf-8", "replace")})
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                        "code": "replay_no_match"}}, status=status)
+def _error(status: int, message: str, code: str = "replay_no_match") -> web.Response:
+    return error_response(status, message, code=code)
 
 
 def main(argv: list[str] | None = None) -> int:

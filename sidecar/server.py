@@ -31,8 +31,9 @@ __all__ = ["main", "serve"]
 async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None); returns the exit code (0).
 
-    Raises :class:`ConfigError` when ``upstream.base_url`` is empty or the credential file is unreadable, and
-    ``OSError`` when the port cannot be bound.
+    Raises :class:`ConfigError` when ``upstream.base_url`` is empty, the credential file is unreadable or the
+    guardrail config is missing or invalid (from ``rails.guard.build_guard``, after the listener and the trace
+    recorder are stopped again), and ``OSError`` when the port cannot be bound.
     """
     if not config.upstream.base_url:
         raise ConfigError("upstream.base_url: required for `railcar serve` (or RAILCAR_UPSTREAM_BASE_URL)")
@@ -44,7 +45,7 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024, reuse_address=True)
     await site.start()
     log.info("listening on http://%s:%d/v1 (upstream %s)", config.server.host, config.server.port,
-             state.upstream._host())
+             state.upstream.host())
 
     # Trace recording: redacted events to Kafka, or to the embedded in-process consumer when no broker is set.
     from streams.recorder import start_recording
@@ -58,20 +59,21 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+    stop_task = asyncio.ensure_future(stop.wait())
     try:
         from rails.guard import build_guard
 
         guard_task = asyncio.ensure_future(build_guard(config))
-        stop_task = asyncio.ensure_future(stop.wait())
         await asyncio.wait({guard_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if guard_task.done():
-            guard = guard_task.result()
+            guard = guard_task.result()  # a bad guardrail config raises here (ConfigError: exit 2)
             state.guard = guard if guard is not None else PassThrough()
             log.info("ready: guard %s", type(state.guard).__name__)
             await stop_task
         else:
             guard_task.cancel()
     finally:
+        stop_task.cancel()  # not left pending when the guard failed to build
         state.draining = True
         log.info("stopping: draining in-flight requests for up to %.1fs", config.server.grace_period_s)
         # cleanup(): stop accepting, wait for in-flight handlers up to shutdown_timeout, cancel the rest.

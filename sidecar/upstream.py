@@ -15,6 +15,7 @@ import asyncio
 from typing import Mapping
 
 import aiohttp
+from yarl import URL
 
 from sidecar.config import UpstreamConfig
 
@@ -47,6 +48,7 @@ class Upstream:
 
     @property
     def configured(self) -> bool:
+        """``upstream.base_url`` is set (``/readyz`` and ``/v1/*`` answer 503 until it is)."""
         return bool(self.base_url)
 
     async def start(self) -> aiohttp.ClientSession:
@@ -62,6 +64,7 @@ class Upstream:
         return self._session
 
     async def close(self) -> None:
+        """Close the pooled session (idempotent; ``start`` or ``send`` opens a new one)."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -83,19 +86,19 @@ class Upstream:
                                          compress=None)
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamError(502, "upstream_unreachable",
-                                f"upstream {self._host()} did not accept a connection within "
+                                f"upstream {self.host()} did not accept a connection within "
                                 f"{self.config.connect_timeout_s:g}s") from None
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
             raise UpstreamError(504, "upstream_timeout",
-                                f"upstream {self._host()} sent no response within "
+                                f"upstream {self.host()} sent no response within "
                                 f"{self.config.read_timeout_s:g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, "upstream_unreachable",
-                                f"upstream {self._host()} unreachable: {type(exc).__name__}") from None
+                                f"upstream {self.host()} unreachable: {type(exc).__name__}") from None
 
-    def _host(self) -> str:
-        from yarl import URL
-
+    def host(self) -> str:
+        """``host:port`` of ``upstream.base_url`` for logs and error messages (never its path or query, which
+        may carry a key); ``"(invalid base_url)"`` when it does not parse."""
         try:
             u = URL(self.base_url)
             return f"{u.host}:{u.port}"

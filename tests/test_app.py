@@ -289,3 +289,22 @@ async def test_sink_holds_then_writes_once_and_passes_through_otherwise():
         pass
     else:
         raise AssertionError("flush to a closed client must raise ClientGone")
+
+
+async def test_failing_check_response_answers_500_in_openai_shape(make_config, start_sidecar):
+    """A guard whose response check raises fails closed with the OpenAI error shape, like check_request."""
+
+    class Broken(PassThrough):
+        async def check_response(self, ex, body):
+            raise RuntimeError("rail backend down")
+
+    col = Collect()
+    async with ReplayUpstream(synthetic=True, tokens=3) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=Broken(), observers=[col])
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json=CHAT) as r:
+                status, body = r.status, await r.json(content_type=None)
+    assert status == 500
+    assert body == {"error": {"message": "guardrails check failed", "type": "server_error", "param": None,
+                              "code": "guard_error"}}
+    assert col.exchanges[0].status == 500 and col.exchanges[0].error == "guard failed: RuntimeError"

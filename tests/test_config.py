@@ -105,3 +105,18 @@ def test_serve_help_subprocess_exits_0():
     out = subprocess.run([sys.executable, "-m", "sidecar.cli", "serve", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "upstream.api_key_file" in out.stdout
+
+
+@pytest.mark.parametrize("text, environ, named", [
+    ("", {"RAILCAR_UPSTREAM_DEFAULT_HEADERS": '{"authorization": "Bearer sk-live-0123456789abcdef'},
+     "RAILCAR_UPSTREAM_DEFAULT_HEADERS"),
+    ('[upstream]\ndefault_headers = "Bearer sk-live-0123456789abcdef"\n', {}, "upstream.default_headers"),
+])
+def test_bad_table_value_is_named_but_not_echoed(tmp_path, text, environ, named):
+    # Header tables carry credentials: the error names the setting and never quotes the value.
+    path = tmp_path / "railcar.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=environ)
+    assert str(err.value).startswith(named + ": invalid value")
+    assert "sk-live" not in str(err.value)

@@ -381,3 +381,17 @@ def test_main_serves_until_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_non_numeric_container_port_fails_open_with_warning():
+    # A malformed port is one more "cannot patch" case: admitted unchanged with a warning, never a 400.
+    pod = copy.deepcopy(SINGLE)
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": "http"}]
+    out = inject.review_response(review(pod, uid="u-2"), inject.SidecarTemplate.from_dict(TEMPLATE))
+    resp = out["response"]
+    assert resp["allowed"] is True and "patch" not in resp
+    assert "containerPort" in resp["warnings"][0] and "'http'" in resp["warnings"][0]
+    bad = copy.deepcopy(TEMPLATE)
+    bad["container"]["ports"] = [{"containerPort": "x"}]
+    with pytest.raises(inject.InjectError, match="sidecar template: container: ports.containerPort"):
+        inject.SidecarTemplate.from_dict(bad)

@@ -62,3 +62,27 @@ async def test_serve_logs_no_content(tmp_path):
     # ... and none of the content reached the logs
     for needle in (LEAKED_KEY, LEAKED_KEY[:12], "zebra-quartz-417", "the key please", "ignore|disregard"):
         assert needle.encode() not in logs, needle
+
+
+async def test_serve_raises_config_error_for_bad_guardrails_and_leaves_no_task(make_config, tmp_path):
+    """A guardrail config that does not load ends `serve` with its ConfigError, after the listener is closed,
+    and leaves no task behind (the stop waiter is cancelled, not left pending)."""
+    import pytest
+
+    from sidecar.config import ConfigError
+    from sidecar.server import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config(server={"port": port}, upstream={"base_url": "http://127.0.0.1:9/v1"},
+                      telemetry={"enabled": False}, fileset={"root": str(tmp_path / "fs")},
+                      guardrails={"config_path": str(tmp_path / "no-such-config")})
+    before = asyncio.all_tasks()
+    with pytest.raises(ConfigError):
+        await asyncio.wait_for(serve(cfg, asyncio.Event()), 30)
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    assert left == []
+    with socket.create_server(("127.0.0.1", port)):  # the port is free again: the listener was closed
+        pass

@@ -42,8 +42,7 @@ _PROSE = (
 
 @dataclass
 class Leak:
-    """One leaking session: ``name`` (slug), ``title`` (what leaks, for the summary), ``agent`` index hint,
-    ``records`` to replay, ``calls`` ``[(record_id, request_body)]`` to drive, ``expect`` detector ids the
+    """One leaking session: ``name`` (slug), ``title`` (what leaks, for the summary), ``records`` to replay, ``calls`` ``[(record_id, request_body)]`` to drive, ``expect`` detector ids the
     consumer must find, ``blocks`` the kind of block expected (``"stream"``, ``"output"``, ``"input"`` or ``""``)."""
 
     name: str
@@ -100,7 +99,7 @@ def _google_key(rng: random.Random) -> str:
 
 
 def _ssn(rng: random.Random) -> str:
-    area = rng.choice([a for a in range(101, 665) if a != 666])
+    area = rng.choice(range(101, 665))  # SSA: areas 001-899 minus 666 are issued; this range avoids 666
     return f"{area:03d}-{rng.randint(10, 99):02d}-{rng.randint(1000, 9999):04d}"
 
 
