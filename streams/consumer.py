@@ -40,6 +40,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any, Iterable
 
@@ -188,7 +189,7 @@ class SecurityProcessor:
 
     def _scan(self, val: Any, path: str, loc: dict[str, Any]) -> None:
         if isinstance(val, str):
-            if val and self.scanner.gate(val):
+            if val:  # scan_text starts with the literal prefilter: no separate gate() pass
                 for m in self.scanner.scan_text(val, path):
                     self.agg.add_match(m, loc)
         elif isinstance(val, list):
@@ -196,11 +197,15 @@ class SecurityProcessor:
                 self._scan(v, f"{path}[{i}]", loc)
 
     def messages(self, trace_id: bytes, chain: str) -> list[dict[str, Any]]:
-        """The conversation's message list ending at chain ref ``chain``, with ``content`` resolved from the
-        trace's texts (``None`` where the text was published before this consumer's memory)."""
+        """The conversation's message list ending at chain ref ``chain`` (16 hex, :func:`streams.recorder.chain_ref`)
+        of trace ``trace_id`` (16 bytes): the message entries, oldest first, with ``content`` resolved from the
+        trace's texts (``None`` where the text was published before this consumer's memory); ``[]`` for a trace or
+        chain it does not hold. A lookup neither creates nor evicts trace state."""
+        if trace_id not in self._traces:
+            return []
         tr = self._traces.get(trace_id)
         out: list[dict[str, Any]] = []
-        while tr and chain in tr.chains:
+        while chain in tr.chains:
             chain, entry = tr.chains[chain]
             out.append({**entry, "content": tr.texts.get(entry.get("ref", ""))})
         return out[::-1]
@@ -253,6 +258,7 @@ class ConsumerGroupWorker:
         self.batch_window_s = 0.1  # longest wait to fill a batch once records are flowing
 
     def stop(self) -> None:
+        """Ask :meth:`run` to finish its current batch and return (call it from the event loop's thread)."""
         self._stop.set()
 
     def _listener(self) -> Any:
@@ -428,7 +434,7 @@ def main(args: argparse.Namespace, config: Any) -> int:
     if not config.kafka.bootstrap_servers:
         print("railcar consume: configuration error: kafka.bootstrap_servers: required "
               "(RAILCAR_KAFKA_BOOTSTRAP_SERVERS); without Kafka, `railcar serve` scans in-process",
-              file=__import__("sys").stderr)
+              file=sys.stderr)
         return 2
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -438,7 +444,7 @@ def main(args: argparse.Namespace, config: Any) -> int:
         uvloop.run(run_consumer(config))
     except OSError as exc:
         print(f"railcar consume: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
-              file=__import__("sys").stderr)
+              file=sys.stderr)
         return 1
     return 0
 

@@ -66,38 +66,47 @@ def _sugg_dicts(suggestions: Iterable[Suggestion | Mapping[str, Any]]) -> list[d
     return [s.as_dict() if hasattr(s, "as_dict") else dict(s) for s in suggestions]
 
 
-def _new_lines(existing: bytes, items: list[dict[str, Any]]) -> list[bytes]:
-    """The JSONL lines of the ``items`` whose ``id`` is neither in ``existing`` (the suggestions file's bytes) nor
-    earlier in ``items``: what both backends append. Unparseable existing lines are skipped."""
+def _new_lines(existing: bytes, items: list[dict[str, Any]]) -> tuple[list[bytes], Counter[str]]:
+    """``(lines, counts)``: the JSONL lines of the ``items`` whose ``id`` is neither in ``existing`` (the
+    suggestions file's bytes) nor earlier in ``items`` (what both backends append), and the suggestion count by
+    ``type`` of the file once they are appended (for the snapshot, without reading the file a second time).
+    Unparseable or non-object existing lines are skipped."""
     seen = set()
+    counts: Counter[str] = Counter()
     for line in existing.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):
-            seen.add(orjson.loads(line)["id"])
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError):  # TypeError: an unhashable id
+            s = orjson.loads(line)
+            if isinstance(s, dict):
+                counts[s.get("type")] += 1
+                if "id" in s:
+                    seen.add(s["id"])
     new = []
     for s in items:
         if s["id"] not in seen:
             seen.add(s["id"])
+            counts[s.get("type")] += 1
             new.append(orjson.dumps(s) + b"\n")
-    return new
+    return new, counts
 
 
 class _Base:
-    def _commit(self, state: Mapping[str, Any], suggestions: Iterable[Any], writer_id: str) -> CommitResult:
-        state = {**state, "writer": writer_id}
-        with self.lock():
-            self._put_state(writer_id, state)
-            new = self._append_suggestions(_sugg_dicts(suggestions))
-            counts = Counter(s.get("type") for s in self.read_suggestions())
-            merged = merge_states(self._states())
-            snap = build_snapshot(merged, state.get("last_scan", {}), counts)
-            self._put_snapshot(snap)
-        return CommitResult(snap, new)
+    """What both backends share: :meth:`commit`. A backend provides ``lock()``, ``_put_state``,
+    ``_append_suggestions`` (returns ``(number of new lines, counts by type)``), ``_states`` and ``_put_snapshot``."""
 
     def commit(self, state: Mapping[str, Any], suggestions: Iterable[Suggestion | Mapping[str, Any]],
                writer_id: str) -> CommitResult:
         """Under the lock: store this writer's ``state`` (:meth:`FindingsAggregator.state`), append the
-        suggestions whose id is not in the file yet, rebuild and atomically replace the snapshot."""
-        return self._commit(state, suggestions, writer_id)
+        suggestions whose id is not in the file yet, rebuild and atomically replace the snapshot. Raises
+        :class:`FilesetError` when the lock cannot be taken in time, ``OSError`` (local) or botocore's
+        ``ClientError`` (S3) when a write fails."""
+        state = {**state, "writer": writer_id}
+        with self.lock():
+            self._put_state(writer_id, state)
+            new, counts = self._append_suggestions(_sugg_dicts(suggestions))
+            merged = merge_states(self._states())
+            snap = build_snapshot(merged, state.get("last_scan", {}), counts)
+            self._put_snapshot(snap)
+        return CommitResult(snap, new)
 
 
 class LocalFileset(_Base):
@@ -174,7 +183,7 @@ class LocalFileset(_Base):
                 out.append(orjson.loads(p.read_bytes()))
         return out
 
-    def _append_suggestions(self, items: list[dict[str, Any]]) -> int:
+    def _append_suggestions(self, items: list[dict[str, Any]]) -> tuple[int, Counter[str]]:
         path = self.dir / SUGGESTIONS
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -185,24 +194,27 @@ class LocalFileset(_Base):
                 if not data.endswith(b"\n"):  # a torn, never-acknowledged tail from a crash
                     data = data[: data.rfind(b"\n") + 1]
                     os.ftruncate(fd, len(data))
-            new = _new_lines(data, items)
+            new, counts = _new_lines(data, items)
             if new:
                 os.lseek(fd, 0, os.SEEK_END)
                 buf = memoryview(b"".join(new))
                 while buf:
                     buf = buf[os.write(fd, buf):]
             os.fsync(fd)
-            return len(new)
+            return len(new), counts
         finally:
             os.close(fd)
 
     def read_snapshot(self) -> dict[str, Any] | None:
+        """The parsed ``security_snapshot.json``, or None when there is none yet; raises ``ValueError`` when it
+        is not JSON."""
         try:
             return json.loads((self.dir / SNAPSHOT).read_bytes())
         except FileNotFoundError:
             return None
 
     def read_suggestions(self) -> list[dict[str, Any]]:
+        """Every parseable line of ``security_suggestions.jsonl``, in file order ([] when absent)."""
         try:
             lines = (self.dir / SUGGESTIONS).read_bytes().splitlines()
         except FileNotFoundError:
@@ -280,6 +292,7 @@ class S3Fileset(_Base):
         self._put(f".writers/{_safe(writer_id)}.json", orjson.dumps(state))
 
     def load_state(self, writer_id: str) -> dict[str, Any] | None:
+        """A writer's previously committed state (for a consumer restarting), or None."""
         data = self._get(f".writers/{_safe(writer_id)}.json")
         return orjson.loads(data) if data else None
 
@@ -293,18 +306,20 @@ class S3Fileset(_Base):
                     out.append(orjson.loads(data))
         return out
 
-    def _append_suggestions(self, items: list[dict[str, Any]]) -> int:
+    def _append_suggestions(self, items: list[dict[str, Any]]) -> tuple[int, Counter[str]]:
         existing = self._get(SUGGESTIONS) or b""
-        new = _new_lines(existing, items)
+        new, counts = _new_lines(existing, items)
         if new:
             self._put(SUGGESTIONS, existing + b"".join(new), "application/x-ndjson")
-        return len(new)
+        return len(new), counts
 
     def read_snapshot(self) -> dict[str, Any] | None:
+        """As :meth:`LocalFileset.read_snapshot`, from the bucket."""
         data = self._get(SNAPSHOT)
         return json.loads(data) if data else None
 
     def read_suggestions(self) -> list[dict[str, Any]]:
+        """As :meth:`LocalFileset.read_suggestions`, from the bucket."""
         out = []
         for line in (self._get(SUGGESTIONS) or b"").splitlines():
             with contextlib.suppress(orjson.JSONDecodeError):

@@ -76,10 +76,13 @@ class Finding:
     follow_up_actions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (snapshot ``findings[]``, findings topic value, ``railcar scan --format jsonl`` line)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
+        """Rebuild from :meth:`as_dict` output (unknown keys ignored); raises ``TypeError`` when a field without
+        a default is missing."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -98,6 +101,7 @@ class Suggestion:
     created_at: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form: one line of ``security_suggestions.jsonl``."""
         return asdict(self)
 
 

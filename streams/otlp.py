@@ -124,14 +124,15 @@ def decode(data: bytes) -> TracesData:
         td = TracesData.FromString(bytes(data))
     except Exception as exc:  # protobuf raises DecodeError (and sometimes RuntimeError) on garbage
         raise OTLPDecodeError(f"not an OTLP TracesData protobuf: {exc}") from None
-    n = sum(len(ss.spans) for rs in td.resource_spans for ss in rs.scope_spans)
-    if n == 0:
-        raise OTLPDecodeError("TracesData holds no span")
+    n = 0
     for rs in td.resource_spans:
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 if len(sp.trace_id) != 16 or len(sp.span_id) != 8:
                     raise OTLPDecodeError("span with invalid trace_id/span_id length")
+                n += 1
+    if n == 0:
+        raise OTLPDecodeError("TracesData holds no span")
     return td
 
 

@@ -131,6 +131,7 @@ class Publisher:
 
     @property
     def queue_depth(self) -> int:
+        """Records waiting in the in-memory queue (not yet handed to the producer or the spool)."""
         return self._queue.qsize()
 
     # ----------------------------------------------------------------- lifecycle
@@ -311,7 +312,7 @@ class Publisher:
                         new = self._drain_queue(10**9)
                         if new:
                             await self._to_spool(new)
-                    if self._closing and time.monotonic() - sent_at > stall_after:
+                    if self._closing and stalled:
                         if not from_spool:  # keep them: at-least-once on shutdown
                             await self._to_spool([r for r, f in window if not f.done() or f.exception()])
                         return

@@ -49,6 +49,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from rails.redaction import redact_text
 from sidecar.guard import Exchange
 from streams import otlp
 from streams.background import QueueWorker
@@ -179,32 +180,17 @@ def _text_of(content: Any) -> str:
 
 
 class _Redactor:
-    """``redact(text, path) -> (redacted, [note dicts])`` over the catalog's :class:`rails.scanner.Scanner`."""
-
-    def __init__(self, scanner: Any) -> None:
-        self.scanner = scanner
-        self._clean: dict[str, None] = {}
-        try:
-            from rails import redaction as _r  # the catalog's redaction (issue 4), when present
-            self._redact_text = lambda text, path: _r.redact_text(scanner, text, path)
-        except ImportError:  # pragma: no cover - until rails/redaction.py lands
-            self._redact_text = self._fallback
-
-    def _fallback(self, text: str, path: str) -> tuple[str, list[Any]]:
-        matches = self.scanner.scan_text(text, path)
-        if not matches:
-            return text, []
-        out, pos = [], 0
-        for m in matches:
-            out += [text[pos:m.start], f"[REDACTED:{m.detector}:{m.fingerprint[:8]}]"]
-            pos = m.end
-        out.append(text[pos:])
-        return "".join(out), matches
+    """``redact(text, path) -> (redacted, [note dicts])``: :func:`rails.redaction.redact_text` over the catalog's
+    :class:`rails.scanner.Scanner`, with a bounded cache of texts found clean."""
 
     # Texts known clean (nothing matched), so a system prompt or tool list resent by every conversation is scanned
     # once per process, not once per call. Bounded: entries, and only texts up to CLEAN_MAX_CHARS characters.
     CLEAN_ENTRIES = 1024
     CLEAN_MAX_CHARS = 8192
+
+    def __init__(self, scanner: Any) -> None:
+        self.scanner = scanner
+        self._clean: dict[str, None] = {}
 
     def __call__(self, text: str, path: str) -> tuple[str, list[dict[str, Any]]]:
         if not text:
@@ -212,10 +198,8 @@ class _Redactor:
         clean = self._clean
         if text in clean:
             return text, []
-        if not self.scanner.gate(text):  # fast path: the literal prefilter says nothing can match
-            red, notes = text, []
-        else:
-            red, notes = self._redact_text(text, path)
+        # No separate gate() call: scan_text starts with the same literal prefilter and returns at once on a miss.
+        red, notes = redact_text(self.scanner, text, path)
         if not notes and len(text) <= self.CLEAN_MAX_CHARS:
             if len(clean) >= self.CLEAN_ENTRIES:
                 del clean[next(iter(clean))]  # oldest first

@@ -344,12 +344,22 @@ security_snapshot.json and security_suggestions.jsonl.</footer>
 
 def main(args: argparse.Namespace, config: Any) -> int:
     """``railcar report --fileset-root DIR --out FILE.html``: exit 0 after writing the page, 2 when the fileset
-    has no snapshot (the message names ``--fileset-root``) or the output cannot be written (names ``--out``)."""
-    from streams.fileset import open_fileset
+    has no snapshot or cannot be read (the message names ``--fileset-root``) or the output cannot be written
+    (names ``--out``). Reading never creates anything under ``--fileset-root``."""
+    from streams.fileset import FILESET, FilesetError, open_fileset
 
-    s3 = getattr(getattr(config, "fileset", None), "s3_endpoint_url", "") or ""
-    fs = open_fileset(args.fileset_root, s3)
-    snapshot = fs.read_snapshot()
+    root = args.fileset_root
+    snapshot = None
+    # A local fileset is opened only when it exists: opening one creates its directories, a reader must not.
+    if root.startswith("s3://") or (Path(root) / FILESET).is_dir():
+        s3 = getattr(getattr(config, "fileset", None), "s3_endpoint_url", "") or ""
+        try:
+            fs = open_fileset(root, s3)
+            snapshot = fs.read_snapshot()
+        except (FilesetError, OSError, ValueError) as exc:  # ValueError: a snapshot that is not JSON
+            print(f"railcar report: --fileset-root: cannot read the fileset under {root!r}: {exc}",
+                  file=sys.stderr)
+            return 2
     if snapshot is None:
         print(f"railcar report: --fileset-root: no nemo-agent-security/security_snapshot.json under "
               f"{args.fileset_root!r}", file=sys.stderr)

@@ -89,6 +89,7 @@ class Spool:
             self._pending -= len([f for f in _read_frames(self._path(self._cursor_seq)) if f[0] <= self._cursor_off])
         self._fh = None
         self._fh_seq = -1
+        self._peeked: list[tuple[int, bytes, bytes]] = []  # frames of the last peek not yet acknowledged
 
     # ---------------------------------------------------------------- internals
     def _path(self, seq: int) -> Path:
@@ -159,6 +160,8 @@ class Spool:
             lost = len([f for f in _read_frames(self._path(seq), self._cursor_off)])
         self.dropped += lost
         self._pending -= lost
+        if seq == self._cursor_seq:  # the last peek came from this segment: an ack of it must not move the cursor
+            self._peeked = []
         self._delete(seq)
         self._cursor_seq, self._cursor_off = (min(self._segments) if self._segments else 0), 0
         self._save_cursor()
@@ -170,9 +173,8 @@ class Spool:
             seq = min(self._segments)
             if seq != self._cursor_seq:
                 self._cursor_seq, self._cursor_off = seq, 0
-            frames = _read_frames(self._path(seq), self._cursor_off)[:max_records]
+            frames = self._peeked = _read_frames(self._path(seq), self._cursor_off)[:max_records]
             if frames:
-                self._peeked = frames
                 return [(k, v) for _, k, v in frames]
             if seq == max(self._segments):
                 return []  # the newest segment is being appended to; keep it
@@ -180,8 +182,10 @@ class Spool:
         return []
 
     def ack(self, n: int) -> None:
-        """The first ``n`` records of the last :meth:`peek` reached the broker: advance and persist the cursor."""
-        frames = getattr(self, "_peeked", [])[:n]
+        """The first ``n`` records of the last :meth:`peek` reached the broker: advance and persist the cursor.
+        Records of that peek the size cap dropped meanwhile (counted in :attr:`dropped`) are not acknowledged
+        again."""
+        frames = self._peeked[:n]
         if not frames:
             return
         self._cursor_off = frames[-1][0]
@@ -201,23 +205,30 @@ class Spool:
 
 
 class MemorySpool:
-    """The same interface as :class:`Spool`, in memory (lost on exit), capped at ``max_bytes`` of key+value."""
+    """The same interface as :class:`Spool`, in memory (lost on exit), capped at ``max_bytes`` of key+value: past
+    it the oldest records are dropped and counted in :attr:`dropped`."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         self.dropped = 0
         self._q: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._bytes = 0
+        # Records of the last peek not yet acknowledged, and how many of them the cap dropped meanwhile (always
+        # the first ones: both the peek and the cap take from the head).
+        self._peek_n = self._peek_gone = 0
 
     @property
     def bytes(self) -> int:
+        """Total key+value bytes held."""
         return self._bytes
 
     @property
     def pending(self) -> int:
+        """Records appended and not yet acknowledged (nor dropped)."""
         return len(self._q)
 
     def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Add ``(key, value)`` records at the tail, then drop the oldest while over ``max_bytes``."""
         for k, v in records:
             self._q.append((k, v))
             self._bytes += len(k) + len(v)
@@ -225,14 +236,25 @@ class MemorySpool:
             k, v = self._q.popleft()
             self._bytes -= len(k) + len(v)
             self.dropped += 1
+            if self._peek_gone < self._peek_n:
+                self._peek_gone += 1
 
     def peek(self, max_records: int = 500) -> list[tuple[bytes, bytes]]:
-        return [self._q[i] for i in range(min(max_records, len(self._q)))]
+        """Up to ``max_records`` oldest records, in append order (they stay until :meth:`ack`)."""
+        out = [self._q[i] for i in range(min(max_records, len(self._q)))]
+        self._peek_n, self._peek_gone = len(out), 0
+        return out
 
     def ack(self, n: int) -> None:
-        for _ in range(min(n, len(self._q))):
+        """The first ``n`` records of the last :meth:`peek` were delivered: remove those the cap has not dropped
+        meanwhile (so an ack never removes a record that was not sent)."""
+        n = min(n, self._peek_n)
+        for _ in range(max(0, n - self._peek_gone)):
             k, v = self._q.popleft()
             self._bytes -= len(k) + len(v)
+        self._peek_gone = max(0, self._peek_gone - n)
+        self._peek_n -= n
 
     def close(self) -> None:
+        """Nothing to release (same interface as :meth:`Spool.close`)."""
         return None

@@ -232,3 +232,37 @@ def test_railcar_hashes_are_not_scanned_but_content_is(scanner, tmp_path) -> Non
     assert found == []
     found = iter_findings(values, scanner, open_fileset(str(tmp_path / "b")), "w")
     assert [f["detector"] for f in found] == ["payment_card"]
+
+
+def test_messages_rebuilds_a_deduped_conversation_and_lookups_do_not_evict(scanner, tmp_path) -> None:
+    # The recorder publishes each text once per trace and later spans reference earlier messages by a chain hash;
+    # SecurityProcessor.messages walks the chain back. Asking about an unknown trace used to create (and, at the
+    # LRU bound, evict a real trace for) an empty entry.
+    from streams.consumer import SecurityProcessor, consumer_metrics
+    from streams.recorder import chain_ref
+
+    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id="agent-a"))
+    # the trace id comes from the first two messages, as in a real agent's system + user opening
+    turn1 = [{"role": "system", "content": "You are a travel agent."}, {"role": "user", "content": "plan the trip"}]
+    turn2 = turn1 + [{"role": "assistant", "content": "where to?"}, {"role": "user", "content": "Lisbon"}]
+    values = []
+    for msgs, answer in ((turn1, "where to?"), (turn2, "booked")):
+        ex = Exchange(body={"model": "m", "messages": msgs})
+        ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {"content": answer}}]})
+        values.append(rec.build(ex))
+    assert values[0][0] == values[1][0]  # one conversation, one trace
+    proc = SecurityProcessor(scanner, open_fileset(str(tmp_path)), "w", max_traces=1,
+                             metrics=consumer_metrics(CollectorRegistry()))
+    for _, v in values:
+        proc.process(v)
+    (_, span), = otlp.iter_spans(otlp.decode(values[1][1]))
+    attrs = otlp.attributes_of(span.attributes)
+    assert "railcar.input.prefix" in attrs  # turn 2 only lists the messages after turn 1's
+    chain = attrs["railcar.input.prefix"]
+    for e in orjson.loads(attrs["railcar.input.messages"]):
+        chain = chain_ref(chain, e)
+    chain = chain_ref(chain, orjson.loads(attrs["railcar.output.message"]))
+    want = [(m["role"], m["content"]) for m in turn2] + [("assistant", "booked")]
+    assert [(m["role"], m["content"]) for m in proc.messages(span.trace_id, chain)] == want
+    assert proc.messages(b"\x01" * 16, chain) == []
+    assert [(m["role"], m["content"]) for m in proc.messages(span.trace_id, chain)] == want

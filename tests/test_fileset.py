@@ -69,6 +69,21 @@ def test_torn_suggestion_tail_is_cut(tmp_path):
         json.loads(line)
 
 
+
+def test_non_object_suggestion_line_does_not_wedge_commits(tmp_path):
+    # A line that parses as JSON but is not an object (hand-edited file, another tool) used to make every later
+    # commit raise AttributeError while counting suggestions by type.
+    fs = LocalFileset(tmp_path)
+    agg = _agg(["AKIALALEMEL33243OLIB"])
+    first = fs.commit(agg.state("w"), agg.suggestions(), "w")
+    with open(fs.dir / SUGGESTIONS, "ab") as fh:
+        fh.write(b'[1, 2]\n5\n{"no_id": true, "type": "deep_scan"}\n')
+    again = fs.commit(agg.state("w"), agg.suggestions(), "w")
+    assert again.new_suggestions == 0
+    by_type = again.snapshot["suggestions"]["by_type"]
+    assert by_type["data_safety"] == first.snapshot["suggestions"]["by_type"]["data_safety"]
+    assert by_type["deep_scan"] == first.snapshot["suggestions"]["by_type"]["deep_scan"] + 1
+
 WRITER = r"""
 import sys, itertools
 from streams.fileset import LocalFileset

@@ -145,7 +145,7 @@ async def test_broker_down_10s_under_50_streams(tmp_path, railcar_process) -> No
                 assert procs[side].stop() == 0
 
     p99 = {k: _window_p99(v) * 1000 for k, v in lat.items() if k[1] in ("up", "down")}
-    print(f"\n50 streams per sidecar, p99 latency ms (median of 1 s windows): "
+    print("\n50 streams per sidecar, p99 latency ms (median of 1 s windows): "
           + ", ".join(f"{s} {ph} {v:.1f} ({len(lat[s, ph])} req)" for (s, ph), v in sorted(p99.items()))
           + f"; A's spool peaked at {spool_peak} bytes")
     assert all(len(lat[s, ph]) > 400 for s in "AB" for ph in ("up", "down"))

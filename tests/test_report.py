@@ -129,6 +129,15 @@ def test_render_is_pure_and_handles_an_empty_fileset() -> None:
 def test_cli_errors_name_the_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["report", "--fileset-root", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")]) == 2
     assert "--fileset-root" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()  # a reader creates nothing
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("x")
+    assert cli_main(["report", "--fileset-root", str(not_a_dir), "--out", str(tmp_path / "r.html")]) == 2
+    assert "--fileset-root" in capsys.readouterr().err
+    (tmp_path / "torn" / "nemo-agent-security").mkdir(parents=True)
+    (tmp_path / "torn" / "nemo-agent-security" / "security_snapshot.json").write_text("{not json")
+    assert cli_main(["report", "--fileset-root", str(tmp_path / "torn"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "--fileset-root" in capsys.readouterr().err
     _fileset(tmp_path / "fs")
     blocker = tmp_path / "file"
     blocker.write_text("x")
