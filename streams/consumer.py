@@ -82,9 +82,10 @@ _ENTRY_ATTRS = frozenset({"railcar.input.messages", "railcar.output.message"})
 
 
 class _Trace:
-    __slots__ = ("texts", "chains")
+    __slots__ = ("texts", "chains", "text_chars")
 
     def __init__(self) -> None:
+        self.text_chars = 0                                  # characters held in ``texts``
         self.texts: dict[str, str] = {}                      # content ref -> redacted text
         self.chains: dict[str, tuple[str, dict[str, Any]]] = {}  # chain ref -> (parent chain ref, entry)
 
@@ -94,11 +95,13 @@ class SecurityProcessor:
 
     ``scanner``: :class:`rails.scanner.Scanner`; ``fileset``: from :func:`streams.fileset.open_fileset`;
     ``writer_id``: this instance's fileset writer name (stable across restarts of the same instance).
-    ``max_traces`` bounds the content kept to rebuild deduped conversations (LRU).
+    ``max_traces`` and ``max_text_chars`` bound the content kept to rebuild deduped conversations: the least
+    recently seen traces are forgotten first (a span can carry up to 512 KiB of text, so a count alone could hold
+    gigabytes). Scanning never depends on that memory: each text is scanned when its span arrives.
     """
 
     def __init__(self, scanner: Any, fileset: Any, writer_id: str, *, max_traces: int = 10000,
-                 metrics: dict[str, Any] | None = None) -> None:
+                 max_text_chars: int = 64 * 1024 * 1024, metrics: dict[str, Any] | None = None) -> None:
         from streams.findings import FindingsAggregator
 
         self.scanner, self.fileset, self.writer_id = scanner, fileset, writer_id
@@ -106,7 +109,9 @@ class SecurityProcessor:
         load = getattr(fileset, "load_state", None)
         self.agg.restore(load(writer_id) if load else None)
         self._published: set[str] = {f.id for f in self.agg.findings()}
-        self._traces: LRU[bytes, _Trace] = LRU(max_traces, _Trace)
+        self._traces: LRU[bytes, _Trace] = LRU(max_traces, _Trace, on_evict=self._forget)
+        self.max_text_chars = max_text_chars
+        self.text_chars = 0  # characters held across all traces
         self._m = metrics or consumer_metrics()
         self.records = 0
         self.bytes = 0
@@ -127,7 +132,7 @@ class SecurityProcessor:
             events = [(ev.name, otlp.attributes_of(ev.attributes)) for ev in sp.events]  # decoded once
             for name, ea in events:
                 if name == "railcar.content":
-                    tr.texts[str(ea.get("ref", ""))] = str(ea.get("text", ""))
+                    self._keep(tr, str(ea.get("ref", "")), str(ea.get("text", "")))
                 elif name == "railcar.redaction":
                     note = {k.removeprefix("railcar.redaction."): v for k, v in ea.items()}
                     try:
@@ -173,6 +178,19 @@ class SecurityProcessor:
         self.agg.note_scan(bytes_scanned=len(value), records=1, free_text=True)
         self._m["records"].inc()
         return n
+
+    def _keep(self, tr: _Trace, ref: str, text: str) -> None:
+        """Hold ``text`` under ``ref`` in trace ``tr``, then forget the oldest other traces while over budget."""
+        old = tr.texts.get(ref)
+        tr.texts[ref] = text
+        delta = len(text) - (len(old) if old is not None else 0)
+        tr.text_chars += delta
+        self.text_chars += delta
+        while self.text_chars > self.max_text_chars and len(self._traces) > 1:
+            self._traces.evict_oldest()  # ``tr`` is the most recently used: never evicted here
+
+    def _forget(self, _trace_id: bytes, tr: _Trace) -> None:
+        self.text_chars -= tr.text_chars
 
     def _scan_entries(self, entries: Any, raw: Any, path: str, loc: dict[str, Any]) -> None:
         """Scan the strings of message entries (``railcar.input.messages`` / ``railcar.output.message``) but their

@@ -39,7 +39,7 @@ class EmbeddedPipeline(QueueWorker[bytes]):
             scanner = scanner_from_config(config.detection)
         self.proc = SecurityProcessor(scanner, open_fileset(config.fileset.root, config.fileset.s3_endpoint_url),
                                       writer_id, metrics=consumer_metrics(registry))
-        super().__init__(config.telemetry.queue_size, {"processed": 0, "undecodable": 0, "commits": 0})
+        super().__init__(config.telemetry.queue_size, {"processed": 0, "undecodable": 0, "failed": 0, "commits": 0})
         self._interval = commit_interval_s
 
     def publish(self, key: bytes, value: bytes) -> bool:
@@ -56,6 +56,19 @@ class EmbeddedPipeline(QueueWorker[bytes]):
                 self.stats["processed"] += 1
             except OTLPDecodeError:
                 self.stats["undecodable"] += 1
+            except Exception as exc:  # one bad record must not stop the in-process consumer
+                self.stats["failed"] += 1
+                log.error("embedded consumer: record failed (%s); continuing", type(exc).__name__)
+
+    def _commit(self) -> bool:
+        """Write the fileset; False (logged, retried at the next interval) when the write fails (e.g. disk full)."""
+        try:
+            self.proc.commit()
+        except OSError as exc:
+            log.error("embedded consumer: fileset write failed (%s); retrying", exc.strerror or type(exc).__name__)
+            return False
+        self.stats["commits"] += 1
+        return True
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -70,9 +83,10 @@ class EmbeddedPipeline(QueueWorker[bytes]):
             else:
                 await self._idle(self._interval)
             if dirty and loop.time() - last >= self._interval:
-                await asyncio.to_thread(self.proc.commit)
-                self.stats["commits"] += 1
-                dirty, last = False, loop.time()
+                dirty = not await asyncio.to_thread(self._commit)
+                last = loop.time()
         if dirty or self.stats["commits"] == 0:
-            await asyncio.to_thread(self.proc.commit)
-            self.stats["commits"] += 1
+            for attempt in range(3):  # the last write: a few tries before findings are given up
+                if await asyncio.to_thread(self._commit):
+                    break
+                await asyncio.sleep(0.1 * (attempt + 1))

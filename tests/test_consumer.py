@@ -266,3 +266,27 @@ def test_messages_rebuilds_a_deduped_conversation_and_lookups_do_not_evict(scann
     assert [(m["role"], m["content"]) for m in proc.messages(span.trace_id, chain)] == want
     assert proc.messages(b"\x01" * 16, chain) == []
     assert [(m["role"], m["content"]) for m in proc.messages(span.trace_id, chain)] == want
+
+
+def test_content_memory_is_bounded_in_characters(scanner, tmp_path) -> None:
+    # Each trace's texts are kept to rebuild deduped conversations; a byte budget (not only a trace count) bounds
+    # them, forgetting the least recently seen traces first, and scanning still sees every text.
+    from streams.consumer import SecurityProcessor, consumer_metrics
+
+    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id="agent-a"))
+    proc = SecurityProcessor(scanner, open_fileset(str(tmp_path)), "w", max_text_chars=30_000,
+                             metrics=consumer_metrics(CollectorRegistry()))
+    traces = []
+    for i in range(6):
+        big = f"conversation {i} " + "lorem ipsum " * 1000  # ~12k characters per trace
+        ex = Exchange(body={"model": "m", "messages": [{"role": "system", "content": f"agent {i}"},
+                                                       {"role": "user", "content": big}]})
+        ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {
+            "content": "key AKIALALEMEL33243OLIB" if i == 0 else "ok"}}]})
+        key, value = rec.build(ex)
+        proc.process(value)
+        traces.append(next(iter(otlp.iter_spans(otlp.decode(value))))[1].trace_id)
+    assert proc.text_chars <= 30_000
+    assert proc.text_chars == sum(len(t) for tr in proc._traces._items.values() for t in tr.texts.values())
+    assert traces[0] not in proc._traces and traces[-1] in proc._traces  # oldest forgotten, newest kept
+    assert [f.detector for f in proc.agg.findings()] == ["aws_access_key_id"]  # scanned before it was forgotten

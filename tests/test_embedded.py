@@ -36,6 +36,39 @@ def _record(scanner: Scanner, text: str, agent: str = "agent-emb") -> tuple[byte
     return rec.build(ex)
 
 
+async def test_pipeline_survives_a_failing_record_and_a_failing_write(make_config, scanner, tmp_path,
+                                                                     monkeypatch) -> None:
+    # An unexpected error on one record, or a fileset write that fails (disk full), must not end the in-process
+    # consumer: later records are still processed and the write is retried.
+    cfg = make_config(fileset={"root": str(tmp_path)})
+    pipe = EmbeddedPipeline(cfg, scanner=scanner, commit_interval_s=0.05, registry=CollectorRegistry())
+    real_process, real_commit = pipe.proc.process, pipe.proc.commit
+    calls = {"process": 0, "commit": 0}
+
+    def flaky_process(value: bytes) -> int:
+        calls["process"] += 1
+        if calls["process"] == 1:
+            raise RuntimeError("unexpected")
+        return real_process(value)
+
+    def flaky_commit():
+        calls["commit"] += 1
+        if calls["commit"] == 1:
+            raise OSError(28, "No space left on device")
+        return real_commit()
+
+    monkeypatch.setattr(pipe.proc, "process", flaky_process)
+    monkeypatch.setattr(pipe.proc, "commit", flaky_commit)
+    await pipe.start()
+    token = GENERATORS["github_token"](random.Random(5))
+    assert pipe.publish(*_record(scanner, "first record"))
+    assert pipe.publish(*_record(scanner, f"token {token}"))
+    await pipe.close()
+    assert pipe.stats["failed"] == 1 and pipe.stats["processed"] == 1 and calls["commit"] >= 2
+    snap = open_fileset(str(tmp_path)).read_snapshot()
+    assert [f["detector"] for f in snap["findings"]] == ["github_token"]
+
+
 async def test_pipeline_commits_findings_and_counts_bad_records(make_config, scanner, tmp_path) -> None:
     cfg = make_config(fileset={"root": str(tmp_path)})
     rng = random.Random(11)
