@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -59,10 +60,19 @@ class Detector:
     max_len: int | None = 64
     validator: Callable[[str], bool] | None = field(default=None, compare=False)
     follow_up: str = ""
+    # A format's own integrity check (e.g. GitHub's token checksum): never rejects, but a value that passes it is
+    # reported with ``confirmed_confidence`` instead of ``confidence``.
+    confirm: Callable[[str], bool] | None = field(default=None, compare=False)
+    confirmed_confidence: float = 1.0
 
     def validate(self, value: str) -> bool:
         """True when ``value`` (the regex capture) is a real finding for this detector."""
         return self.validator(value) if self.validator is not None else True
+
+    def confidence_for(self, value: str) -> float:
+        """The confidence of a validated ``value``: ``confirmed_confidence`` when ``confirm`` passes, else
+        ``confidence`` (in [0, 1])."""
+        return self.confirmed_confidence if self.confirm is not None and self.confirm(value) else self.confidence
 
 
 # ------------------------------------------------------------------------------------------------ validators
@@ -101,8 +111,8 @@ def github_checksum_ok(token: str) -> bool:
     """GitHub's new-format token checksum: the last 6 chars are base62(CRC32(the 30-char random part)).
 
     Source: GitHub engineering blog "Behind GitHub's new authentication token formats" (2021). Never used to
-    reject (test corpora such as gitleaks' use random, checksum-less bodies); the scanner does not call it yet, so
-    ``github_token`` matches carry the catalog's fixed confidence either way.
+    reject (test corpora such as gitleaks' use random, checksum-less bodies): a token that passes it is reported
+    with a higher confidence (``Detector.confirm``).
     """
     _, _, rest = token.partition("_")
     if len(rest) != 36:
@@ -268,9 +278,11 @@ CATALOG: tuple[Detector, ...] = (
     _secret("aws_access_key_id", "AWS access key id",
             [LB + r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"],
             ["AKIA", "ASIA", "ABIA", "ACCA", "A3T"], 20, aws_key_ok, 0.95),
-    _secret("github_token", "GitHub token (ghp_/gho_/ghu_/ghs_/ghr_)",
-            [LB + r"(gh[pousr]_[A-Za-z0-9]{36})\b"],
-            ["ghp_", "gho_", "ghu_", "ghs_", "ghr_"], 40, github_ok, 0.95),
+    dataclasses.replace(
+        _secret("github_token", "GitHub token (ghp_/gho_/ghu_/ghs_/ghr_)",
+                [LB + r"(gh[pousr]_[A-Za-z0-9]{36})\b"],
+                ["ghp_", "gho_", "ghu_", "ghs_", "ghr_"], 40, github_ok, 0.95),
+        confirm=github_checksum_ok, confirmed_confidence=0.99),
     _secret("github_fine_grained_pat", "GitHub fine-grained personal access token",
             [LB + r"(github_pat_[A-Za-z0-9_]{82})\b"], ["github_pat_"], 93, _not_placeholder(11), 0.98),
     _secret("gitlab_token", "GitLab token (personal, pipeline trigger, runner, deploy, feed, OAuth, ...)",

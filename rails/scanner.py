@@ -109,8 +109,8 @@ class Scanner:
                 value = m.group(1)
                 if value is None or not det.validate(value):
                     continue
-                found.append(Match(det.id, det.kind, det.confidence, det.severity, path, m.start(1), m.end(1),
-                                   _fingerprint(self.key, det.id, value), mask(det.id, value)))
+                found.append(Match(det.id, det.kind, det.confidence_for(value), det.severity, path, m.start(1),
+                                   m.end(1), _fingerprint(self.key, det.id, value), mask(det.id, value)))
         if len(found) > 1:
             found = _resolve_overlaps(found)
         return found

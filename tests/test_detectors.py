@@ -65,17 +65,32 @@ def test_jwt_needs_decodable_header_with_alg():
     assert not d.jwt_ok("eymB3kYEDhNfKscWapB.eyDtcWNOh9NU8ZWGLWH.g13")
 
 
-def test_github_checksum():
+def _with_checksum(body: str) -> str:
+    """``ghp_`` + a 30-char random part + base62(CRC32(part)), as GitHub's token format specifies."""
     import binascii
 
-    body = "A" * 10 + "b" * 10 + "0123456789"
-    crc = binascii.crc32(body.encode())
-    out = ""
+    crc, out = binascii.crc32(body.encode()), ""
     while crc:
         crc, r = divmod(crc, 62)
         out = d._B62[r] + out
-    assert d.github_checksum_ok("ghp_" + body + out.rjust(6, "0"))
+    return "ghp_" + body + out.rjust(6, "0")
+
+
+def test_github_checksum():
+    body = "A" * 10 + "b" * 10 + "0123456789"
+    assert d.github_checksum_ok(_with_checksum(body))
     assert not d.github_checksum_ok("ghp_" + body + "zzzzzz")
+    # The scanner reports a checksum-valid token with the confirmed confidence, a checksum-less one still found
+    # (test corpora use random bodies) at the catalog's base confidence.
+    from rails.scanner import Scanner
+
+    body = "Xr7Qw2Lm9Tz4Kp8Vn3Bc6Hd1Jf5Gs0"  # a realistic random part (the one above is too repetitive to scan)
+    det = d.get("github_token")
+    valid, random_body = _with_checksum(body), "ghp_" + body + "k3Xq9Z"
+    [m1] = Scanner(key=b"k" * 32).scan_text(f"token {valid} here")
+    [m2] = Scanner(key=b"k" * 32).scan_text(f"token {random_body} here")
+    assert (m1.detector, m1.confidence) == ("github_token", det.confirmed_confidence)
+    assert (m2.detector, m2.confidence) == ("github_token", det.confidence) and m2.confidence < m1.confidence
 
 
 @pytest.mark.parametrize("value", ["AKIAIOSFODNN7EXAMPLE", "sk-xxxxxxxxxxxxxxxxxxxxxxxx", "<your key>",
