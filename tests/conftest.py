@@ -185,7 +185,8 @@ def railcar_process(tmp_path: Path):
               log_name: str | None = None) -> RailcarProcess:
         port = port or free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
-        full.update(RAILCAR_SERVER_PORT=str(port), RAILCAR_SERVER_LOG_LEVEL="warning", **(env or {}))
+        full.update({"RAILCAR_SERVER_PORT": str(port), "RAILCAR_SERVER_LOG_LEVEL": "warning"})
+        full.update(env or {})  # the caller's settings win
         log = tmp_path / (log_name or f"{command}-{len(started)}.log")
         with open(log, "wb") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", command], env=full, cwd=ROOT,

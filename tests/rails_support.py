@@ -3,12 +3,14 @@ in-memory stream sink, OpenAI chunk frames, guards built from inline guardrail c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from rails.engine_local import LocalEngine
 from rails.guard import RailsGuard
@@ -103,3 +105,44 @@ async def run_stream(guard: RailsGuard, frames: list[bytes], body: dict | None =
             break
     await sg.on_end()
     return sink, sg, ex
+
+
+class FramesUpstream:
+    """A loopback OpenAI-compatible upstream streaming ``frames`` ``delay_s`` apart (``sent`` counts them);
+    ``disconnected`` is set when the client (the proxy) drops the connection before the end. A non-streaming request
+    gets a ``chat.completion`` whose content is ``answer``."""
+
+    def __init__(self, frames: list[bytes], delay_s: float = 0.001, answer: str = "") -> None:
+        self.frames, self.delay_s, self.answer = frames, delay_s, answer
+        self.disconnected = asyncio.Event()
+        self.sent = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                          "role": "assistant", "content": self.answer}}]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for f in self.frames:
+                await resp.write(f)
+                self.sent += 1
+                await asyncio.sleep(self.delay_s)
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return resp
+
+    async def __aenter__(self) -> "FramesUpstream":
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.runner.cleanup()

@@ -14,9 +14,9 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from aiohttp import web
 
 from rails.guard import build_guard
+from rails_support import FramesUpstream
 from sidecar.replay_upstream import ReplayUpstream
 
 KEY = "ghp_" + "Zq81mXv2LpT0aRk7wYb4NcJd9sEu3HfGi6Ao"  # github_token shape, random body, not a placeholder
@@ -45,41 +45,9 @@ def frames_of(deltas: list[str]) -> list[bytes]:
     return out + [b"data: [DONE]\n\n"]
 
 
-class DeltaUpstream:
+def delta_upstream(deltas: list[str], delay_s: float = 0.001) -> FramesUpstream:
     """A loopback upstream streaming fixed deltas ``delay_s`` apart (or one JSON answer for stream=false)."""
-
-    def __init__(self, deltas: list[str], delay_s: float = 0.001) -> None:
-        self.deltas, self.delay_s = deltas, delay_s
-        self.disconnected = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        if not body.get("stream"):
-            return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
-                                      "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                          "role": "assistant", "content": "".join(self.deltas)}}]})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        try:
-            for f in frames_of(self.deltas):
-                await resp.write(f)
-                await asyncio.sleep(self.delay_s)
-        except (ConnectionError, asyncio.CancelledError):
-            self.disconnected.set()
-            raise
-        return resp
-
-    async def __aenter__(self) -> "DeltaUpstream":
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handle)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.runner.cleanup()
+    return FramesUpstream(frames_of(deltas), delay_s, answer="".join(deltas))
 
 
 def split_key(pieces: int) -> list[str]:
@@ -102,7 +70,7 @@ async def guarded(make_config, start_sidecar, tmp_path: Path, base_url: str, **i
 @pytest.mark.parametrize("pieces", [2, 10])
 async def test_key_split_across_deltas_is_blocked(make_config, start_sidecar, tmp_path, pieces):
     deltas = split_key(pieces) + [" more"] * 200  # the upstream is still sending when the block lands
-    async with DeltaUpstream(deltas) as up:
+    async with delta_upstream(deltas) as up:
         guard, sc = await guarded(make_config, start_sidecar, tmp_path, up.base_url)
         assert guard.filter_factory is not None  # on by default with a guardrail config
         client = openai.AsyncOpenAI(base_url=sc.base_url, api_key="x", max_retries=0)
@@ -122,7 +90,7 @@ async def test_key_split_across_deltas_is_blocked(make_config, start_sidecar, tm
 
 async def test_key_split_across_deltas_is_redacted(make_config, start_sidecar, tmp_path):
     deltas = split_key(7)
-    async with DeltaUpstream(deltas) as up:
+    async with delta_upstream(deltas) as up:
         guard, sc = await guarded(make_config, start_sidecar, tmp_path, up.base_url, action="redact")
         client = openai.AsyncOpenAI(base_url=sc.base_url, api_key="x", max_retries=0)
         stream = await client.chat.completions.create(model="m", stream=True,
@@ -138,7 +106,7 @@ async def test_key_split_across_deltas_is_redacted(make_config, start_sidecar, t
 
 
 async def test_non_streaming_answer_with_key_is_blocked(make_config, start_sidecar, tmp_path):
-    async with DeltaUpstream(split_key(3)) as up:
+    async with delta_upstream(split_key(3)) as up:
         guard, sc = await guarded(make_config, start_sidecar, tmp_path, up.base_url)
         client = openai.AsyncOpenAI(base_url=sc.base_url, api_key="x", max_retries=0)
         whole = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
@@ -148,7 +116,7 @@ async def test_non_streaming_answer_with_key_is_blocked(make_config, start_sidec
 
 async def test_inline_off_lets_the_key_through(make_config, start_sidecar, tmp_path):
     # The control: with [guardrails.inline] enabled = false these rails do not stop the key.
-    async with DeltaUpstream(split_key(4)) as up:
+    async with delta_upstream(split_key(4)) as up:
         guard, sc = await guarded(make_config, start_sidecar, tmp_path, up.base_url, enabled=False)
         client = openai.AsyncOpenAI(base_url=sc.base_url, api_key="x", max_retries=0)
         stream = await client.chat.completions.create(model="m", stream=True,

@@ -14,7 +14,6 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp import web
 
 from rails.blocked import blocked_frames
 from rails.engine_local import LocalEngine
@@ -24,7 +23,7 @@ from rails.settings import GuardrailsConfig
 from sidecar.guard import Exchange, GuardRejected
 from sidecar.replay_upstream import ReplayUpstream
 
-from rails_support import (AWS_KEY, SECRET_PATTERN_YAML, guard_for, run_stream, secret_guard, split_secret,
+from rails_support import (AWS_KEY, FramesUpstream, SECRET_PATTERN_YAML, guard_for, run_stream, secret_guard, split_secret,
                            stream_of)
 
 
@@ -195,49 +194,13 @@ def sse_record(rid: str, deltas: list[str], request: dict) -> dict[str, Any]:
             "response_body": b"".join(stream_of(deltas)).decode()}
 
 
-class SlowUpstream:
-    """A loopback OpenAI-compatible upstream streaming given frames ``delay_s`` apart; ``disconnected`` is set
-    when the client (the proxy) drops the connection before the end."""
-
-    def __init__(self, frames: list[bytes], delay_s: float) -> None:
-        self.frames, self.delay_s = frames, delay_s
-        self.disconnected = asyncio.Event()
-        self.sent = 0
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        try:
-            for f in self.frames:
-                await resp.write(f)
-                self.sent += 1
-                await asyncio.sleep(self.delay_s)
-        except (ConnectionError, asyncio.CancelledError):
-            self.disconnected.set()
-            raise
-        return resp
-
-    async def __aenter__(self) -> "SlowUpstream":
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handle)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.runner.cleanup()
-
-
 @pytest.mark.parametrize("first", [False, True])
 async def test_e2e_openai_client_sees_block_and_upstream_sees_disconnect(make_config, start_sidecar,
                                                                          tmp_path: Path, first: bool) -> None:
     deltas = split_secret(5, 10, 400)  # a long tail the upstream is still sending when the block lands
     frames = stream_of(deltas)
     req = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "leak"}]}
-    async with SlowUpstream(frames, 0.002) as up:
+    async with FramesUpstream(frames, 0.002) as up:
         rails_file = tmp_path / "rails.yml"
         rails_file.write_text(SECRET_PATTERN_YAML % {"chunk": 5, "context": 10, "first": str(first).lower()})
         cfg = make_config(upstream={"base_url": up.base_url}, guardrails={"config_path": str(rails_file)})
