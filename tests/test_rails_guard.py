@@ -23,8 +23,8 @@ from rails.settings import GuardrailsConfig
 from sidecar.guard import Exchange, GuardRejected
 from sidecar.replay_upstream import ReplayUpstream
 
-from rails_support import (AWS_KEY, FramesUpstream, SECRET_PATTERN_YAML, guard_for, run_stream, secret_guard, split_secret,
-                           stream_of)
+from rails_support import (AWS_KEY, SECRET_PATTERN_YAML, FramesUpstream, guard_for, run_stream, secret_guard,
+                           split_secret, stream_of)
 
 
 # --------------------------------------------------------------------------------------- requests
