@@ -46,9 +46,9 @@ import re2
 
 from rails import detectors as _det
 from rails.masking import fingerprint as _fingerprint
-from rails.masking import load_key, mask
+from rails.masking import mask
 from rails.redaction import RedactionNote, placeholder, replace_matches
-from rails.scanner import Match, Scanner
+from rails.scanner import Match, Scanner, scanner_from_config
 
 log = logging.getLogger("railcar.rails.inline")
 
@@ -551,6 +551,5 @@ def holdback_from_config(guardrails: Any, detection: Any, environ: Any = None) -
     field for bad values."""
     if not guardrails.inline_enabled:
         return None
-    dets = _det.select(guardrails.inline.kinds, detection.disabled_detectors)
-    key = load_key(detection.fingerprint_key_file, detection.fingerprint_key_env, environ)
-    return HoldBack(Scanner(dets, key), guardrails.inline.action, guardrails.inline.max_holdback_chars)
+    scanner = scanner_from_config(detection, environ, kinds=guardrails.inline.kinds)
+    return HoldBack(scanner, guardrails.inline.action, guardrails.inline.max_holdback_chars)

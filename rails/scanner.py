@@ -66,6 +66,11 @@ def _options() -> re2.Options:
     return opts
 
 
+# One random key per process when none is configured: every Scanner in the process (the sidecar's hold-back and
+# its trace recorder, say) then fingerprints a value alike, so an inline placeholder matches the recorded note.
+_PROCESS_KEY = os.urandom(32)
+
+
 class Scanner:
     """A compiled catalog. Thread-safe after construction (RE2 objects are immutable).
 
@@ -77,7 +82,7 @@ class Scanner:
     def __init__(self, detectors: Iterable[_det.Detector] | None = None, key: bytes | None = None) -> None:
         self.detectors: tuple[_det.Detector, ...] = tuple(_det.CATALOG if detectors is None else detectors)
         self.ephemeral_key = key is None
-        self.key = os.urandom(32) if key is None else key
+        self.key = _PROCESS_KEY if key is None else key
         self._set = re2.Set.SearchSet(_options())
         self._patterns: list[tuple[_det.Detector, Any]] = []
         opts = _options()
@@ -234,11 +239,13 @@ def iter_strings(obj: Any, path: str = "$") -> Iterator[tuple[str, str]]:
             stack.extend((f"{p}[{i}]", v) for i, v in reversed(list(enumerate(o))))
 
 
-def scanner_from_config(detection: Any, environ: Any = None) -> Scanner:
-    """A :class:`Scanner` for a ``[detection]`` section (:class:`rails.settings.DetectionConfig`).
+def scanner_from_config(detection: Any, environ: Any = None, kinds: Iterable[str] | None = None) -> Scanner:
+    """A :class:`Scanner` for a ``[detection]`` section (:class:`rails.settings.DetectionConfig`); ``kinds``
+    overrides ``detection.kinds`` (the inline hold-back runs ``[guardrails.inline] kinds`` with the same key and
+    disabled detectors).
 
     Raises ``ValueError`` naming ``detection.disabled_detectors`` or ``detection.fingerprint_key_file``.
     """
-    dets = _det.select(detection.kinds, detection.disabled_detectors)
+    dets = _det.select(detection.kinds if kinds is None else kinds, detection.disabled_detectors)
     key = load_key(detection.fingerprint_key_file, detection.fingerprint_key_env, environ)
     return Scanner(dets, key)

@@ -116,3 +116,21 @@ def test_recorded_traffic_has_no_secret_findings(scanner):
     # The recordings were reviewed: they hold no email, phone, SSN, card or IBAN of a real person, so any PII
     # finding here would be a false positive (token counts, ids, timestamps, base64 are all in this traffic).
     assert pii == []
+
+
+def test_unconfigured_key_is_shared_by_every_scanner_in_the_process():
+    # With no fingerprint key configured, the sidecar builds two scanners (the inline hold-back's, secrets only, and
+    # the trace recorder's): an inline placeholder must carry the same fingerprint as the recorded redaction note.
+    from rails.inline import holdback_from_config
+    from rails.redaction import redact_text
+    from rails.scanner import scanner_from_config
+    from rails.settings import DetectionConfig, GuardrailsConfig, InlineConfig
+
+    text = "deploy with AKIAZ3MHQWERTYXU4ABC today"
+    recorder = scanner_from_config(DetectionConfig(), environ={})
+    hold = holdback_from_config(GuardrailsConfig(config_path="default", inline=InlineConfig(action="redact")),
+                                DetectionConfig(), environ={})
+    assert recorder.ephemeral_key and hold is not None
+    inline_out, match, _ = hold.redact_or_block(text)
+    _, notes = redact_text(recorder, text)
+    assert match is None and f"[REDACTED:aws_access_key_id:{notes[0].fingerprint[:8]}]" in inline_out
