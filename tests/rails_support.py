@@ -146,3 +146,13 @@ class FramesUpstream:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.runner.cleanup()
+
+
+async def relay_raw(client: Any, rec: dict[str, Any]) -> bytes:
+    """Send recorded interaction ``rec``'s request through ``client`` (an ``openai.AsyncOpenAI`` pointed at the
+    sidecar, in front of a replay upstream) and return the raw response bytes the client received."""
+    extra = dict(rec["request"])
+    raw = await client.chat.completions.with_raw_response.create(
+        model=extra.pop("model"), messages=extra.pop("messages"), stream=extra.pop("stream"),
+        extra_body=extra, extra_headers={"x-replay-id": rec["id"]})
+    return await raw.http_response.aread()

@@ -9,7 +9,6 @@ import copy
 import datetime
 import ipaddress
 import json
-import socket
 import ssl
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from sidecar import inject
 from sidecar.cli import main as cli_main
 from sidecar.config import ConfigError
+from conftest import free_port
 
 K8S = "1.30.0"
 
@@ -295,10 +295,6 @@ def _self_signed(tmp_path: Path) -> tuple[str, str]:
     return str(crt), str(pem)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_https_admission_round_trip(tmp_path):
@@ -306,7 +302,7 @@ async def test_https_admission_round_trip(tmp_path):
     tpl_file = tmp_path / "sidecar.json"
     tpl_file.write_text(json.dumps(TEMPLATE))
     template = inject.load_template(tpl_file)
-    port = _free_port()
+    port = free_port()
     stop = asyncio.Event()
     server = asyncio.create_task(inject.serve(template, inject.ssl_context(cert, key), "127.0.0.1", port, stop,
                                               cert, key))
@@ -359,7 +355,7 @@ def test_main_serves_until_sigterm(tmp_path):
     cert, key = _self_signed(tmp_path)
     tpl_file = tmp_path / "sidecar.yaml"
     tpl_file.write_text(yaml.safe_dump(TEMPLATE))
-    port = _free_port()
+    port = free_port()
     code = ("import argparse, sys; from sidecar.config import load_config; from sidecar.inject import main; "
             f"a = argparse.Namespace(host='127.0.0.1', port={port}, tls_cert={cert!r}, tls_key={key!r}, "
             f"sidecar_template={str(tpl_file)!r}); sys.exit(main(a, load_config(None, {{}})))")

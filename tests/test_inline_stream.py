@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from rails.guard import build_guard
-from rails_support import FramesUpstream
+from rails_support import FramesUpstream, relay_raw
 from sidecar.replay_upstream import ReplayUpstream
 
 KEY = "ghp_" + "Zq81mXv2LpT0aRk7wYb4NcJd9sEu3HfGi6Ao"  # github_token shape, random body, not a placeholder
@@ -172,9 +172,5 @@ async def test_recorded_streams_relayed_unchanged_with_holdback(make_config, sta
         client = openai.AsyncOpenAI(base_url=sc.base_url, api_key="x", max_retries=0)
         streamed = [r for r in records if r["stream"] and r["status"] == 200][:12]
         for rec in streamed:
-            extra = dict(rec["request"])
-            raw = await client.chat.completions.with_raw_response.create(
-                model=extra.pop("model"), messages=extra.pop("messages"), stream=extra.pop("stream"),
-                extra_body=extra, extra_headers={"x-replay-id": rec["id"]})
-            assert await raw.http_response.aread() == rec["response_body"].encode(), rec["id"]
+            assert await relay_raw(client, rec) == rec["response_body"].encode(), rec["id"]
         await guard.close()

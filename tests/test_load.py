@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import aiohttp
 import pytest
 
 from sidecar.replay_upstream import ReplayUpstream
+from conftest import free_port
 
 STREAMS = 500
 TOKENS = 64
@@ -30,9 +30,7 @@ def _proc_kb(pid: int, field: str) -> int:
 
 @pytest.mark.slow
 async def test_500_concurrent_streams_bounded_memory():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     async with ReplayUpstream(synthetic=True, tokens=TOKENS, delay_s=0.002) as up:
         up.record_requests = False
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}

@@ -27,16 +27,13 @@ from rails.guardrails_config import load_guardrails_config
 from rails.settings import GuardrailsConfig, RemoteGuardrailsConfig
 from sidecar.guard import Exchange
 from test_rails_engine_local import CUSTOM, self_check_yaml
+from conftest import free_port
 
 REGEX = ("rails:\n  config:\n    regex_detection:\n      input:\n        patterns: ['(?i)ignore previous']\n"
          "      output:\n        patterns: ['AKIA[0-9A-Z]{16}']\n  input:\n    flows: [regex check input]\n"
          "  output:\n    flows: [regex check output]\n")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class JudgeThread:
