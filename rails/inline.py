@@ -48,7 +48,7 @@ from rails import detectors as _det
 from rails.masking import fingerprint as _fingerprint
 from rails.masking import mask
 from rails.redaction import RedactionNote, placeholder, replace_matches
-from rails.scanner import Match, Scanner, scanner_from_config
+from rails.scanner import Match, Scanner, re2_options, scanner_from_config
 
 log = logging.getLogger("railcar.rails.inline")
 
@@ -215,18 +215,8 @@ class InlineMatch:
         return self.match.detector
 
 
-def _options() -> re2.Options:
-    o = re2.Options()
-    o.max_mem = 256 << 20
-    return o
-
-
-def _gate_options() -> re2.Options:
-    # As the scanner's own Set (rails.scanner): a Set whose DFA runs out of memory reports "no match", so give the
-    # combined gate at least the memory its two halves had.
-    o = re2.Options()
-    o.max_mem = 768 << 20
-    return o
+_HOLD_MEM = 256 << 20  # per hold-back pattern and for the prefix Set
+_GATE_MEM = 768 << 20  # the combined gate: at least what its two halves had
 
 
 class HoldBack:
@@ -246,7 +236,7 @@ class HoldBack:
         self.scanner = scanner
         self.action = action
         self.max_holdback_chars = max_holdback_chars
-        self._set = re2.Set.SearchSet(_options())
+        self._set = re2.Set.SearchSet(re2_options(_HOLD_MEM))
         # Per catalog pattern: (detector, hold regex, longest context before the value, full regex, lazy end).
         self._holds: list[tuple[_det.Detector, Any, int, Any, bool]] = []
         self._lazy: set[str] = set()
@@ -262,11 +252,12 @@ class HoldBack:
                 if lazy:
                     self._lazy.add(d.id)
                 self._set.Add(text)
-                self._holds.append((d, re2.compile(text, _options()), back, re2.compile(pat, _options()), lazy))
+                self._holds.append((d, re2.compile(text, re2_options(_HOLD_MEM)), back,
+                                    re2.compile(pat, re2_options(_HOLD_MEM)), lazy))
         self._set.Compile()
         # The clean-delta gate of InlineFilter.pass_through: every scanner pattern and every hold pattern in one Set,
         # so one DFA pass answers both questions _step asks (a complete match? an open tail?) for a delta.
-        gate = re2.Set.SearchSet(_gate_options())
+        gate = re2.Set.SearchSet(re2_options(_GATE_MEM))
         for d in scanner.detectors:
             for pat in d.patterns:
                 gate.Add(pat)

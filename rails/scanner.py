@@ -59,10 +59,11 @@ class Match:
                 "fingerprint": self.fingerprint, "masked_preview": self.preview}
 
 
-def _options() -> re2.Options:
+def re2_options(max_mem: int = 512 << 20) -> re2.Options:
+    """RE2 options with ``max_mem`` bytes for the automata. A Set whose DFA runs out of memory reports "no
+    match", so the sets here get plenty: a miss must never be silent."""
     opts = re2.Options()
-    # A Set whose DFA runs out of memory reports "no match": give it plenty so a miss is never silent.
-    opts.max_mem = 512 << 20
+    opts.max_mem = max_mem
     return opts
 
 
@@ -83,9 +84,9 @@ class Scanner:
         self.detectors: tuple[_det.Detector, ...] = tuple(_det.CATALOG if detectors is None else detectors)
         self.ephemeral_key = key is None
         self.key = _PROCESS_KEY if key is None else key
-        self._set = re2.Set.SearchSet(_options())
+        self._set = re2.Set.SearchSet(re2_options())
         self._patterns: list[tuple[_det.Detector, Any]] = []
-        opts = _options()
+        opts = re2_options()
         for d in self.detectors:
             for p in d.patterns:
                 idx = self._set.Add(p)
