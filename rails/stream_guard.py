@@ -498,18 +498,17 @@ class RailsStreamGuard:
                         done = st.tools.feed(tcs)
                     except ValueError:
                         done = []  # malformed entry: relay it; the client will judge
-                    for entry in tcs:
-                        if not isinstance(entry, dict) or not isinstance(entry.get("index"), int):
-                            continue
-                        tool_gates.add((ci, entry["index"]))
+                    # st.tools.indices: the call each entry went to (also for entries without ``index``)
+                    for entry, idx in zip(tcs, st.tools.indices):
+                        tool_gates.add((ci, idx))
                         fn = entry.get("function")
                         frag = fn.get("arguments") if isinstance(fn, dict) else None
                         if isinstance(frag, str) and frag and self.guard.filter_factory is not None:
-                            tf = st.tool_filters.get(entry["index"])
+                            tf = st.tool_filters.get(idx)
                             if tf is None:  # (not setdefault: that would build a filter per fragment)
-                                tf = st.tool_filters[entry["index"]] = self.guard.filter_factory()
+                                tf = st.tool_filters[idx] = self.guard.filter_factory()
                             rel, match = tf.feed(frag)
-                            if match is None and entry["index"] in done:
+                            if match is None and idx in done:
                                 more, match = tf.flush()
                                 rel += more
                             if match is not None:

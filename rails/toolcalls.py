@@ -32,20 +32,37 @@ class ToolCall:
 class ToolCallAssembler:
     """Feed each delta's ``tool_calls`` list; learn which calls just became complete.
 
-    :meth:`feed` returns the indices completed by this delta (in index order); :meth:`finish` completes the rest.
-    Malformed entries (not a dict, missing or non-integer ``index``) raise :class:`ValueError` naming the field.
+    :meth:`feed` returns the indices completed by this delta (in index order) and leaves in :attr:`indices` the
+    call index each entry was applied to; :meth:`finish` completes the rest. An entry without ``index`` (some
+    OpenAI-compatible providers send each call whole and omit it) starts the next call when it names one (``id`` or
+    ``function.name``) and continues the last call otherwise. Malformed entries (not a dict, a non-integer
+    ``index``) raise :class:`ValueError` naming the field; :attr:`indices` then covers the entries before it.
     """
 
     def __init__(self) -> None:
         self.calls: dict[int, ToolCall] = {}
+        self.indices: list[int] = []
+
+    def _index_of(self, entry: dict[str, Any]) -> int:
+        idx = entry.get("index")
+        if idx is None:
+            fn = entry.get("function")
+            starts = entry.get("id") or (isinstance(fn, dict) and fn.get("name"))
+            last = max(self.calls, default=-1)
+            return last + 1 if starts or last < 0 else last
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise ValueError("delta.tool_calls[].index: not an integer")
+        return idx
 
     def feed(self, tool_calls: list[Any]) -> list[int]:
         """Apply one delta's ``tool_calls`` entries; return indices whose arguments just became complete."""
         done: list[int] = []
+        self.indices = []
         for entry in tool_calls:
-            if not isinstance(entry, dict) or not isinstance(entry.get("index"), int):
-                raise ValueError("delta.tool_calls[].index: missing or not an integer")
-            idx = entry["index"]
+            if not isinstance(entry, dict):
+                raise ValueError("delta.tool_calls[]: not an object")
+            idx = self._index_of(entry)
+            self.indices.append(idx)
             call = self.calls.get(idx)
             if call is None:
                 # A new call starts: calls with a lower index will get no more fragments.

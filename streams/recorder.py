@@ -50,6 +50,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from rails.redaction import redact_text
+from rails.toolcalls import ToolCallAssembler
 from sidecar.guard import Exchange
 from streams import otlp
 from streams.background import QueueWorker
@@ -83,7 +84,7 @@ def reassemble(exchange: Exchange) -> dict[str, Any]:
     if exchange.stream_data:
         parts: list[str] = []
         append = parts.append
-        calls: dict[int, dict[str, Any]] = {}
+        calls = ToolCallAssembler()
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         usage = None
         finish: list[str] = []
@@ -111,14 +112,12 @@ def reassemble(exchange: Exchange) -> dict[str, Any]:
                         content = delta.get("content")
                         if content.__class__ is str:
                             append(content)
-                        if "tool_calls" in delta:
-                            for tc in delta["tool_calls"] or ():
-                                slot = calls.setdefault(tc.get("index", len(calls)),
-                                                        {"id": "", "name": "", "arguments": ""})
-                                slot["id"] = tc.get("id") or slot["id"]
-                                fn = tc.get("function") or {}
-                                slot["name"] = fn.get("name") or slot["name"]
-                                slot["arguments"] += fn.get("arguments") or ""
+                        tcs = delta.get("tool_calls")
+                        if tcs.__class__ is list:
+                            try:  # the same assembly the tool rails use (index-less entries included)
+                                calls.feed(tcs)
+                            except ValueError:
+                                pass  # a malformed entry: what came before it is kept
                     fr = choice.get("finish_reason")
                     if fr:
                         finish = [fr]
@@ -132,8 +131,10 @@ def reassemble(exchange: Exchange) -> dict[str, Any]:
                 rid = rid or chunk.get("id") or None
                 if model and rid:
                     break
-        out.update(content="".join(parts), tool_calls=[calls[i] for i in sorted(calls)], finish_reasons=finish,
-                   usage=usage, model=model, id=rid)
+        tool_calls = [{"id": c.id or "", "name": c.name, "arguments": c.arguments}
+                      for _, c in sorted(calls.calls.items())]
+        out.update(content="".join(parts), tool_calls=tool_calls, finish_reasons=finish, usage=usage, model=model,
+                   id=rid)
         return out
     if exchange.response_body:
         try:

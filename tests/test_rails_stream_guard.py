@@ -144,6 +144,24 @@ async def test_blocked_tool_call_is_removed() -> None:
     assert sink.frames == [blocked_frames("regex check output")]  # no fragment of the call went out
 
 
+async def test_tool_calls_without_index_are_still_checked() -> None:
+    # Some OpenAI-compatible providers omit ``index`` and send each call whole in one delta. Such a call must still
+    # pass tool_input rails: a secret in its arguments blocks the stream, and a clean one is relayed byte-exact.
+    guard = secret_guard(200, 50, True)
+    leaky = [chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "deploy", "arguments": '{"region": "eu"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "store", "arguments": f'{{"key": "{AWS_KEY}"}}'}},
+    ]}), chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+    sink, sg, ex = await run_stream(guard, leaky)
+    assert sg.stopped and ex.outcome["blocked_rail"] == "regex check output"
+    assert AWS_KEY.encode() not in sink.body
+    clean = [chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "deploy", "arguments": '{"region": "eu"}'}}]}),
+        chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+    sink, sg, _ = await run_stream(guard, clean)
+    assert not sg.stopped and sink.body == b"".join(clean)
+
+
 async def test_stream_guardrails_data_chunk_before_done() -> None:
     guard = secret_guard(3, 1, True)
     sink, sg, _ = await run_stream(guard, stream_of(["a", "b", "c", "d"]),

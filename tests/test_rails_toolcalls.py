@@ -57,5 +57,17 @@ def test_next_index_and_finish_complete_open_calls() -> None:
 
 
 def test_malformed_entry_names_the_field() -> None:
+    # (A missing index is not malformed: see below. A non-integer one is.)
     with pytest.raises(ValueError, match="tool_calls\\[\\].index"):
-        ToolCallAssembler().feed([{"function": {"arguments": "{}"}}])
+        ToolCallAssembler().feed([{"index": "0", "function": {"arguments": "{}"}}])
+
+
+def test_entries_without_index_start_or_continue_calls() -> None:
+    # Providers that send whole calls without ``index``: a named entry starts the next call, a bare fragment
+    # continues the last one; ``indices`` tells which call each entry went to.
+    asm = ToolCallAssembler()
+    done = asm.feed([{"id": "a", "function": {"name": "f", "arguments": "{}"}},
+                     {"id": "b", "function": {"name": "g", "arguments": '{"x": '}}])
+    assert asm.indices == [0, 1] and done == [0]
+    assert asm.feed([{"function": {"arguments": "1}"}}]) == [1] and asm.indices == [1]
+    assert [(c.id, c.name, c.arguments) for c in asm.calls.values()] == [("a", "f", "{}"), ("b", "g", '{"x": 1}')]

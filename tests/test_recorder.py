@@ -45,6 +45,10 @@ def test_reassembles_streamed_content_and_tool_calls() -> None:
     assert ans["content"] == "Hello"
     assert ans["tool_calls"] == [{"id": "call_1", "name": "get", "arguments": '{"a": 1}'}]
     assert ans["finish_reasons"] == ["tool_calls"] and ans["usage"]["completion_tokens"] == 3
+    # Whole calls without ``index`` (some OpenAI-compatible providers) are separate calls, as the tool rails see them.
+    ex.stream_data = [_chunk({"tool_calls": [{"id": "c_a", "function": {"name": "f", "arguments": "{}"}},
+                                             {"id": "c_b", "function": {"name": "g", "arguments": '{"b": 2}'}}]})]
+    assert [c["id"] for c in reassemble(ex)["tool_calls"]] == ["c_a", "c_b"]
 
 
 def test_span_follows_genai_conventions_and_redacts(scanner: Scanner) -> None:
