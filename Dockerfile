@@ -17,9 +17,7 @@ WORKDIR /src
 RUN python -m venv /opt/railcar
 ENV PATH=/opt/railcar/bin:$PATH
 COPY pyproject.toml README.md ./
-COPY sidecar ./sidecar
-COPY rails ./rails
-COPY streams ./streams
+COPY railcar ./railcar
 # The same install command CI uses (`pip install .` from the repository root), into a venv copied below; every
 # dependency ships manylinux wheels for CPython 3.11, so no compiler is needed.
 RUN pip install . \

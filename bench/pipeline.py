@@ -1,7 +1,7 @@
 """Kafka pipeline benchmark (issue 5): publishing cost on the proxy, consumer capacity, end-to-end events/s.
 
-Processes, all on this machine: a Kafka-protocol broker (``python -m streams.mock_broker``, librdkafka's mock
-cluster, topic ``otlp_spans`` with 8 partitions), the synthetic upstream (``python -m sidecar.replay_upstream
+Processes, all on this machine: a Kafka-protocol broker (``python -m railcar.tools.mock_broker``, librdkafka's mock
+cluster, topic ``otlp_spans`` with 8 partitions), the synthetic upstream (``python -m railcar.tools.replay_upstream
 --synthetic``), two ``railcar serve`` sidecars in front of it (publishing **off**: ``telemetry.enabled=false``;
 publishing **on**: redacted trace events to the broker), a ``railcar consume`` group member writing the fileset,
 and this load generator (uvloop + aiohttp).
@@ -125,22 +125,22 @@ async def main_async(args: argparse.Namespace) -> str:
     env = bench_env(RAILCAR_FINGERPRINT_KEY="bench-fingerprint-key-0123456789abcdef")
     procs: list[subprocess.Popen] = []
     try:
-        broker = start([sys.executable, "-m", "streams.mock_broker", "--topic", "otlp_spans:8"], env,
+        broker = start([sys.executable, "-m", "railcar.tools.mock_broker", "--topic", "otlp_spans:8"], env,
                        tmp / "broker.log")
         procs.append(broker)
         bootstrap = broker.stdout.readline().decode().strip()
         if not bootstrap:
             raise RuntimeError("mock broker did not start")
         up_port, off_port, on_port, c_port = free_port(), free_port(), free_port(), free_port()
-        upstream = start([sys.executable, "-m", "sidecar.replay_upstream", "--synthetic", "--port", str(up_port),
+        upstream = start([sys.executable, "-m", "railcar.tools.replay_upstream", "--synthetic", "--port", str(up_port),
                           "--tokens", str(TOKENS)], env, tmp / "upstream.log")
         procs.append(upstream)
         common = dict(env, RAILCAR_UPSTREAM_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
                       RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_FILESET_ROOT=str(tmp / "fileset"))
-        off = start([sys.executable, "-m", "sidecar.cli", "serve"],
+        off = start([sys.executable, "-m", "railcar.cli", "serve"],
                     dict(common, RAILCAR_SERVER_PORT=str(off_port), RAILCAR_TELEMETRY_ENABLED="false"),
                     tmp / "sidecar-off.log")
-        on = start([sys.executable, "-m", "sidecar.cli", "serve"],
+        on = start([sys.executable, "-m", "railcar.cli", "serve"],
                    dict(common, RAILCAR_SERVER_PORT=str(on_port), RAILCAR_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
                         RAILCAR_TELEMETRY_SPOOL_DIR=str(tmp / "spool"), RAILCAR_TELEMETRY_AGENT_ID="bench-agent"),
                    tmp / "sidecar-on.log")
@@ -195,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> str:
             await asyncio.sleep(1.0)  # the recorder and producer finish the last events
 
             # 2. consumer capacity over the backlog
-            consume = start([sys.executable, "-m", "sidecar.cli", "consume"],
+            consume = start([sys.executable, "-m", "railcar.cli", "consume"],
                             dict(env, RAILCAR_KAFKA_BOOTSTRAP_SERVERS=bootstrap, RAILCAR_SERVER_PORT=str(c_port),
                                  RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_FILESET_ROOT=str(tmp / "fileset"),
                                  RAILCAR_KAFKA_GROUP_ID="bench"), tmp / "consume.log")

@@ -1,6 +1,6 @@
 """Proxy overhead benchmark (issue 2): the same synthetic upstream, direct vs through ``railcar serve``, in one run.
 
-Three processes: the upstream (``python -m sidecar.replay_upstream --synthetic``), the sidecar (``railcar serve``
+Three processes: the upstream (``python -m railcar.tools.replay_upstream --synthetic``), the sidecar (``railcar serve``
 with the pass-through guard, its CPU time read from ``/proc/<pid>/stat``), and this load generator (uvloop +
 aiohttp). Scenarios: concurrency 1, 32, 256 with 256-token streams and no delay, and concurrency 32 with a 5 ms
 inter-token delay (worker starts staggered over one stream's duration). For each target it reports requests/s, tokens/s, time to first token (first body bytes)
@@ -100,12 +100,12 @@ async def main_async(args: argparse.Namespace) -> str:
     env = bench_env()
     fileset = tempfile.mkdtemp(prefix="railcar-bench-fileset-")  # never the checkout's ./railcar-fileset
     up_port, sc_port = free_port(), free_port()
-    upstream = start([sys.executable, "-m", "sidecar.replay_upstream", "--synthetic", "--port", str(up_port),
+    upstream = start([sys.executable, "-m", "railcar.tools.replay_upstream", "--synthetic", "--port", str(up_port),
                       "--tokens", str(TOKENS)], env)
     sc_env = dict(env, RAILCAR_UPSTREAM_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
                   RAILCAR_SERVER_PORT=str(sc_port), RAILCAR_SERVER_LOG_LEVEL="warning",
                   RAILCAR_TELEMETRY_ENABLED=str(args.telemetry).lower(), RAILCAR_FILESET_ROOT=fileset)
-    sidecar = start([sys.executable, "-m", "sidecar.cli", "serve"], sc_env)
+    sidecar = start([sys.executable, "-m", "railcar.cli", "serve"], sc_env)
     scale = 0.25 if args.quick else 1.0
     scenarios = [  # (concurrency, delay_ms, requests)
         (1, 0.0, int(200 * scale)), (32, 0.0, int(1024 * scale)), (256, 0.0, int(1024 * scale)),

@@ -1,11 +1,11 @@
 """Benchmark: streaming output rails through Railcar vs pass-through vs the ``nemoguardrails server`` as a peer.
 
-One run, one upstream (``python -m sidecar.replay_upstream --synthetic``: N one-token deltas per stream, optional
+One run, one upstream (``python -m railcar.tools.replay_upstream --synthetic``: N one-token deltas per stream, optional
 per-token delay), each contender a separate process on loopback:
 
 - ``passthrough``: ``railcar serve`` with no guardrail config;
 - ``railcar sf=true`` / ``railcar sf=false``: ``railcar serve`` with the regex output rails of
-  ``rails/default_config`` (chunk 200 / context 50), ``stream_first`` true and false;
+  ``railcar/rails/default_config`` (chunk 200 / context 50), ``stream_first`` true and false;
 - ``nemoguardrails server sf=true`` / ``sf=false``: one ``nemoguardrails server`` process with the same regex
   output rails, streaming enabled, its main model = the same upstream (one config id per scenario).
 
@@ -13,7 +13,7 @@ Figures: streams/s and tokens/s at the given concurrency, TTFT p50/p99 (ms), eac
 and to the nemoguardrails server measured in the same run. Then the issue-8 peer table: the nemoguardrails server
 (stream_first true and false) vs Railcar (rails + the inline hold-back): TTFT p50/p99 at 5 ms per token (concurrency
 ``--ttft-concurrency``), tokens/s at ``--concurrency``, and whether an AWS key planted in streamed prose
-(``x-synthetic-text`` of :mod:`sidecar.replay_upstream`) reached the client whole. The contenders run in
+(``x-synthetic-text`` of :mod:`railcar.tools.replay_upstream`) reached the client whole. The contenders run in
 ``--rounds`` interleaved rounds whose results are pooled (the machine is shared: a burst of other load then hits
 every contender alike). Railcar's trace recording is off unless
 ``--telemetry`` (it costs every Railcar contender the same and is not what this compares).
@@ -180,7 +180,7 @@ async def main() -> int:
     ap.add_argument("--ttft-requests", type=int, default=24, help="streams per contender in the TTFT runs")
     ap.add_argument("--no-peer", action="store_true", help="throughput table only (skip the issue-8 peer table)")
     ap.add_argument("--baseline", metavar="DIR",
-                    help="also run the rails contenders from DIR (a copy of an earlier rails/ + sidecar/, put first "
+                    help="also run the rails contenders from DIR (a copy of an earlier railcar/, put first "
                          "on PYTHONPATH), interleaved with the rest: before/after in one run")
     args = ap.parse_args()
     procs: list[subprocess.Popen] = []
@@ -190,7 +190,7 @@ async def main() -> int:
     t_start = time.perf_counter()
     try:
         up_port = free_port()
-        procs.append(subprocess.Popen([PY, "-m", "sidecar.replay_upstream", "--port", str(up_port), "--synthetic",
+        procs.append(subprocess.Popen([PY, "-m", "railcar.tools.replay_upstream", "--port", str(up_port), "--synthetic",
                                        "--tokens", str(args.tokens), "--delay-ms", str(args.delay_ms)],
                                       cwd=ROOT, stdout=subprocess.DEVNULL, env=env))
         wait_port(up_port, procs[-1])

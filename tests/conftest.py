@@ -2,7 +2,7 @@
 
 - ``recorded_path`` / ``records`` (session): ``../shared/fixtures/recorded/chat_completions.jsonl`` and its
   records (list of dicts; see that directory's README).
-- ``replay_upstream``: a :class:`sidecar.replay_upstream.ReplayUpstream` replaying every record, with synthetic
+- ``replay_upstream``: a :class:`railcar.tools.replay_upstream.ReplayUpstream` replaying every record, with synthetic
   streams for unmatched requests (``x-synthetic-tokens``), on an ephemeral loopback port.
 - ``make_config(**sections)``: a validated ``RailcarConfig`` from ``{"server": {...}, "upstream": {...}}``-style
   dicts (keys as in TOML), never reading the real environment.
@@ -31,14 +31,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.app import create_app
-from sidecar.config import RailcarConfig, load_config
-from sidecar.guard import PassThrough
-from sidecar.replay_upstream import ReplayUpstream, load_records
+from railcar.sidecar.app import create_app
+from railcar.core.config import RailcarConfig, load_config
+from railcar.core.guard import PassThrough
+from railcar.tools.replay_upstream import ReplayUpstream, load_records
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-RECORDED = SHARED / "fixtures" / "recorded" / "chat_completions.jsonl"
+from ports import free_port
+from shared_fixtures import RECORDED_CHAT, ROOT
+
+RECORDED = RECORDED_CHAT
 
 
 @pytest.fixture(scope="session")
@@ -127,12 +128,6 @@ async def sidecar(replay_upstream, make_config, start_sidecar) -> RunningSidecar
     return await start_sidecar(cfg)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @dataclass
 class RailcarProcess:
@@ -175,7 +170,7 @@ class RailcarProcess:
 @pytest.fixture
 def railcar_process(tmp_path: Path):
     """Factory ``start(command, env=None, *, port=None, log_name=None) -> RailcarProcess``: runs
-    ``python -m sidecar.cli <command>`` from the checkout with the environment minus every ``RAILCAR_*`` variable,
+    ``python -m railcar <command>`` from the checkout with the environment minus every ``RAILCAR_*`` variable,
     plus ``RAILCAR_SERVER_PORT`` (``port`` or a free one), ``RAILCAR_SERVER_LOG_LEVEL=warning`` and ``env``;
     stderr in ``tmp_path / log_name`` (default ``<command>-<n>.log``). Processes still running at teardown are
     killed."""
@@ -189,7 +184,7 @@ def railcar_process(tmp_path: Path):
         full.update(env or {})  # the caller's settings win
         log = tmp_path / (log_name or f"{command}-{len(started)}.log")
         with open(log, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", command], env=full, cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "railcar", command], env=full, cwd=ROOT,
                                     stdout=subprocess.DEVNULL, stderr=fh)
         started.append(RailcarProcess(proc, port, log))
         return started[-1]

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.mock_broker import MockCluster
+from railcar.tools.mock_broker import MockCluster
+from shared_fixtures import RECORDED_CHAT
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-RECORDED = SHARED / "fixtures" / "recorded" / "chat_completions.jsonl"
+RECORDED = RECORDED_CHAT
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ async def eventually(cond: Callable[[], Any], timeout_s: float = 5.0, interval_s
 
 
 async def publish_first(pub: Any, key: bytes = b"t", value: bytes = b"warm", timeout_s: float = 5.0) -> None:
-    """Publish one record through a started :class:`streams.producer.Publisher` and wait until the broker took it,
+    """Publish one record through a started :class:`railcar.streams.producer.Publisher` and wait until the broker took it,
     so the producer is connected before a test injects a fault. ``AssertionError`` after ``timeout_s``."""
     pub.publish(key, value)
     assert await eventually(lambda: pub.stats["published"] >= 1, timeout_s), f"not published: {pub.stats}"

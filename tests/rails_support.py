@@ -12,15 +12,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from rails.engine_local import LocalEngine
-from rails.guard import RailsGuard
-from rails.guardrails_config import load_guardrails_config
-from rails.settings import GuardrailsConfig
-from sidecar.guard import Exchange
-from sidecar.sse import split_events
+from railcar.rails.engine_local import LocalEngine
+from railcar.rails.guard import RailsGuard
+from railcar.rails.guardrails_config import load_guardrails_config
+from railcar.rails.settings import GuardrailsConfig
+from railcar.core.exchange import Exchange
+from railcar.sidecar.sse import split_events
+from shared_fixtures import RECORDED_CHAT
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-RECORDED = SHARED / "fixtures" / "recorded" / "chat_completions.jsonl"
+RECORDED = RECORDED_CHAT
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_PATTERN_YAML = textwrap.dedent("""
     rails:
@@ -39,7 +39,7 @@ SECRET_PATTERN_YAML = textwrap.dedent("""
 
 
 class Sink:
-    """In-memory :class:`sidecar.guard.StreamSink`."""
+    """In-memory :class:`railcar.core.guard.StreamSink`."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -95,7 +95,7 @@ async def run_stream(guard: RailsGuard, frames: list[bytes], body: dict | None =
     ex = Exchange(body=body or {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
                   guardrails_options=options)
     sink = Sink()
-    sg = guard.open_stream(ex, sink)
+    sg = guard.open_stream(ex, sink, abort=lambda: None)
     for raw in frames:
         for ev, data in split_events(raw):
             await sg.on_event(ev, data)

@@ -1,0 +1,253 @@
+"""``railcar scan PATH... --fileset-root DIR [--format jsonl] [--max-bytes N] [--no-progress]``: offline telemetry scan.
+
+Walks files and directories (recursively), most recently modified first, reading JSONL (one JSON document per
+line, e.g. OTLP JSON exports or recorded chat completions), whole-file JSON (an OTLP JSON ``TracesData`` file),
+and plain text; ``.gz`` (gzip magic) is decompressed on the fly. Stops at ``--max-bytes`` of (decompressed) input,
+1 GB by default as the "Secure Agents" workflow caps telemetry (``../shared/seeds/000_*.txt``). Findings and
+suggestions go to ``DIR/nemo-agent-security/`` (:mod:`railcar.streams.fileset`); a summary table goes to the terminal
+(stderr with ``--format jsonl``, where stdout carries one finding per line as JSON with ``id``, ``kind``,
+``detector``, ``masked_preview``, ``location`` {``file``, 1-based ``line``, ``json_path``} and the other
+:class:`railcar.streams.findings.Finding` fields).
+
+Exit codes: 0 nothing found, 1 findings, 2 usage or input error (missing path, unreadable file, bad option).
+Fingerprint key: ``[detection]`` key file / variable; when neither is set, a random key is created once in
+``DIR/nemo-agent-security/.fingerprint-key`` (0600) so re-runs give the same finding ids.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from railcar.rails import detectors as _det
+from railcar.rails.masking import load_key
+from railcar.rails.scanner import Scanner, iter_strings
+from railcar.streams.fileset import FilesetError, LocalFileset, open_fileset
+from railcar.streams.findings import FindingsAggregator
+
+
+class ScanInputError(ValueError):
+    """A path is missing or unreadable; the message names it."""
+
+
+def collect_files(paths: list[str]) -> list[Path]:
+    """Files under ``paths`` (recursing into directories, skipping hidden entries), newest mtime first.
+
+    Raises :class:`ScanInputError` naming a path that does not exist."""
+    found: dict[Path, float] = {}
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise ScanInputError(f"{raw}: no such file or directory")
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and d != "nemo-agent-security"]
+                for name in files:
+                    if not name.startswith("."):
+                        f = Path(root) / name
+                        found[f] = f.stat().st_mtime
+        else:
+            found[p] = p.stat().st_mtime
+    return sorted(found, key=lambda f: (-found[f], str(f)))
+
+
+def _open(path: Path) -> BinaryIO:
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+def _line_of(raw: bytes, value: str) -> int:
+    """Best-effort 1-based line of ``value`` inside a multi-line JSON document (by its encoded form)."""
+    needle = orjson.dumps(value)[1:-1][:48]
+    pos = raw.find(needle) if needle else -1
+    return raw.count(b"\n", 0, pos) + 1 if pos >= 0 else 1
+
+
+class FileScanner:
+    """Scans files into a :class:`FindingsAggregator`, counting bytes against a cap."""
+
+    def __init__(self, scanner: Scanner, agg: FindingsAggregator, max_bytes: int) -> None:
+        self.scanner, self.agg, self.max_bytes = scanner, agg, max_bytes
+        self.bytes = 0
+        self.records = 0
+        self.capped = False
+
+    def scan_file(self, path: Path, on_bytes: Any = None) -> None:
+        """Scan one file; raises :class:`ScanInputError` when it cannot be read or decompressed."""
+        name = str(path)
+        try:
+            with _open(path) as fh:
+                first_line = fh.readline().strip()
+                whole_json = first_line[:1] in (b"{", b"[") and not _is_json(first_line)
+                fh.seek(0)
+                if whole_json:
+                    self._scan_document(fh, name, on_bytes)
+                else:
+                    self._scan_lines(fh, name, on_bytes)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise ScanInputError(f"{name}: cannot read: {exc}") from None
+
+    def _budget(self, n: int) -> bool:
+        if self.bytes + n > self.max_bytes:
+            self.capped = True
+            return False
+        self.bytes += n
+        return True
+
+    def _scan_lines(self, fh: BinaryIO, name: str, on_bytes: Any) -> None:
+        scanner, agg = self.scanner, self.agg
+        for lineno, line in enumerate(fh, 1):
+            if not self._budget(len(line)):
+                return
+            self.records += 1
+            if on_bytes:
+                on_bytes(len(line))
+            body = line.strip()
+            matches = None
+            if body[:1] in (b"{", b"["):
+                try:
+                    matches = scanner.scan_json_text(body)  # gates on the raw line, parses only on a hit
+                except orjson.JSONDecodeError:
+                    matches = None
+            if matches is None:
+                if not scanner.gate(line):
+                    continue
+                matches = scanner.scan_text(line.decode("utf-8", "replace").rstrip("\r\n"), "$")
+                for m in matches:
+                    agg.add_match(m, {"file": name, "line": lineno, "json_path": None})
+                continue
+            for m in matches:
+                agg.add_match(m, {"file": name, "line": lineno})
+
+    def _scan_document(self, fh: BinaryIO, name: str, on_bytes: Any) -> None:
+        raw = fh.read(max(0, self.max_bytes - self.bytes) + 1)
+        if not self._budget(len(raw)):
+            raw = raw[: max(0, self.max_bytes - self.bytes)]
+            self.capped = True
+            self.bytes += len(raw)
+        if on_bytes:
+            on_bytes(len(raw))
+        self.records += 1
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # Truncated by the cap or not JSON after all: scan it as text, line by line.
+            self._scan_text_blob(raw, name)
+            return
+        for path, s in iter_strings(doc):
+            for m in self.scanner.scan_text(s, path):  # prefilters itself: no separate gate() pass
+                self.agg.add_match(m, {"file": name, "line": _line_of(raw, s)})
+
+    def _scan_text_blob(self, raw: bytes, name: str) -> None:
+        for lineno, line in enumerate(raw.split(b"\n"), 1):
+            if self.scanner.gate(line):
+                for m in self.scanner.scan_text(line.decode("utf-8", "replace"), "$"):
+                    self.agg.add_match(m, {"file": name, "line": lineno, "json_path": None})
+
+
+def _is_json(b: bytes) -> bool:
+    try:
+        orjson.loads(b)
+        return True
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _fingerprint_key(config: Any, fileset: Any) -> bytes | None:
+    key = load_key(config.detection.fingerprint_key_file, config.detection.fingerprint_key_env)
+    if key is not None or not isinstance(fileset, LocalFileset):
+        return key
+    path = fileset.dir / ".fingerprint-key"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(32).hex().encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path.read_bytes().strip()
+
+
+def _summary_table(agg: FindingsAggregator, fs: FileScanner, files: int, new_sugg: int, root: str) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"railcar scan: {files} file(s), {fs.bytes / 1e6:.1f} MB"
+                    f"{' (stopped at the byte cap)' if fs.capped else ''}")
+    for col in ("detector", "kind", "severity", "findings", "occurrences", "example"):
+        t.add_column(col)
+    rows: dict[str, list[Any]] = {}
+    for f in agg.findings():
+        r = rows.setdefault(f.detector, [f.detector, f.kind, f.severity, 0, 0, f.masked_preview])
+        r[3] += 1
+        r[4] += f.count
+    for r in rows.values():
+        t.add_row(*[str(x) for x in r])
+    if not rows:
+        t.add_row("-", "-", "-", "0", "0", "clean")
+    t.caption = f"{new_sugg} new suggestion(s) -> {root}/nemo-agent-security/"
+    return t
+
+
+def main(args: Any, config: Any) -> int:
+    """Entry point of ``railcar scan`` (see the module docstring); returns the exit code."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    err = Console(stderr=True)
+    term = err if args.format == "jsonl" else Console()
+    if args.max_bytes is not None and args.max_bytes <= 0:
+        err.print("railcar scan: --max-bytes: must be > 0")
+        return 2
+    root = args.fileset_root or config.fileset.root
+    try:
+        files = collect_files(args.paths)
+        fileset = open_fileset(root, config.fileset.s3_endpoint_url)
+        dets = _det.select(config.detection.kinds, config.detection.disabled_detectors)
+        key = _fingerprint_key(config, fileset)
+    except (ScanInputError, FilesetError, ValueError, OSError) as exc:
+        err.print(f"railcar scan: {exc}", markup=False)
+        return 2
+    scanner = Scanner(dets, key)
+    agg = FindingsAggregator(dets, source="scan")
+    fs = FileScanner(scanner, agg, args.max_bytes)
+    total = min(sum(f.stat().st_size for f in files), args.max_bytes)
+    scanned = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, disable=args.no_progress or not err.is_terminal, transient=True) as progress:
+        task = progress.add_task("scanning", total=total)
+        for f in files:
+            if fs.capped:
+                break
+            progress.update(task, description=f"scanning {f.name}")
+            try:
+                fs.scan_file(f, on_bytes=lambda n: progress.advance(task, n))
+            except ScanInputError as exc:
+                err.print(f"railcar scan: {exc}", markup=False)
+                return 2
+            scanned += 1
+    agg.note_scan(bytes_scanned=fs.bytes, records=fs.records, files=scanned, capped=fs.capped)
+    writer = "scan-" + hashlib.sha256("\0".join(sorted(str(f.resolve()) for f in files)).encode()).hexdigest()[:12]
+    try:
+        result = fileset.commit(agg.state(writer), agg.suggestions(), writer)
+    except (FilesetError, OSError) as exc:
+        err.print(f"railcar scan: cannot write the fileset: {exc}", markup=False)
+        return 2
+    findings = agg.findings()
+    if args.format == "jsonl":
+        out = sys.stdout.buffer
+        for f in findings:
+            out.write(orjson.dumps(f.as_dict()) + b"\n")
+        out.flush()
+    term.print(_summary_table(agg, fs, scanned, result.new_suggestions, root))
+    return 1 if findings else 0

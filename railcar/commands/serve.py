@@ -1,0 +1,97 @@
+"""``railcar serve``: run the sidecar until SIGTERM/SIGINT.
+
+Lifecycle: uvloop runs the event loop; the HTTP listener starts first (``/healthz`` 200, ``/readyz`` 503), then
+the guard is built with ``await railcar.rails.guard.build_guard(config)`` (``railcar.core.guard.PassThrough()`` when it
+returns ``None``), then ``/readyz`` turns 200 and ``/v1/*`` is served. On SIGTERM or SIGINT: ``/readyz`` turns
+503, the listening socket closes (no new connections), in-flight requests (streams included) get up to
+``server.grace_period_s`` to finish, the rest are cancelled, the upstream session is closed, pending trace events
+are flushed to Kafka (or spooled, or handed to the embedded consumer), exit code 0.
+Logs go to stderr at ``server.log_level``, never with request or response content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from railcar.sidecar.app import create_app
+from railcar.core.config import ConfigError, RailcarConfig
+from railcar.core.guard import PassThrough
+
+log = logging.getLogger("railcar.sidecar")
+
+__all__ = ["main", "serve"]
+
+
+async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None); returns the exit code (0).
+
+    Raises :class:`ConfigError` when ``upstream.base_url`` is empty, the credential file is unreadable or the
+    guardrail config is missing or invalid (from ``railcar.rails.guard.build_guard``, after the listener and the trace
+    recorder are stopped again), and ``OSError`` when the port cannot be bound.
+    """
+    if not config.upstream.base_url:
+        raise ConfigError("upstream.base_url: required for `railcar serve` (or RAILCAR_UPSTREAM_BASE_URL)")
+    app = create_app(config, guard=None)
+    state = app["state"]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                           shutdown_timeout=config.server.grace_period_s)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024, reuse_address=True)
+    await site.start()
+    log.info("listening on http://%s:%d/v1 (upstream %s)", config.server.host, config.server.port,
+             state.upstream.host())
+
+    # Trace recording: redacted events to Kafka, or to the embedded in-process consumer when no broker is set.
+    from railcar.streams.recorder import start_recording
+
+    observer, close_recording = start_recording(config)
+    if observer is not None:
+        app["observers"].append(observer)
+
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        from railcar.rails.guard import build_guard
+
+        guard_task = asyncio.ensure_future(build_guard(config))
+        await asyncio.wait({guard_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if guard_task.done():
+            guard = guard_task.result()  # a bad guardrail config raises here (ConfigError: exit 2)
+            state.guard = guard if guard is not None else PassThrough()
+            log.info("ready: guard %s", type(state.guard).__name__)
+            await stop_task
+        else:
+            guard_task.cancel()
+    finally:
+        stop_task.cancel()  # not left pending when the guard failed to build
+        state.draining = True
+        log.info("stopping: draining in-flight requests for up to %.1fs", config.server.grace_period_s)
+        # cleanup(): stop accepting, wait for in-flight handlers up to shutdown_timeout, cancel the rest.
+        await runner.cleanup()
+        # After the last exchange: flush or spool pending trace events.
+        await close_recording()
+        log.info("stopped")
+    return 0
+
+
+def main(args: argparse.Namespace, config: RailcarConfig) -> int:
+    """Entry point of ``railcar serve`` (see :mod:`railcar.cli`): returns the process exit code."""
+    logging.basicConfig(level=config.server.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Content never reaches logs: aiohttp's access log is off, and NeMo Guardrails (whose INFO/DEBUG records can
+    # carry message text and matched patterns) only speaks at WARNING unless `server.log_content` is on.
+    if not config.server.log_content:
+        logging.getLogger("nemoguardrails").setLevel(max(logging.WARNING, logging.getLogger().level))
+    import uvloop
+
+    return uvloop.run(serve(config))

@@ -1,0 +1,87 @@
+"""Start a coroutine at once and pay for a task or a timeout only if it actually has to wait.
+
+Most local rail checks (IORails regex / injection rails awaited without NeMo's work queue, see
+:mod:`railcar.rails.engine_local`) never suspend: they run start to finish in one step. Wrapping each of them in
+``asyncio.timeout`` (a timer handle per check) or ``asyncio.create_task`` (a task object and a loop round trip per
+chunk check) costs more than the check's own bookkeeping. :func:`start` runs a coroutine up to its first suspension
+in the caller's task, like Python 3.12's ``asyncio.eager_task_factory`` (asyncio docs, "Eager Task Factory"; this
+is Python 3.11); only when it suspends does the caller get something to await or schedule:
+
+- :func:`run_bounded` awaits a coroutine with a deadline that only exists once it suspends (a check that finishes
+  without waiting cannot be interrupted by ``asyncio.timeout`` anyway: cancellation needs an await point);
+- :func:`spawn` returns ``None`` for a coroutine that finished eagerly, else an :class:`asyncio.Task` continuing it.
+
+The continuation is a generator-based coroutine that hands every future the inner coroutine yields to the driving
+task and passes back whatever the task sends or throws (cancellation included), i.e. exactly what ``await coro``
+does (PEP 380 ``yield from`` semantics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import types
+from typing import Any, Coroutine, Generator
+
+__all__ = ["start", "run_bounded", "spawn"]
+
+
+def start(coro: Coroutine[Any, Any, Any], context: contextvars.Context | None = None) -> tuple[bool, Any]:
+    """Run ``coro`` until it finishes or first suspends: ``(True, result)`` or ``(False, awaitable continuing it)``.
+    With ``context`` the first step runs inside it (``Context.run``), as a task's steps do.
+
+    Exceptions raised before the first suspension propagate from here."""
+    try:
+        yielded = coro.send(None) if context is None else context.run(coro.send, None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _resume(coro, yielded)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Continue ``coro`` from its first suspension (it yielded ``yielded``) under whichever task awaits this."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # CancelledError from task.cancel(), etc.: deliver it where coro waits
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def run_bounded(coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
+    """``await coro`` with ``asyncio.timeout_at(deadline)`` (loop time, seconds) around the part after its first
+    suspension; raises :class:`TimeoutError` past the deadline, or what ``coro`` raises."""
+    done, value = start(coro)
+    if done:
+        return value
+    async with asyncio.timeout_at(deadline):
+        return await value
+
+
+async def _continue(cont: Any) -> Any:
+    return await cont
+
+
+def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
+    """Run ``coro`` eagerly; ``None`` when it finished without suspending (an exception it raised propagates),
+    else a task that continues it (await it, cancel it, as with ``asyncio.create_task``).
+
+    Like a task, ``coro`` runs in a copy of the caller's context from its first step on, so context variables it
+    sets (an OpenTelemetry span made current, say) never leak into the caller, and the task continues in that
+    same copy."""
+    ctx = contextvars.copy_context()
+    done, value = start(coro, ctx)
+    if done:
+        return None
+    return asyncio.get_running_loop().create_task(_continue(value), context=ctx)

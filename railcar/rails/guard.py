@@ -1,0 +1,357 @@
+"""The rails guard: NeMo Guardrails input, tool and chunked streaming output rails around one chat completion.
+
+:func:`build_guard` turns ``[guardrails]`` (:class:`railcar.rails.settings.GuardrailsConfig`) into a :class:`RailsGuard`
+implementing :class:`railcar.core.guard.Guard`; ``None`` when no guardrail config is set (the proxy then passes through).
+
+Rail kinds and what runs them (the guardrail config's flows, through :mod:`railcar.rails.engine_local` or
+:mod:`railcar.rails.engine_remote`):
+
+=============  ===========================================  ======================
+Railcar kind   checks                                       NeMo rail type run
+=============  ===========================================  ======================
+input          the request's conversation (last user turn)  ``input``
+tool_output    each new ``role: "tool"`` message            ``input`` (untrusted text coming in)
+output         the answer; chunked when streaming           ``output``
+tool_input     each tool call's complete arguments          ``output`` (text the model produced)
+=============  ===========================================  ======================
+
+Streaming responses are guarded by :class:`railcar.rails.stream_guard.RailsStreamGuard` (:meth:`RailsGuard.open_stream`):
+chunked output rails, tool-call holds and the issue-8 inline filter (:class:`railcar.rails.stream_guard.TextFilter`;
+:func:`build_guard` plugs in :class:`railcar.rails.inline.HoldBack` per ``[guardrails.inline]``, on by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import orjson
+from opentelemetry import trace
+
+from railcar.rails import eager, metrics
+from railcar.rails.engine_local import CheckResult, LocalEngine
+from railcar.rails.guardrails_config import LoadedRails, load_guardrails_config
+from railcar.rails.messages import conversation, last_user, text_of
+from railcar.rails.stream_guard import RailsStreamGuard, TextFilter, match_rail
+from railcar.core.config import ConfigError
+from railcar.core.exchange import Exchange
+from railcar.core.guard import GuardRejected, Refusal, StreamSink
+
+log = logging.getLogger("railcar.rails")
+_tracer = trace.get_tracer("railcar.rails")
+
+__all__ = ["RailsGuard", "RailsStreamGuard", "TextFilter", "build_guard", "DEFAULT_REFUSAL"]
+
+DEFAULT_REFUSAL = "I'm sorry, I can't respond to that."
+_NEMO_TYPE = {"input": "input", "tool_output": "input", "output": "output", "tool_input": "output"}
+_LOG_KEYS = ("activated_rails", "llm_calls", "internal_events", "colang_history", "stats")
+
+
+class RailsGuard:
+    """The :class:`railcar.core.guard.Guard` backed by a guardrail config.
+
+    ``settings`` is the ``[guardrails]`` section, ``loaded`` the :class:`LoadedRails`, ``engine`` a
+    :class:`LocalEngine` or :class:`railcar.rails.engine_remote.RemoteEngine` (anything with ``async check(kind,
+    messages) -> CheckResult``, ``mode``, ``warm()``, ``close()``). ``filter_factory`` builds the issue-8 inline
+    filter (``None``: identity). ``ready`` turns true after :meth:`warm`.
+    """
+
+    def __init__(self, settings: Any, loaded: LoadedRails, engine: Any,
+                 filter_factory: Callable[[], TextFilter] | None = None) -> None:
+        self.settings = settings
+        self.loaded = loaded
+        self.engine = engine
+        self.filter_factory = filter_factory
+        self.ready = False
+        st = loaded.streaming
+        self.chunk_size = max(1, st.chunk_size)
+        self.context_size = max(0, st.context_size)
+        self.stream_first = st.stream_first
+        self._timeout = (settings.remote.timeout_millis if engine.mode == "remote"
+                         else settings.local_timeout_millis) / 1000.0
+        self._flows = {"input": tuple(loaded.input_flows), "output": tuple(loaded.output_flows)}
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def warm(self) -> None:
+        """Warm the engine (first checks compile and connect); failures are logged, not raised."""
+        try:
+            await self.engine.warm()
+        except Exception as exc:  # a judge model not up yet must not keep the sidecar from starting
+            log.warning("guardrails warm-up failed (%s: %s); the first requests will pay for it",
+                        type(exc).__name__, exc)
+        self.ready = True
+
+    async def close(self) -> None:
+        """Close the engine (its workers or HTTP session)."""
+        await self.engine.close()
+
+    def enabled(self, kind: str) -> bool:
+        """Whether rails of ``kind`` run: the ``[guardrails]`` switch is on and the config has flows for it."""
+        return bool(getattr(self.settings, kind)) and bool(self._flows[_NEMO_TYPE[kind]])
+
+    # -- one check -------------------------------------------------------------------------------------------
+    async def run_check(self, exchange: Exchange, kind: str, messages: list[dict[str, Any]]) -> CheckResult:
+        """Run one check of ``kind`` with spans, metrics, ``fail_mode`` and the exchange's outcome bookkeeping.
+
+        Returns the :class:`CheckResult`; an engine error or timeout becomes a ``blocked`` result (fail_mode
+        closed, rail ``"<kind> (error)"``) or a ``passed`` one (open). Never raises for rail failures.
+
+        Cheap when nothing needs more: the child span (``guardrails.check <kind>``, made current around the engine
+        call so remote span events land on it) only when the tracer records; the timeout only if the engine
+        check suspends (:func:`railcar.rails.eager.run_bounded`; a local model-free check runs to completion in one step
+        and could not be interrupted anyway); metric children cached per label set."""
+        t0 = time.perf_counter()
+        span = _tracer.start_span(f"guardrails.check {kind}")
+        if not span.is_recording():
+            res, error = await self._judge(kind, messages, None)
+            return self._account(exchange, kind, res, error, time.perf_counter() - t0, None)
+        with trace.use_span(span, end_on_exit=True):
+            span.set_attribute("railcar.rail.kind", kind)
+            span.set_attribute("railcar.rail.mode", self.engine.mode)
+            res, error = await self._judge(kind, messages, span)
+            return self._account(exchange, kind, res, error, time.perf_counter() - t0, span)
+
+    async def _judge(self, kind: str, messages: list[dict[str, Any]], span: Any) -> tuple[CheckResult, str | None]:
+        """The engine's verdict and ``None``, or the ``fail_mode`` verdict and the error text."""
+        try:
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            return await eager.run_bounded(self.engine.check(_NEMO_TYPE[kind], messages), deadline), None
+        except Exception as exc:  # RailError, TimeoutError, engine bugs: fail_mode covers every rail failure
+            if isinstance(exc, TimeoutError):
+                error = f"timed out after {self._timeout * 1000:.0f} ms"
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+                if span is not None:
+                    span.record_exception(exc)
+            log.warning("%s rails failed (%s); fail_mode=%s", kind, error, self.settings.fail_mode)
+            if self.settings.fail_mode == "closed":
+                return CheckResult("blocked", f"{kind} (error)", DEFAULT_REFUSAL), error
+            return CheckResult("passed", None, ""), error
+
+    def _account(self, exchange: Exchange, kind: str, res: CheckResult, error: str | None, dt: float,
+                 span: Any) -> CheckResult:
+        """Record one check (``dt`` seconds): span attributes, metrics, the exchange's ``activated_rails`` /
+        ``rail_log`` / ``rail_errors``; returns ``res``."""
+        out = exchange.outcome
+        outcome = "error" if error else ("blocked" if res.blocked else "passed")
+        names = (res.rail,) if res.blocked and res.rail else self._flows[_NEMO_TYPE[kind]]
+        name = ", ".join(names)
+        if span is not None:
+            span.set_attribute("railcar.rail.name", name)
+            span.set_attribute("railcar.rail.outcome", outcome)
+            span.set_attribute("railcar.rail.duration_ms", dt * 1000)
+        for n in names:
+            metrics.record_check(n, kind, outcome, self.engine.mode, dt)
+        activated = out.activated_rails
+        for n in names:
+            if n not in activated:
+                activated.append(n)
+        if error:
+            out.rail_errors.append({"kind": kind, "error": error})
+        out.rail_log.append({
+            "type": kind, "name": name, "decisions": [outcome], "stop": res.blocked, "duration": dt,
+            "error": error})
+        return res
+
+    # -- request ---------------------------------------------------------------------------------------------
+    async def check_request(self, exchange: Exchange) -> Refusal | None:
+        """Input rails on the conversation, tool_output rails on new ``role: "tool"`` messages.
+
+        Raises :class:`GuardRejected` (400) for a streaming request against output rails with streaming disabled,
+        or for a malformed ``guardrails`` request field (the message names the field)."""
+        _validate_options(exchange.guardrails_options)
+        if exchange.stream and self.enabled("output") and not self.loaded.streaming.enabled:
+            raise GuardRejected(
+                400, "This guardrail configuration has output rails with streaming disabled; set "
+                     "rails.output.streaming.enabled=true in it, or send the request with stream=false.",
+                param="stream", code="streaming_not_enabled")
+        messages = exchange.body.get("messages")
+        if not isinstance(messages, list):
+            return None  # the proxy validates the body; nothing to judge here
+        if self.enabled("input"):
+            conv = conversation(messages)
+            if any(m["role"] == "user" and m["content"] for m in conv):
+                res = await self.run_check(exchange, "input", conv)
+                if res.blocked:
+                    return self._refuse(exchange, res)
+        if self.enabled("tool_output"):
+            # Only the tool results since the model's last turn are new in this request.
+            last_assistant = max((i for i, m in enumerate(messages)
+                                  if isinstance(m, dict) and m.get("role") == "assistant"), default=-1)
+            for m in messages[last_assistant + 1:]:
+                if isinstance(m, dict) and m.get("role") == "tool":
+                    text = text_of(m.get("content"))
+                    if text:
+                        res = await self.run_check(exchange, "tool_output", [{"role": "user", "content": text}])
+                        if res.blocked:
+                            return self._refuse(exchange, res)
+        return None
+
+    def _refuse(self, exchange: Exchange, res: CheckResult) -> Refusal:
+        rail = res.rail or "input"
+        exchange.outcome.block(rail)
+        metrics.BLOCKED_REQUESTS.labels(rail).inc()
+        return Refusal(rail, res.content or DEFAULT_REFUSAL)
+
+    # -- non-streaming response ------------------------------------------------------------------------------
+    async def check_response(self, exchange: Exchange, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The inline filter and output rails on each choice's whole message, the inline filter and tool_input rails
+        on each of its tool calls' arguments (as for a stream), and ``guardrails_data``. Returns the body to send
+        instead, or ``None`` to relay the upstream bytes."""
+        changed = False
+        choices = body.get("choices")
+        user = last_user(exchange.body.get("messages") or [])
+        for choice in choices if isinstance(choices, list) else []:
+            msg = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(msg, dict):
+                continue
+            blocked: CheckResult | None = None
+            content = msg.get("content")
+            if isinstance(content, str) and content and self.filter_factory is not None:
+                text, match = self._filter_whole(content)
+                if match is not None:
+                    blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
+                elif text != content:
+                    msg["content"] = content = text
+                    changed = True
+            if blocked is None and isinstance(content, str) and content and self.enabled("output"):
+                res = await self.run_check(exchange, "output", [{"role": "user", "content": user},
+                                                                {"role": "assistant", "content": content}])
+                blocked = res if res.blocked else None
+            calls = msg.get("tool_calls")
+            if blocked is None and isinstance(calls, list):
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    args = fn.get("arguments") if isinstance(fn, dict) else None
+                    if not isinstance(args, str) or not args:
+                        continue
+                    if self.filter_factory is not None:  # as streamed arguments pass the inline filter
+                        text, match = self._filter_whole(args)
+                        if match is not None:
+                            blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
+                            break
+                        if text != args:
+                            fn["arguments"] = args = text
+                            changed = True
+                    if self.enabled("tool_input"):
+                        res = await self.run_check(exchange, "tool_input", [{"role": "user", "content": user},
+                                                                            {"role": "assistant", "content": args}])
+                        if res.blocked:
+                            blocked = res
+                            break
+            if blocked is not None:
+                rail = blocked.rail or "output"
+                msg["content"] = blocked.content or DEFAULT_REFUSAL
+                msg.pop("tool_calls", None)
+                msg.pop("function_call", None)
+                choice["finish_reason"] = "content_filter"
+                exchange.outcome.block(rail)
+                metrics.BLOCKED_STREAMS.labels(rail).inc()
+                changed = True
+        data = self.guardrails_data(exchange)
+        if data is not None:
+            if (exchange.guardrails_options or {}).get("return_choice"):
+                n = len(choices) if isinstance(choices, list) else 0
+                body.setdefault("choices", []).append({
+                    "index": n, "message": {"role": "guardrails_data", "content": orjson.dumps(data).decode()},
+                    "finish_reason": "stop"})
+            else:
+                body["guardrails_data"] = data
+            changed = True
+        return body if changed else None
+
+    def _filter_whole(self, text: str) -> tuple[str, Any]:
+        """A fresh inline filter over one whole non-streamed ``text``: ``(text_out, None)`` (redacted or unchanged),
+        or ``(text, match)`` when the filter blocks."""
+        f = self.filter_factory()
+        released, match = f.feed(text)
+        if match is None:
+            rest, match = f.flush()
+            released += rest
+        return (text, match) if match is not None else (released, None)
+
+    def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None:
+        """The response's ``guardrails_data`` for the request's ``guardrails.options.log`` flags, or ``None`` when
+        none is asked for. ``activated_rails`` lists each check (type, name, decisions, stop, duration in s);
+        ``stats`` the time spent per rail kind; ``llm_calls``/``internal_events``/``colang_history`` are empty
+        because checks (unlike LLMRails generation) do not record them."""
+        opts = exchange.guardrails_options or {}
+        flags = ((opts.get("options") or {}).get("log") or {})
+        if not any(flags.get(k) for k in _LOG_KEYS) and not opts.get("return_choice"):
+            return None
+        rlog = exchange.outcome.rail_log
+        logd: dict[str, Any] = {}
+        if flags.get("activated_rails"):
+            logd["activated_rails"] = rlog
+        if flags.get("llm_calls"):
+            logd["llm_calls"] = []
+        if flags.get("internal_events"):
+            logd["internal_events"] = []
+        if flags.get("colang_history"):
+            logd["colang_history"] = ""
+        if flags.get("stats"):
+            stats: dict[str, float] = {}
+            for r in rlog:
+                key = f"{r['type']}_rails_duration"
+                stats[key] = stats.get(key, 0.0) + r["duration"]
+            stats["total_rails_duration"] = sum(r["duration"] for r in rlog)
+            stats["rail_checks"] = len(rlog)
+            logd["stats"] = stats
+        return {"log": logd, "blocked": exchange.outcome.blocked, "blocked_rail": exchange.outcome.blocked_rail}
+
+    # -- streaming -------------------------------------------------------------------------------------------
+    def open_stream(self, exchange: Exchange, sink: StreamSink, abort: Callable[[], Any]) -> "RailsStreamGuard":
+        """A :class:`RailsStreamGuard` for one streamed response; ``abort`` is called once when a block happens,
+        possibly between upstream events, so the proxy can close the upstream at once."""
+        return RailsStreamGuard(self, exchange, sink, abort)
+
+
+def _validate_options(opts: Any) -> None:
+    if opts is None:
+        return
+    if not isinstance(opts, dict):
+        raise GuardRejected(400, "guardrails: must be an object", param="guardrails")
+    o = opts.get("options", {})
+    if not isinstance(o, dict):
+        raise GuardRejected(400, "guardrails.options: must be an object", param="guardrails.options")
+    lg = o.get("log", {})
+    if not isinstance(lg, dict):
+        raise GuardRejected(400, "guardrails.options.log: must be an object", param="guardrails.options.log")
+    for k, v in lg.items():
+        if k in _LOG_KEYS and not isinstance(v, bool):
+            raise GuardRejected(400, f"guardrails.options.log.{k}: must be a boolean",
+                                param=f"guardrails.options.log.{k}")
+    if not isinstance(opts.get("return_choice", False), bool):
+        raise GuardRejected(400, "guardrails.return_choice: must be a boolean", param="guardrails.return_choice")
+
+
+async def build_guard(config: Any) -> RailsGuard | None:
+    """Build and warm the guard for ``config`` (a :class:`railcar.core.config.RailcarConfig`).
+
+    Returns ``None`` when ``[guardrails]`` names no config (pass-through). Raises
+    :class:`railcar.core.config.ConfigError` for a missing/invalid guardrail config or a policy ``error``."""
+    gs = config.guardrails
+    if not gs.loaded:
+        return None
+    loaded = load_guardrails_config(gs)
+    if gs.mode == "remote":
+        from railcar.rails.engine_remote import RemoteEngine
+
+        ids = list(gs.remote.config_ids) or ([gs.remote.config_id] if gs.remote.config_id else [])
+        engine: Any = RemoteEngine(gs.remote.endpoint, ids, gs.remote.timeout_millis, dict(gs.request_defaults))
+    else:
+        engine = LocalEngine(loaded)
+    # Issue 8: the inline hold-back of catalog values ([guardrails.inline]), on by default with a guardrail config.
+    from railcar.rails.inline import holdback_from_config
+
+    detection = getattr(config, "detection", None)
+    try:
+        holdback = holdback_from_config(gs, detection) if detection is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    guard = RailsGuard(gs, loaded, engine, filter_factory=holdback)
+    await guard.warm()
+    log.info("guardrails ready: %s mode, engine %s, config %s", engine.mode, engine.engine, loaded.source)
+    return guard

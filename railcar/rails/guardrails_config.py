@@ -1,0 +1,219 @@
+"""Loading a NeMo Guardrails configuration for Railcar: from a directory, a YAML file or inline YAML.
+
+Sources (``[guardrails]`` in ``railcar.toml``, see :mod:`railcar.rails.settings`):
+
+- ``config_path = "default"``: the model-free config bundled in ``rails/default_config/``;
+- ``config_path = "<dir>"``: a NeMo Guardrails config directory (``config.yml`` + Colang + ``actions.py``), loaded
+  with ``RailsConfig.from_path``;
+- ``config_path = "<file>.yml|.yaml"``: one YAML file;
+- ``config_inline = "<yaml text>"``: inline YAML (NeMo Platform "Inline Configuration", ``../shared/SEEDS.md``).
+
+Each loaded config is cached by the SHA-256 of its content (every file's relative path and bytes, or the inline
+text), so the same content loads and compiles once per process. :func:`validate_against_policy` checks the raw YAML
+against ``RailsConfig``'s schema (NeMo silently ignores unknown keys; Railcar warns or refuses, as
+``[guardrails.policy] unknown_field`` says) and the values Railcar cannot honour (``unsupported_value``).
+
+Errors: :class:`railcar.core.config.ConfigError` naming ``guardrails.config_path`` / ``guardrails.config_inline`` or the
+offending guardrail-config field (``rails.output.streaming.chunk_size``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from railcar.core.config import ConfigError
+
+log = logging.getLogger("railcar.rails")
+
+__all__ = ["DEFAULT_CONFIG_DIR", "LoadedRails", "StreamingSettings", "load_guardrails_config",
+           "validate_against_policy", "clear_cache"]
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "default_config"
+
+_CACHE: dict[str, "LoadedRails"] = {}
+
+
+@dataclass(frozen=True)
+class StreamingSettings:
+    """``rails.output.streaming`` of the guardrail config: ``enabled``, ``chunk_size`` and ``context_size`` (in
+    upstream content deltas), ``stream_first``. Defaults as NeMo Guardrails documents them."""
+
+    enabled: bool = False
+    chunk_size: int = 200
+    context_size: int = 50
+    stream_first: bool = True
+
+
+@dataclass
+class LoadedRails:
+    """A loaded guardrail config: the compiled ``RailsConfig`` (``None`` in remote mode without a local copy), its
+    content hash, a label for logs, the flow names per rail type and the streaming settings."""
+
+    rails_config: Any
+    content_hash: str
+    source: str
+    input_flows: list[str] = field(default_factory=list)
+    output_flows: list[str] = field(default_factory=list)
+    streaming: StreamingSettings = field(default_factory=StreamingSettings)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_input(self) -> bool:
+        """The config has input flows."""
+        return bool(self.input_flows)
+
+    @property
+    def has_output(self) -> bool:
+        """The config has output flows."""
+        return bool(self.output_flows)
+
+
+def clear_cache() -> None:
+    """Forget every cached config (tests)."""
+    _CACHE.clear()
+
+
+def _hash_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."):
+            h.update(str(p.relative_to(path)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _raw_yaml_of_dir(path: Path) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for p in sorted(path.glob("*.y*ml")):
+        doc = yaml.safe_load(p.read_text()) or {}
+        if isinstance(doc, dict):
+            raw.update(doc)
+    return raw
+
+
+def load_guardrails_config(settings: Any) -> LoadedRails:
+    """Load and compile the guardrail config named by ``settings`` (a :class:`railcar.rails.settings.GuardrailsConfig`).
+
+    Returns the cached :class:`LoadedRails` when the same content was loaded before. Remote mode without
+    ``config_path``/``config_inline`` yields a ``LoadedRails`` with no ``RailsConfig`` (the server owns the policy)
+    and streaming on with the NeMo defaults. Raises :class:`ConfigError` when the source is missing or invalid.
+    """
+    from nemoguardrails import RailsConfig
+
+    path_s, inline = settings.config_path, settings.config_inline
+    if not path_s and not inline:
+        if settings.mode == "remote":
+            label = "remote:" + ",".join(settings.remote.config_ids or [settings.remote.config_id])
+            return LoadedRails(None, hashlib.sha256(label.encode()).hexdigest(), label,
+                               input_flows=["remote"], output_flows=["remote"],
+                               streaming=StreamingSettings(enabled=True))
+        raise ConfigError("guardrails.config_path: no guardrail config given (set config_path or config_inline)")
+
+    if inline:
+        digest, source, raw_text = hashlib.sha256(inline.encode()).hexdigest(), "<inline>", inline
+        path = None
+    else:
+        path = DEFAULT_CONFIG_DIR if path_s == "default" else Path(path_s).expanduser()
+        if not path.exists():
+            raise ConfigError(f"guardrails.config_path: {path_s!r} does not exist")
+        if path.is_dir():
+            digest, raw_text = _hash_dir(path), None
+        elif path.suffix in (".yml", ".yaml"):
+            raw_text = path.read_text()
+            digest = hashlib.sha256(raw_text.encode()).hexdigest()
+        else:
+            raise ConfigError(f"guardrails.config_path: {path_s!r} is neither a directory nor a .yml/.yaml file")
+        source = "default" if path_s == "default" else str(path)
+
+    cached = _CACHE.get(digest)
+    if cached is not None:
+        validate_against_policy(cached, settings.policy)
+        return cached
+
+    where = "guardrails.config_inline" if inline else "guardrails.config_path"
+    try:
+        if raw_text is not None:
+            raw = yaml.safe_load(raw_text) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: the YAML must be a mapping at the top level")
+            rc = RailsConfig.from_content(yaml_content=raw_text)
+        else:
+            raw = _raw_yaml_of_dir(path)
+            rc = RailsConfig.from_path(str(path))
+    except ConfigError:
+        raise
+    except Exception as exc:  # pydantic / YAML / Colang errors: say which source failed and why
+        raise ConfigError(f"{where}: invalid guardrail config {source}: {exc}") from None
+
+    st = rc.rails.output.streaming
+    loaded = LoadedRails(
+        rails_config=rc, content_hash=digest, source=source,
+        input_flows=list(rc.rails.input.flows), output_flows=list(rc.rails.output.flows),
+        streaming=StreamingSettings(bool(st.enabled), st.chunk_size, st.context_size, bool(st.stream_first)),
+    )
+    loaded.warnings = _unknown_fields(raw, RailsConfig, "") + _unsupported_values(loaded)
+    validate_against_policy(loaded, settings.policy)
+    _CACHE[digest] = loaded
+    log.info("guardrail config %s loaded (sha256 %s): input %s, output %s", source, digest[:12],
+             loaded.input_flows, loaded.output_flows)
+    return loaded
+
+
+def validate_against_policy(loaded: LoadedRails, policy: Any) -> None:
+    """Apply ``[guardrails.policy]`` to the findings of the load: log each as a warning, or raise
+    :class:`ConfigError` listing them when the policy for that kind is ``error``."""
+    errors = []
+    for w in loaded.warnings:
+        kind = "unknown_field" if w.startswith("unknown field") else "unsupported_value"
+        if getattr(policy, kind) == "error":
+            errors.append(w)
+        else:
+            log.warning("guardrail config %s: %s", loaded.source, w)
+    if errors:
+        raise ConfigError(f"guardrails.policy: guardrail config {loaded.source}: " + "; ".join(errors))
+
+
+def _model_of(annotation: Any) -> Any:
+    from pydantic import BaseModel
+
+    for cand in (annotation, *typing.get_args(annotation)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _unknown_fields(raw: Any, model: Any, prefix: str) -> list[str]:
+    """Keys of ``raw`` that ``model`` (a pydantic model class) does not declare, recursively, as dotted paths."""
+    if not isinstance(raw, dict) or model is None:
+        return []
+    if (model.model_config or {}).get("extra") == "allow":
+        return []
+    fields = model.model_fields
+    names = set(fields) | {f.alias for f in fields.values() if f.alias}
+    out = []
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            out.append(f"unknown field {dotted!r} (NeMo Guardrails ignores it)")
+            continue
+        name = key if key in fields else next(n for n, f in fields.items() if f.alias == key)
+        out += _unknown_fields(value, _model_of(fields[name].annotation), dotted + ".")
+    return out
+
+
+def _unsupported_values(loaded: LoadedRails) -> list[str]:
+    rc, out = loaded.rails_config, []
+    st = loaded.streaming
+    if st.chunk_size < 1:
+        out.append(f"unsupported value rails.output.streaming.chunk_size={st.chunk_size} (must be >= 1)")
+    if st.context_size < 0:
+        out.append(f"unsupported value rails.output.streaming.context_size={st.context_size} (must be >= 0)")
+    if rc.colang_version != "1.0":
+        out.append(f"unsupported value colang_version={rc.colang_version!r}: rail checks need Colang 1.0")
+    return out

@@ -1,0 +1,117 @@
+"""Config sections owned by ``rails/``: ``[guardrails]`` (with ``[guardrails.remote]``, ``[guardrails.policy]``,
+``[guardrails.inline]``) and ``[detection]``.
+
+Field names follow the NeMo Relay ``nemo_guardrails`` component (``../shared/seeds/003_*.txt``): ``mode``,
+``input``/``output``/``tool_input``/``tool_output`` switches, ``remote.endpoint``, ``remote.config_id`` /
+``config_ids``, ``remote.timeout_millis``, ``request_defaults``, ``policy``; plus Railcar's ``fail_mode`` and the
+inline hold-back of issue 8. The loader is :func:`railcar.core.config.load_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from railcar.core.config import ConfigError, opt
+
+
+@dataclass
+class RemoteGuardrailsConfig:
+    """``[guardrails.remote]``: a Guardrails server's ``POST /v1/checks``."""
+
+    endpoint: str = opt("", "Base URL of the Guardrails server, e.g. http://127.0.0.1:8000.")
+    config_id: str = opt("", "Guardrail config id on the server.")
+    config_ids: list = opt([], "Several config ids, checked together (instead of config_id).")
+    timeout_millis: int = opt(2000, "Per-check timeout in milliseconds; past it, fail_mode decides.")
+
+    def validate(self) -> None:
+        """Raises :class:`ConfigError` naming the field: ``timeout_millis`` <= 0, both config id fields set."""
+        if self.timeout_millis <= 0:
+            raise ConfigError("guardrails.remote.timeout_millis: must be > 0")
+        if self.config_id and self.config_ids:
+            raise ConfigError("guardrails.remote.config_ids: set config_id or config_ids, not both")
+
+
+@dataclass
+class PolicyConfig:
+    """``[guardrails.policy]``: what to do with config fields Railcar does not know or support."""
+
+    unknown_field: str = opt("warn", "Unknown field in the guardrail config.", choices=("warn", "error"))
+    unsupported_value: str = opt("warn", "Value Railcar cannot honour.", choices=("warn", "error"))
+
+
+@dataclass
+class InlineConfig:
+    """``[guardrails.inline]``: the model-free hold-back that keeps catalog secrets out of streams (issue 8)."""
+
+    enabled: bool | None = opt(None, "Inline hold-back on; default: on whenever a guardrail config is loaded.")
+    action: str = opt("block", "On a match: end the stream with the error chunk, or redact in place.",
+                      choices=("block", "redact"))
+    kinds: list = opt(["secret"], "Detector kinds applied inline.", choices=("secret", "pii"))
+    max_holdback_chars: int = opt(512, "Cap on characters held back while a possible match is open.")
+
+    def validate(self) -> None:
+        """Raises :class:`ConfigError` naming ``guardrails.inline.max_holdback_chars`` when it is negative."""
+        if self.max_holdback_chars < 0:
+            raise ConfigError("guardrails.inline.max_holdback_chars: must be >= 0")
+
+
+@dataclass
+class GuardrailsConfig:
+    """``[guardrails]``: the NeMo Guardrails config that guards the model path, and how it runs."""
+
+    config_path: str = opt("", "NeMo Guardrails config directory (config.yml + Colang) or YAML file; "
+                               "'default' for the bundled model-free config; empty: no rails.")
+    config_inline: str = opt("", "Inline guardrail config (YAML text), instead of config_path.")
+    mode: str = opt("local", "Run rails in-process (IORails) or on a Guardrails server.", choices=("local", "remote"))
+    input: bool = opt(True, "Input rails on the request messages.")
+    output: bool = opt(True, "Output rails on the answer (chunked when streaming).")
+    tool_input: bool = opt(True, "Tool rails on tool-call arguments the model produces.")
+    tool_output: bool = opt(True, "Tool rails on role=tool messages sent back to the model.")
+    fail_mode: str = opt("closed", "A rail that errors or times out blocks (closed) or passes (open).",
+                         choices=("closed", "open"))
+    local_timeout_millis: int = opt(10000, "Per-check timeout of local-mode rails in milliseconds (LLM-judged rails "
+                                           "call a model); past it, fail_mode decides.")
+    request_defaults: dict = opt({}, "Passed through to the Guardrails backend (context, thread_id, rails, ...).")
+    remote: RemoteGuardrailsConfig = opt(RemoteGuardrailsConfig, "Remote mode settings.")
+    policy: PolicyConfig = opt(PolicyConfig, "Unknown-field and unsupported-value policy.")
+    inline: InlineConfig = opt(InlineConfig, "Inline hold-back of catalog secrets in streams.")
+
+    def validate(self) -> None:
+        """Raises :class:`ConfigError` naming the field: remote mode without ``remote.endpoint``,
+        ``local_timeout_millis`` <= 0, both ``config_path`` and ``config_inline`` set."""
+        if self.mode == "remote" and not self.remote.endpoint:
+            raise ConfigError("guardrails.remote.endpoint: required when guardrails.mode = 'remote'")
+        if self.local_timeout_millis <= 0:
+            raise ConfigError("guardrails.local_timeout_millis: must be > 0")
+        if self.config_path and self.config_inline:
+            raise ConfigError("guardrails.config_inline: set config_path or config_inline, not both")
+
+    @property
+    def loaded(self) -> bool:
+        """A guardrail configuration is in use."""
+        return bool(self.config_path or self.config_inline or self.mode == "remote")
+
+    @property
+    def inline_enabled(self) -> bool:
+        """``inline.enabled`` when set, else whether a guardrail configuration is in use (:attr:`loaded`)."""
+        return self.loaded if self.inline.enabled is None else self.inline.enabled
+
+
+@dataclass
+class DetectionConfig:
+    """``[detection]``: the secret/PII detector catalog used for redaction and by the consumer."""
+
+    fingerprint_key_env: str = opt("RAILCAR_FINGERPRINT_KEY",
+                                   "Environment variable holding the deployment key for HMAC fingerprints.")
+    fingerprint_key_file: str = opt("", "File holding the fingerprint key (wins over the variable).")
+    kinds: list = opt(["secret", "pii"], "Detector kinds to run.", choices=("secret", "pii"))
+    disabled_detectors: list = opt([], "Detector ids to switch off.")
+
+
+class RailsSettings(Protocol):
+    """The sections ``rails`` reads from the root config (:class:`railcar.settings.RailcarConfig` has them), so
+    this room types its entry points without importing the composition root."""
+
+    guardrails: GuardrailsConfig
+    detection: DetectionConfig

@@ -1,0 +1,114 @@
+"""Config sections owned by ``streams/``: ``[telemetry]``, ``[kafka]`` and ``[fileset]``.
+
+Kafka options map onto aiokafka's producer/consumer arguments; TLS and SASL are passed through. Railcar never
+uses the Kafka admin API: topics are created by the cluster's operator (see ``../shared/KAFKA.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from railcar.core.config import ConfigError, opt
+from railcar.rails.settings import DetectionConfig, GuardrailsConfig
+
+
+@dataclass
+class TelemetryConfig:
+    """``[telemetry]``: redacted trace events about each model call."""
+
+    enabled: bool = opt(True, "Build redacted trace events for every model call.")
+    agent_id: str = opt("", "Agent identity on events; default from POD_NAME / HOSTNAME.")
+    agent_namespace: str = opt("", "Kubernetes namespace of the agent; default from POD_NAMESPACE.")
+    service_name: str = opt("railcar", "OpenTelemetry service.name of the sidecar.")
+    queue_size: int = opt(10000, "Bounded in-memory queue between the request path and the publisher.")
+    spool_dir: str = opt("", "Durable spool directory for events the broker could not take; empty: memory only.")
+    spool_max_bytes: int = opt(256 * 1024 * 1024, "Spool size cap in bytes; the oldest segments drop first.")
+    spool_segment_bytes: int = opt(4 * 1024 * 1024, "Spool segment size in bytes.")
+
+    def validate(self) -> None:
+        if self.queue_size <= 0:
+            raise ConfigError("telemetry.queue_size: must be > 0")
+
+
+@dataclass
+class KafkaConfig:
+    """``[kafka]``: the cluster the sidecar publishes to and the consumer group reads from."""
+
+    bootstrap_servers: str = opt("", "host:port[,host:port]; empty: embedded default (in-process consumer).")
+    trace_topic: str = opt("otlp_spans", "Topic of redacted OTLP trace events (TracesData protobuf, key trace id).")
+    findings_topic: str = opt("railcar.findings", "Topic of findings (JSON, key finding id) for alerting.")
+    dead_letter_topic: str = opt("railcar.dlq", "Topic for undecodable records, with the reason in a header.")
+    group_id: str = opt("railcar-security", "Consumer group of `railcar consume`.")
+    client_id: str = opt("railcar", "Kafka client id.")
+    acks: str = opt("all", "Producer acks.", choices=("all", "1", "0"))
+    enable_idempotence: bool = opt(True, "Idempotent producer.")
+    compression_type: str = opt("zstd", "Producer compression.", choices=("none", "gzip", "snappy", "lz4", "zstd"))
+    linger_ms: int = opt(5, "Producer batching delay in ms.")
+    max_batch_size: int = opt(1024 * 1024, "Producer batch size in bytes.")
+    max_request_size: int = opt(1024 * 1024, "Largest record the producer sends, in bytes (aiokafka "
+                                "max_request_size; keep <= the broker's message.max.bytes). Larger trace events "
+                                "are dropped and counted.")
+    request_timeout_ms: int = opt(5000, "Producer request timeout in ms; past it, unsent events go to the spool.")
+    retry_backoff_ms: int = opt(200, "Wait between reconnect/replay attempts while the broker is unreachable.")
+    security_protocol: str = opt("PLAINTEXT", "Kafka security protocol.",
+                                 choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = opt("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER).")
+    sasl_username: str = opt("", "SASL user name.")
+    sasl_password_env: str = opt("RAILCAR_KAFKA_SASL_PASSWORD", "Variable holding the SASL password.")
+    ssl_cafile: str = opt("", "CA bundle for TLS.")
+    ssl_certfile: str = opt("", "Client certificate for mutual TLS.")
+    ssl_keyfile: str = opt("", "Client key for mutual TLS.")
+
+    def validate(self) -> None:
+        if self.enable_idempotence and self.acks != "all":
+            raise ConfigError("kafka.acks: must be 'all' when kafka.enable_idempotence is true")
+        for name in ("linger_ms", "max_batch_size", "max_request_size", "request_timeout_ms", "retry_backoff_ms"):
+            if getattr(self, name) < (0 if name == "linger_ms" else 1):
+                raise ConfigError(f"kafka.{name}: must be > 0")
+        if self.max_request_size < 64 * 1024:
+            raise ConfigError("kafka.max_request_size: must be >= 65536 (a trace event needs room)")
+
+    def client_options(self, environ=None) -> dict:
+        """aiokafka connection keyword arguments (bootstrap, client id, TLS, SASL) shared by producer and consumer.
+
+        The SASL password is read from the variable named by ``sasl_password_env``; TLS uses
+        ``aiokafka.helpers.create_ssl_context`` with the configured files.
+        """
+        import os
+
+        env = os.environ if environ is None else environ
+        kw: dict = {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
+                    "security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile or None,
+                                                   certfile=self.ssl_certfile or None,
+                                                   keyfile=self.ssl_keyfile or None)
+        if self.security_protocol.startswith("SASL"):
+            if not self.sasl_mechanism:
+                raise ConfigError("kafka.sasl_mechanism: required with a SASL security_protocol")
+            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username or None,
+                      sasl_plain_password=env.get(self.sasl_password_env) or None)
+        return kw
+
+
+@dataclass
+class FilesetConfig:
+    """``[fileset]``: where the security fileset ``nemo-agent-security/`` is written."""
+
+    root: str = opt("./railcar-fileset", "Directory (or s3://bucket/prefix) holding nemo-agent-security/.")
+    s3_endpoint_url: str = opt("", "S3-compatible endpoint for an s3:// root (e.g. MinIO).")
+
+
+class StreamsSettings(Protocol):
+    """The sections ``streams`` reads from the root config (:class:`railcar.settings.RailcarConfig` has them):
+    its own, plus ``detection`` (the catalog's key and switches) and ``guardrails`` (whether rails guard the
+    agent, for the guardrails suggestion)."""
+
+    telemetry: TelemetryConfig
+    kafka: KafkaConfig
+    fileset: FilesetConfig
+    detection: DetectionConfig
+    guardrails: GuardrailsConfig

@@ -1,0 +1,368 @@
+"""A local OpenAI-compatible upstream for tests, the demo and benchmarks (loopback only, no network).
+
+Two modes in one server:
+
+- **Replay**: answers ``POST /v1/chat/completions`` with a recorded interaction from
+  ``../shared/fixtures/recorded/chat_completions.jsonl`` (fields ``id``, ``request``, ``status``,
+  ``response_headers``, ``response_body``; see that directory's README): the recorded status, the recorded
+  ``Content-Type`` verbatim and the body byte for byte. SSE bodies are written one event per transport write
+  (``split="event"``), or in fixed-size pieces (``split=<int>`` bytes, to exercise splitters), or whole
+  (``split=None``). A request is matched to a record by its JSON body (canonical: keys sorted; the first record
+  wins for duplicates); the ``x-replay-id: <record id>`` header overrides. No match: 404 in the OpenAI error
+  shape, unless synthetic mode is on.
+- **Synthetic**: a stream of ``tokens`` ``chat.completion.chunk`` events (one token each, ``delay_s`` apart,
+  then a finish chunk and ``data: [DONE]``) for load tests and benchmarks; frames are built once. Used for
+  unmatched requests when ``synthetic=True``, or per request with ``x-synthetic-tokens: N`` (and optionally
+  ``x-synthetic-delay-ms``); non-streaming requests get one ``chat.completion`` with the same text. With a
+  ``text`` (constructor, ``--text``) or per request ``x-synthetic-text: <text>`` (ASCII, as HTTP headers are),
+  the stream carries that text instead, split into deltas of ``x-synthetic-chunk-chars`` (default
+  ``chunk_chars``, 4) characters: e.g. a planted key in the middle of prose, to see whether it reaches a client.
+
+Fault injection per request with ``x-replay-fault``: ``hang`` (never answer: timeouts), ``hang-after-first``
+(headers and one event, then silence), ``reset`` (headers and one event, then the TCP connection is aborted).
+
+Observability for tests: ``requests`` (every :class:`ReceivedRequest`), ``disconnects`` (request numbers whose
+client went away before the response was complete) with the ``disconnected`` event, ``active`` (responses being
+written now) and ``completed`` (responses fully written).
+
+Usage::
+
+    async with ReplayUpstream(records=load_records()) as up:
+        client = openai.AsyncOpenAI(base_url=up.base_url, api_key="x")
+
+Command line (a separate process for benchmarks): ``python -m railcar.tools.replay_upstream --port 9000
+--synthetic --tokens 256 [--delay-ms 5] [--records PATH]``; prints ``READY <base_url>`` when listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+from aiohttp import web
+
+from railcar.core.wire import DONE_FRAME, sse_frame
+from railcar.sidecar.errors import error_response
+from railcar.sidecar.sse import split_events
+
+__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "default_records_path", "synthetic_frames",
+           "split_text"]
+
+
+def default_records_path() -> Path:
+    """``<repo>/../shared/fixtures/recorded/chat_completions.jsonl`` (the layout of a checkout and of CI)."""
+    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "recorded" / "chat_completions.jsonl"
+
+
+def load_records(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every record of a recorded ``chat_completions.jsonl`` (one JSON object per line), in file order.
+
+    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` naming the line for bad JSON.
+    """
+    path = Path(path) if path else default_records_path()
+    out = []
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: invalid JSON: {exc}") from None
+    return out
+
+
+def _body_key(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def split_text(text: str, chunk_chars: int = 4) -> list[str]:
+    """``text`` as streamed deltas of ``chunk_chars`` characters each (the last may be shorter); ``[]`` for ``""``.
+    Raises ``ValueError`` for ``chunk_chars`` < 1."""
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars: must be >= 1, got {chunk_chars}")
+    return [text[i:i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+
+
+def synthetic_frames(tokens: int, model: str = "synthetic-model", deltas: list[str] | None = None) -> list[bytes]:
+    """SSE frames of a synthetic stream: a role chunk carrying the first token, ``tokens - 1`` content chunks,
+    a finish chunk (``finish_reason: stop``, with ``usage``) and ``data: [DONE]``; each token is ``"tok "``.
+    With ``deltas`` (e.g. :func:`split_text` of a given text) the content chunks carry those strings instead and
+    ``tokens`` is ignored (``len(deltas)`` tokens)."""
+    if deltas is not None:
+        tokens = len(deltas)
+    created = int(time.time())
+    head = {"id": "chatcmpl-synthetic", "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def frame(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
+        obj = dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra)
+        return sse_frame(obj)
+
+    texts = deltas if deltas is not None else ["tok "] * tokens
+    frames = [frame({"role": "assistant", "content": texts[0]}, None)] if tokens > 0 else []
+    frames += [frame({"content": t}, None) for t in texts[1:]]
+    frames.append(frame({}, "stop", usage={"prompt_tokens": 8, "completion_tokens": tokens,
+                                           "total_tokens": tokens + 8}))
+    frames.append(DONE_FRAME)
+    return frames
+
+
+@dataclass
+class ReceivedRequest:
+    """One request as the upstream saw it: ``headers`` with lower-case names, ``body`` the exact bytes."""
+
+    number: int
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """``body`` parsed as JSON (``orjson.JSONDecodeError`` if it is not)."""
+        return orjson.loads(self.body)
+
+
+class ReplayUpstream:
+    """The replay/synthetic upstream server; an async context manager.
+
+    ``records``: recorded interactions (dicts as in the JSONL; default none). ``synthetic``: answer unmatched
+    chat requests with a synthetic stream. ``tokens`` / ``delay_s``: synthetic length and inter-token delay
+    (seconds). ``split``: how recorded SSE bodies are written (``"event"``, an int byte size, or ``None``).
+    ``host``/``port``: where to listen (port 0: ephemeral). ``text``: the synthetic stream's content instead of
+    ``tokens`` times ``"tok "``, split into deltas of ``chunk_chars`` characters. After entering, ``base_url`` is
+    ``http://127.0.0.1:<port>/v1``.
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]] | None = None, *, synthetic: bool = False,
+                 tokens: int = 256, delay_s: float = 0.0, split: str | int | None = "event",
+                 host: str = "127.0.0.1", port: int = 0, model: str = "synthetic-model",
+                 text: str | None = None, chunk_chars: int = 4) -> None:
+        split_text("", chunk_chars)  # validate early
+        self.records = list(records or [])
+        self.by_id = {r["id"]: r for r in self.records}
+        self.by_body: dict[bytes, dict[str, Any]] = {}
+        for r in self.records:
+            self.by_body.setdefault(_body_key(r["request"]), r)
+        self.synthetic, self.tokens, self.delay_s, self.split = synthetic, tokens, delay_s, split
+        self.host, self.port, self.model = host, port, model
+        self.requests: list[ReceivedRequest] = []
+        self.disconnects: list[int] = []
+        self.disconnected = asyncio.Event()
+        self.active = 0
+        self.completed = 0
+        self.record_requests = True
+        self.text, self.chunk_chars = text, chunk_chars
+        self._frames: dict[Any, list[bytes]] = {}
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://<host>:<port>/v1`` (the bound port once started)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> "ReplayUpstream":
+        """Bind and serve (``OSError`` when the port is taken); returns ``self``."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_route("*", "/v1/{tail:.*}", self._echo)
+        # handler_cancellation: a client that goes away cancels the handler, so disconnects are seen at once.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        """Stop serving (idempotent); in-flight responses get 0.5 s."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> "ReplayUpstream":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def frames(self, tokens: int, text: str | None = None, chunk_chars: int | None = None) -> list[bytes]:
+        """The cached synthetic frames for ``tokens`` tokens, or for ``text`` in deltas of ``chunk_chars``."""
+        key: Any = tokens if text is None else (text, chunk_chars or self.chunk_chars)
+        f = self._frames.get(key)
+        if f is None:
+            deltas = None if text is None else split_text(text, chunk_chars or self.chunk_chars)
+            f = synthetic_frames(tokens, self.model, deltas)
+            if len(self._frames) < 256:  # bounded: per-request texts must not grow the cache without end
+                self._frames[key] = f
+        return f
+
+    # ---------------------------------------------------------------------------------------------- handlers
+
+    async def _note(self, request: web.Request) -> ReceivedRequest:
+        body = await request.read()
+        rec = ReceivedRequest(len(self.requests) + 1, request.method, request.path, request.query_string,
+                              {k.lower(): v for k, v in request.headers.items()}, body)
+        if self.record_requests:
+            self.requests.append(rec)
+        return rec
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._note(request)
+        fault = request.headers.get("x-replay-fault", "")
+        if fault == "hang":
+            await asyncio.sleep(3600)
+        try:
+            body = orjson.loads(rec.body)
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid JSON body", "invalid_json")
+        rid = request.headers.get("x-replay-id")
+        record = None
+        if rid is not None:
+            record = self.by_id.get(rid)
+            if record is None:
+                return _error(404, f"no recorded interaction with id {rid!r}")
+        elif "x-synthetic-tokens" not in request.headers and isinstance(body, dict):
+            record = self.by_body.get(_body_key(body))
+        if record is not None:
+            return await self._replay(request, rec, record, fault)
+        hdr = request.headers
+        if self.synthetic or "x-synthetic-tokens" in hdr or "x-synthetic-text" in hdr:
+            try:
+                tokens = int(hdr.get("x-synthetic-tokens", self.tokens))
+                delay = float(hdr.get("x-synthetic-delay-ms", self.delay_s * 1000)) / 1000
+                chunk_chars = int(hdr.get("x-synthetic-chunk-chars", self.chunk_chars))
+                split_text("", chunk_chars)
+            except ValueError as exc:
+                return _error(400, f"bad x-synthetic-* header: {exc}", "invalid_header")
+            text = hdr.get("x-synthetic-text", self.text)
+            stream = isinstance(body, dict) and bool(body.get("stream"))
+            return await self._synthetic(request, rec, tokens, delay, stream, fault, text, chunk_chars)
+        return _error(404, "no recorded interaction matches this request body")
+
+    async def _replay(self, request: web.Request, rec: ReceivedRequest, record: dict[str, Any],
+                      fault: str) -> web.StreamResponse:
+        ctype = record.get("response_headers", {}).get("content-type", "application/json")
+        body = record["response_body"].encode()
+        if not ctype.startswith("text/event-stream"):
+            return web.Response(status=record["status"], body=body, headers={"Content-Type": ctype})
+        if self.split == "event":
+            pieces = [raw for raw, _ in split_events(body)]
+        elif isinstance(self.split, int):
+            pieces = [body[i:i + self.split] for i in range(0, len(body), self.split)]
+        else:
+            pieces = [body]
+        return await self._stream(request, rec, record["status"], ctype, pieces, 0.0, fault)
+
+    async def _synthetic(self, request: web.Request, rec: ReceivedRequest, tokens: int, delay: float,
+                         stream: bool, fault: str, text: str | None = None,
+                         chunk_chars: int | None = None) -> web.StreamResponse:
+        if not stream:
+            content = "tok " * tokens if text is None else text
+            tokens = tokens if text is None else len(split_text(text, chunk_chars or self.chunk_chars))
+            obj = {"id": "chatcmpl-synthetic", "object": "chat.completion", "created": int(time.time()),
+                   "model": self.model,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                "logprobs": None, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": tokens + 8}}
+            return web.Response(body=orjson.dumps(obj), content_type="application/json")
+        return await self._stream(request, rec, 200, "text/event-stream", self.frames(tokens, text, chunk_chars),
+                                  delay, fault)
+
+    async def _stream(self, request: web.Request, rec: ReceivedRequest, status: int, ctype: str,
+                      pieces: list[bytes], delay: float, fault: str) -> web.StreamResponse:
+        resp = web.StreamResponse(status=status, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
+        self.active += 1
+        done = False
+        try:
+            await resp.prepare(request)
+            for i, piece in enumerate(pieces):
+                await resp.write(piece)
+                if fault and i == 0:
+                    if fault == "reset":
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return resp
+                    if fault == "hang-after-first":
+                        await asyncio.sleep(3600)
+                if delay:
+                    await asyncio.sleep(delay)
+            await resp.write_eof()
+            done = True
+            self.completed += 1
+            return resp
+        finally:
+            self.active -= 1
+            if not done and fault != "reset":
+                self.disconnects.append(rec.number)
+                self.disconnected.set()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._note(request)
+        names = sorted({r["request"].get("model", "") for r in self.records} | {self.model})
+        return web.json_response({"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "replay"} for n in names if n]})
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        """Any other ``/v1/*``: JSON echo of what arrived; ``?stream=N`` streams N SSE events instead."""
+        rec = await self._note(request)
+        if "stream" in request.query:
+            try:
+                n = int(request.query["stream"] or 3)
+            except ValueError:
+                return _error(400, f"?stream={request.query['stream']!r}: expected a number of events",
+                              "invalid_query")
+            pieces = [b"data: " + orjson.dumps({"path": rec.path, "i": i}) + b"\n\n" for i in range(n)]
+            return await self._stream(request, rec, 200, "text/event-stream", pieces + [DONE_FRAME],
+                                      self.delay_s, "")
+        return web.json_response({"method": rec.method, "path": rec.path, "query": rec.query,
+                                  "headers": rec.headers, "body": rec.body.decode("utf-8", "replace")})
+
+
+def _error(status: int, message: str, code: str = "replay_no_match") -> web.Response:
+    return error_response(status, message, code=code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the upstream as its own process until SIGTERM/SIGINT; prints ``READY <base_url>`` once listening."""
+    p = argparse.ArgumentParser(prog="python -m railcar.tools.replay_upstream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--records", default="", help="recorded chat_completions.jsonl (default: none)")
+    p.add_argument("--synthetic", action="store_true", help="synthetic stream for unmatched requests")
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--text", default=None, help="synthetic content instead of 'tok ' tokens")
+    p.add_argument("--chunk-chars", type=int, default=4, help="characters per delta of --text")
+    a = p.parse_args(argv)
+
+    async def run() -> None:
+        records = load_records(a.records) if a.records else []
+        up = ReplayUpstream(records, synthetic=a.synthetic, tokens=a.tokens, delay_s=a.delay_ms / 1000,
+                            host=a.host, port=a.port, text=a.text, chunk_chars=a.chunk_chars)
+        up.record_requests = False  # long-running: keep memory flat
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with up:
+            print(f"READY {up.base_url}", flush=True)
+            await stop.wait()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:  # pragma: no cover
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""railcar.sidecar.app: the guard seam (refusal, rejection, body forwarding, stream stop), observers, pass-through,
+health/readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+
+from railcar.core.exchange import Exchange
+
+from railcar.core.guard import GuardRejected, PassThrough, Refusal
+from railcar.tools.replay_upstream import ReplayUpstream
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Collect:
+    def __init__(self):
+        self.exchanges: list[Exchange] = []
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        self.exchanges.append(ex)
+
+
+class ScriptedGuard(PassThrough):
+    """Refuses when the user says 'refuse', rejects 'reject', stops streams after ``stop_after`` events, and
+    uppercases non-streaming answers."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.stop_after = stop_after
+        self.ended = 0
+
+    async def check_request(self, ex):
+        text = ex.body["messages"][-1]["content"]
+        if text == "refuse":
+            return Refusal("self check input", "I can't help with that.")
+        if text == "reject":
+            raise GuardRejected(400, "streaming disabled for output rails", param="stream", code="stream_unsupported")
+        if text == "edit":
+            ex.body["messages"][-1]["content"] = "edited"
+            ex.body_changed = True
+        return None
+
+    async def check_response(self, ex, body):
+        body["choices"][0]["message"]["content"] = body["choices"][0]["message"]["content"].upper()
+        return body
+
+    def open_stream(self, ex, sink, abort=None):
+        guard = self
+
+        class S:
+            stopped = False
+            n = 0
+
+            async def on_event(self, raw, data):
+                self.n += 1
+                if guard.stop_after is not None and self.n > guard.stop_after:
+                    await sink.send(b'data: {"error": {"message": "blocked"}}\n\ndata: [DONE]\n\n')
+                    self.stopped = True
+                    return
+                await sink.send(raw)
+
+            async def on_end(self):
+                guard.ended += 1
+
+        return S()
+
+
+async def test_refusal_nonstream_and_stream_parse_with_openai(replay_upstream, make_config, start_sidecar):
+    sc = await start_sidecar(make_config(upstream={"base_url": replay_upstream.base_url}), guard=ScriptedGuard())
+    async with openai.AsyncOpenAI(base_url=sc.base_url, api_key="k", max_retries=0) as c:
+        msgs = [{"role": "user", "content": "refuse"}]
+        done = await c.chat.completions.create(model="m1", messages=msgs)
+        assert done.choices[0].finish_reason == "content_filter" and done.model == "m1"
+        assert done.choices[0].message.content == "I can't help with that."
+        chunks = [ch async for ch in await c.chat.completions.create(model="m1", messages=msgs, stream=True)]
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == "I can't help with that."
+        assert chunks[-1].choices[0].finish_reason == "content_filter"
+        try:
+            await c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "reject"}])
+            raise AssertionError("expected BadRequestError")
+        except openai.BadRequestError as exc:
+            assert exc.body["param"] == "stream" and exc.body["code"] == "stream_unsupported"
+    assert replay_upstream.requests == []  # no upstream call for a refused or rejected request
+
+
+async def test_body_bytes_forwarded_unless_changed(make_config, start_sidecar):
+    async with ReplayUpstream(synthetic=True) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=ScriptedGuard())
+        odd = b'{ "model" : "m",\n "messages": [{"role": "user", "content": "hi"}], "x": 1.50 }'
+        async with aiohttp.ClientSession() as s:
+            for data in (odd, orjson.dumps(dict(CHAT, guardrails={"options": {"log": {"activated_rails": True}}})),
+                         orjson.dumps(dict(CHAT, messages=[{"role": "user", "content": "edit"}]))):
+                async with s.post(sc.base_url + "/chat/completions", data=data) as r:
+                    answer = await r.json()
+                    assert r.status == 200 and answer["choices"][0]["message"]["content"].startswith("TOK")
+    bodies = [r.body for r in up.requests]
+    assert bodies[0] == odd  # untouched: byte for byte
+    assert orjson.loads(bodies[1]) == CHAT  # `guardrails` removed
+    assert orjson.loads(bodies[2])["messages"][0]["content"] == "edited"
+
+
+async def test_observer_gets_exchange_with_stream_data(make_config, start_sidecar):
+    col = Collect()
+    async with ReplayUpstream(synthetic=True, tokens=20) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), observers=[col])
+        async with aiohttp.ClientSession() as s:
+            req = dict(CHAT, stream=True, guardrails={"options": {"log": {"stats": True}}})
+            async with s.post(sc.base_url + "/chat/completions", json=req, headers={"x-trace": "t"}) as r:
+                body = await r.read()
+    ex = col.exchanges[0]
+    assert ex.guardrails_options == {"options": {"log": {"stats": True}}} and "guardrails" not in ex.body
+    assert ex.status == 200 and ex.error is None and ex.finished_ns >= ex.started_ns
+    assert ex.headers["x-trace"] == "t" and "authorization" not in ex.headers
+    assert len(ex.stream_data) == 22 and ex.stream_data[-1] == b"[DONE]"
+    assert b"".join(b"data: " + d + b"\n\n" for d in ex.stream_data) == body
+
+
+async def test_stream_guard_stop_closes_upstream(make_config, start_sidecar):
+    guard = ScriptedGuard(stop_after=3)
+    async with ReplayUpstream(synthetic=True, tokens=500, delay_s=0.005) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=guard)
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json=dict(CHAT, stream=True)) as r:
+                body = await r.read()
+        await asyncio.wait_for(up.disconnected.wait(), 2)
+    assert body.count(b'"tok "') == 3 and body.endswith(b"data: [DONE]\n\n") and b"blocked" in body
+    assert guard.ended == 1 and up.completed == 0
+
+
+async def test_passthrough_models_and_streamed_paths(sidecar, replay_upstream):
+    async with openai.AsyncOpenAI(base_url=sidecar.base_url, api_key="k", max_retries=0) as c:
+        models = [m.id async for m in c.models.list()]
+    assert "gpt-4o" in models
+    async with aiohttp.ClientSession() as s:
+        async with s.post(sidecar.base_url + "/responses?stream=4", json={"input": "x"}) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            body = await r.read()
+        async with s.delete(sidecar.base_url + "/files/abc") as r:
+            echo = await r.json()
+    assert body.count(b"data: ") == 5 and body.endswith(b"data: [DONE]\n\n")
+    assert echo["method"] == "DELETE" and echo["path"] == "/v1/files/abc"
+
+
+async def test_health_ready_metrics(replay_upstream, make_config, start_sidecar):
+    sc = await start_sidecar(make_config(upstream={"base_url": replay_upstream.base_url}))
+    state = sc.app["state"]
+    async with aiohttp.ClientSession() as s:
+        state.guard = None  # rails still loading
+        async with s.get(sc.url("/readyz")) as r:
+            assert r.status == 503
+        async with s.post(sc.base_url + "/chat/completions", json=CHAT) as r:
+            assert r.status == 503 and (await r.json())["error"]["code"] == "not_ready"
+        state.guard = PassThrough()
+        for path in ("/healthz", "/readyz"):
+            async with s.get(sc.url(path)) as r:
+                assert r.status == 200
+        async with s.post(sc.base_url + "/chat/completions", json={"model": "m"}) as r:
+            assert r.status == 400
+        async with s.post(sc.base_url + "/chat/completions", json=CHAT,
+                          headers={"x-replay-id": "pai-azure-azure-provider-call-0"}) as r:
+            assert r.status == 200
+        async with s.get(sc.url("/metrics")) as r:
+            text = await r.text()
+            assert r.headers["Content-Type"].startswith("text/plain")
+    assert 'railcar_requests_total{route="chat_completions",status="503"} 1.0' in text
+    assert 'railcar_requests_total{route="chat_completions",status="400"} 1.0' in text
+    assert 'railcar_requests_total{route="chat_completions",status="200"} 1.0' in text
+    assert 'railcar_upstream_ttfb_seconds_count{route="chat_completions"} 1.0' in text and "railcar_inflight_streams 0.0" in text
+
+
+async def test_guard_abort_between_events_closes_upstream(make_config, start_sidecar):
+    class AbortingGuard(PassThrough):
+        def open_stream(self, ex, sink, abort=None):
+            class S:
+                stopped = False
+                n = 0
+
+                async def on_event(self, raw, data):
+                    self.n += 1
+                    await sink.send(raw)
+                    if self.n == 2:  # a background check fails while the proxy waits for the next event
+                        asyncio.get_running_loop().call_later(0.02, lambda: asyncio.ensure_future(self.block()))
+
+                async def block(self):
+                    await sink.send(b'data: {"error": {"message": "blocked"}}\n\ndata: [DONE]\n\n')
+                    self.stopped = True
+                    abort()
+
+                async def on_end(self):
+                    pass
+
+            return S()
+
+    async with ReplayUpstream(synthetic=True, tokens=100, delay_s=0.1) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=AbortingGuard())
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json=dict(CHAT, stream=True)) as r:
+                body = await asyncio.wait_for(r.read(), 2)
+        await asyncio.wait_for(up.disconnected.wait(), 2)
+    assert body.count(b'"tok "') == 2 and body.endswith(b'"blocked"}}\n\ndata: [DONE]\n\n')
+    assert b"upstream" not in body  # a block, not reported as an upstream failure
+
+
+async def _one_write_upstream(frames: list[bytes], gate: asyncio.Event):
+    """A loopback upstream that writes ``frames[:-1]`` in one write, waits for ``gate``, then the last frame."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"".join(frames[:-1]))
+        await gate.wait()
+        await resp.write(frames[-1])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+
+async def test_guarded_stream_writes_one_http_chunk_per_upstream_read(make_config, start_sidecar):
+    # 60 events in one upstream write: the stream guard sends each one through the sink, and the client still
+    # gets them as one HTTP chunk (one write), before the upstream sends its last frame.
+    frames = [b'data: {"choices":[{"index":0,"delta":{"content":"t%d "}}]}\n\n' % i for i in range(60)]
+    frames.append(b"data: [DONE]\n\n")
+    gate = asyncio.Event()
+    runner, base = await _one_write_upstream(frames, gate)
+    try:
+        sc = await start_sidecar(make_config(upstream={"base_url": base}), guard=ScriptedGuard())
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json={**CHAT, "stream": True}) as r:
+                assert r.status == 200
+                first = b""
+                chunks = 0
+                async for data, end_of_chunk in r.content.iter_chunks():
+                    first += data
+                    chunks += end_of_chunk
+                    if len(first) >= len(b"".join(frames[:-1])):
+                        break
+                assert first == b"".join(frames[:-1])  # all of the first read, before the gate opened
+                assert chunks <= 3, chunks  # per-event writes would make this 60
+                gate.set()
+                rest = await r.read()
+        assert rest == frames[-1]
+    finally:
+        gate.set()
+        await runner.cleanup()
+
+
+async def test_sink_holds_then_writes_once_and_passes_through_otherwise():
+    from railcar.sidecar.app import ClientGone, _Sink
+
+    class Resp:
+        def __init__(self):
+            self.writes: list[bytes] = []
+            self.fail = False
+
+        async def write(self, data: bytes) -> None:
+            if self.fail:
+                raise ConnectionResetError("gone")
+            self.writes.append(data)
+
+    resp = Resp()
+    sink = _Sink(resp)  # type: ignore[arg-type]
+    await sink.send(b"a")  # not held: written at once
+    sink.hold()
+    await sink.send(b"b")
+    await sink.send(b"c")
+    assert resp.writes == [b"a"]
+    await sink.flush()
+    await sink.flush()  # nothing held: no empty write
+    assert resp.writes == [b"a", b"bc"]
+    await sink.send(b"d")
+    assert resp.writes[-1] == b"d"
+    resp.fail = True
+    sink.hold()
+    await sink.send(b"e")  # held: the failure shows at flush
+    try:
+        await sink.flush()
+    except ClientGone:
+        pass
+    else:
+        raise AssertionError("flush to a closed client must raise ClientGone")
+
+
+async def test_failing_check_response_answers_500_in_openai_shape(make_config, start_sidecar):
+    """A guard whose response check raises fails closed with the OpenAI error shape, like check_request."""
+
+    class Broken(PassThrough):
+        async def check_response(self, ex, body):
+            raise RuntimeError("rail backend down")
+
+    col = Collect()
+    async with ReplayUpstream(synthetic=True, tokens=3) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=Broken(), observers=[col])
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json=CHAT) as r:
+                status, body = r.status, await r.json(content_type=None)
+    assert status == 500
+    assert body == {"error": {"message": "guardrails check failed", "type": "server_error", "param": None,
+                              "code": "guard_error"}}
+    assert col.exchanges[0].status == 500 and col.exchanges[0].error == "guard failed: RuntimeError"

@@ -1,0 +1,192 @@
+"""railcar.streams.recorder: redacted spans from finished exchanges, reassembly, per-conversation content dedup."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from railcar.rails.scanner import Scanner
+from railcar.core.exchange import Exchange, Outcome
+from railcar.streams import otlp
+from railcar.streams.recorder import TraceRecorder, reassemble
+
+AWS = "AKIAIOSFODNN7EXAMPLF"  # shape of an AWS access key id
+EMAIL = "jane.roe@example-corp.com"
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Scanner:
+    return Scanner(key=b"k" * 32)
+
+
+def _chunk(delta: dict, finish=None, **extra) -> bytes:
+    return orjson.dumps({"id": "c1", "model": "m-2024", "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+
+def _span(value: bytes):
+    td = otlp.decode(value)
+    (res, sp), = list(otlp.iter_spans(td))
+    return res, sp, otlp.attributes_of(sp.attributes)
+
+
+def test_reassembles_streamed_content_and_tool_calls() -> None:
+    ex = Exchange(body={"model": "m", "stream": True, "messages": []})
+    ex.stream_data = [
+        _chunk({"role": "assistant", "content": "Hel"}), _chunk({"content": "lo"}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": '{"a"'}}]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": ': 1}'}}]}, finish="tool_calls"),
+        orjson.dumps({"id": "c1", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}),
+        b"[DONE]",
+    ]
+    ans = reassemble(ex)
+    assert ans["content"] == "Hello"
+    assert ans["tool_calls"] == [{"id": "call_1", "name": "get", "arguments": '{"a": 1}'}]
+    assert ans["finish_reasons"] == ["tool_calls"] and ans["usage"]["completion_tokens"] == 3
+    # Whole calls without ``index`` (some OpenAI-compatible providers) are separate calls, as the tool rails see them.
+    ex.stream_data = [_chunk({"tool_calls": [{"id": "c_a", "function": {"name": "f", "arguments": "{}"}},
+                                             {"id": "c_b", "function": {"name": "g", "arguments": '{"b": 2}'}}]})]
+    assert [c["id"] for c in reassemble(ex)["tool_calls"]] == ["c_a", "c_b"]
+
+
+def test_span_follows_genai_conventions_and_redacts(scanner: Scanner) -> None:
+    out: list = []
+    rec = TraceRecorder(scanner, lambda k, v: out.append((k, v)), otlp.make_resource(agent_id="agent-7"))
+    ex = Exchange(body={"model": "gpt-x", "stream": True, "temperature": 0.2,
+                        "messages": [{"role": "user", "content": f"my key is {AWS}, mail {EMAIL}"}]},
+                  headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+                  outcome=Outcome(activated_rails=["self check input"], blocked=False))
+    ex.stream_data = [_chunk({"content": f"Stored {AWS}."}, finish="stop"),
+                      orjson.dumps({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})]
+    ex.status = 200
+    key, value = rec.build(ex)
+    assert AWS.encode() not in value and EMAIL.encode() not in value
+    assert key == b"0af7651916cd43dd8448eb211c80319c"
+    res, sp, attrs = _span(value)
+    assert res["gen_ai.agent.id"] == "agent-7"
+    assert sp.name == "chat gpt-x" and sp.parent_span_id == bytes.fromhex("b7ad6b7169203331")
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.request.model"] == "gpt-x"
+    assert attrs["gen_ai.response.model"] == "m-2024" and attrs["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attrs["gen_ai.usage.input_tokens"] == 9 and attrs["gen_ai.usage.output_tokens"] == 4
+    assert attrs["gen_ai.request.temperature"] == 0.2
+    assert attrs["railcar.rails.activated"] == ["self check input"] and "railcar.rails.blocked" not in attrs
+    texts = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.content"]
+    assert any("[REDACTED:aws_access_key_id:" in t["text"] for t in texts)
+    notes = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.redaction"]
+    detectors = {n["railcar.redaction.detector"] for n in notes}
+    assert {"aws_access_key_id", "email_address"} <= detectors
+    assert {n["railcar.redaction.path"] for n in notes} >= {"$.messages[0].content", "$.output.content"}
+
+
+def test_twenty_turns_publish_only_new_content(scanner: Scanner) -> None:
+    out: list = []
+    rec = TraceRecorder(scanner, lambda k, v: out.append((k, v)), otlp.make_resource(agent_id="a"))
+    messages = [{"role": "system", "content": "You are a careful assistant. " * 20}]
+    new_sizes = []
+    for turn in range(20):
+        # Typical agent turn: a short question, a longer answer (~0.4 KB + ~1.2 KB).
+        user = f"Turn {turn}: please summarise section {turn} of the report in detail. " * 6
+        answer = f"Section {turn} says the numbers went up by {turn} percent, mostly in Q{turn % 4 + 1}. " * 16
+        messages.append({"role": "user", "content": user})
+        ex = Exchange(body={"model": "m", "messages": list(messages)})
+        ex.response_body = orjson.dumps({"id": f"r{turn}", "model": "m", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}]})
+        key, value = rec.build(ex)
+        out.append((key, value))
+        messages.append({"role": "assistant", "content": answer})
+        new_sizes.append(len(user) + len(answer) + (len(messages[0]["content"]) if turn == 0 else 0))
+    assert len({k for k, _ in out}) == 1  # one conversation, one trace, one key
+    for (_, value), new in zip(out, new_sizes):
+        assert len(value) <= 1.5 * new, (len(value), new)
+    # The last span lists only the new user message after a prefix covering the whole history.
+    _, _, attrs = _span(out[-1][1])
+    assert attrs["railcar.input.prefix"] and len(orjson.loads(attrs["railcar.input.messages"])) == 1
+
+
+async def test_observer_never_blocks_and_records_in_background(scanner: Scanner) -> None:
+    out: list = []
+    rec = TraceRecorder(scanner, lambda k, v: out.append((k, v)), max_pending=3)
+    await rec.start()
+    t0 = time.perf_counter()
+    for i in range(5):
+        rec.exchange_finished(Exchange(body={"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}))
+    assert time.perf_counter() - t0 < 0.005
+    await rec.drain()
+    await rec.close()
+    assert len(out) == 3 and rec.stats["dropped"] == 2 and rec.stats["recorded"] == 3
+
+
+def test_inline_image_request_is_bounded_under_the_record_limit(scanner: Scanner) -> None:
+    # The recorded Groq request with an inline base64 image (2.78 MB): its span must fit in a 1 MiB Kafka record,
+    # and a secret beyond the kept prefix is still redacted (noted, never published).
+    from kafka_support import RECORDED
+
+    with RECORDED.open("rb") as fh:
+        rec_ = next(orjson.loads(line) for line in fh if b"image-as-binary-content-input" in line[:400])
+    body = dict(rec_["request"])
+    assert len(orjson.dumps(body)) > 2_000_000
+    body["messages"] = [*body["messages"], {"role": "user", "content": "x" * 100_000 + f" key {AWS} end"}]
+    out: list = []
+    rec = TraceRecorder(scanner, lambda k, v: out.append((k, v)))
+    _, value = rec.build(Exchange(body=body))
+    assert len(value) < 1024 * 1024 // 2 and AWS.encode() not in value
+    _, sp, _ = _span(value)
+    contents = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.content"]
+    cut = [c for c in contents if c.get("truncated")]
+    assert len(cut) == 2 and rec.stats["truncated"] == 2
+    for c in cut:
+        assert len(c["text"].encode()) <= 64 * 1024 and c["original_length"] > len(c["text"])
+    notes = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.redaction"]
+    assert any(n["railcar.redaction.detector"] == "aws_access_key_id" for n in notes)
+
+
+def test_span_content_budget_caps_many_large_texts(scanner: Scanner) -> None:
+    rec = TraceRecorder(scanner, lambda k, v: None, max_content_bytes=64 * 1024, max_span_content_bytes=200_000)
+    msgs = [{"role": "user", "content": f"{i} " + "é" * 50_000} for i in range(20)]  # 20 x ~100 KB of UTF-8
+    _, value = rec.build(Exchange(body={"model": "m", "messages": msgs}))
+    assert 200_000 < len(value) < 200_000 + 20_000
+    _, sp, _ = _span(value)
+    texts = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.content"]
+    assert sum(len(t["text"].encode()) for t in texts) <= 200_000
+    assert all(t["truncated"] and t["original_length"] == 50_000 + len(f"{i} ") for i, t in enumerate(texts[:20]))
+
+
+def test_reassembly_skips_a_malformed_chunk_and_keeps_the_last_model() -> None:
+    ex = Exchange(body={"model": "m", "stream": True, "messages": []})
+    ex.stream_data = [_chunk({"content": "a"}), b"{not json", b": comment", _chunk({"content": "b"}),
+                      orjson.dumps({"id": "c2", "model": "m-final", "choices": [
+                          {"index": 0, "delta": {"content": "c"}, "finish_reason": "length"},
+                          {"index": 1, "delta": {"content": "other choice"}}]}), b"[DONE]"]
+    ans = reassemble(ex)
+    assert ans["content"] == "abc" and ans["finish_reasons"] == ["length"]
+    assert ans["model"] == "m-final" and ans["id"] == "c2"
+
+
+def test_text_known_clean_is_scanned_once(scanner: Scanner) -> None:
+    calls: list[str] = []
+
+    class Counting:
+        detectors = scanner.detectors
+
+        def gate(self, text: str) -> bool:
+            calls.append(text)
+            return scanner.gate(text)
+
+        def scan_text(self, text: str, path: str = "$"):  # the recorder scans without a separate gate() pass
+            calls.append(text)
+            return scanner.scan_text(text, path)
+
+        def __getattr__(self, name: str):
+            return getattr(scanner, name)
+
+    rec = TraceRecorder(Counting(), lambda k, v: None)
+    system = "You are a careful assistant for ticket 4539 and order 12. " * 10
+    for i in range(5):  # five conversations sharing the system prompt, one leaking a key
+        user = f"question {i}" + (f" key {AWS}" if i == 2 else "")
+        _, value = rec.build(Exchange(body={"model": "m", "messages": [{"role": "system", "content": system},
+                                                                        {"role": "user", "content": user}]}))
+        assert AWS.encode() not in value
+    assert calls.count(system) == 1
+    assert sum(1 for c in calls if AWS in c) >= 1  # a text with a secret is never cached as clean
