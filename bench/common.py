@@ -11,8 +11,9 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import aiohttp
 

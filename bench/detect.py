@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from common import write_notes  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from planted_corpus import generate  # noqa: E402
+
 from railcar.rails.scanner import Scanner, iter_strings  # noqa: E402
 
 RECORDED = ROOT.parent / "shared" / "fixtures" / "recorded" / "chat_completions.jsonl"
@@ -86,7 +87,7 @@ def run_railcar(lines: list[str], truth: list, clean: list[str]) -> dict:
             continue
         strings = dict(iter_strings(json.loads(line)))
         got = [strings[m.path][m.start:m.end].replace("\\n", "\n") for m in ms]
-        for det, value in planted:
+        for _det, value in planted:
             total += 1
             hits += _found(value, got)
     cenc = [line.encode() for line in clean]

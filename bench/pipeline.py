@@ -37,7 +37,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-
 from common import ROOT, bench_env, cpu_seconds, free_port, run_table, start, stop, wait_http
 
 TOKENS = 64

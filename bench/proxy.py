@@ -7,7 +7,9 @@ inter-token delay (worker starts staggered over one stream's duration). For each
 p50/p99, end-to-end latency p50, and for the sidecar the TTFT and latency it adds over direct (p50 difference),
 its CPU milliseconds per request and its throughput as a fraction of direct.
 
-Usage: ``python bench/proxy.py [--quick] [--telemetry] [--out .notes/proxy.md]``; trace recording
+Usage: ``python bench/proxy.py [--quick] [--telemetry] [--concurrency 1,32] [--repeat N] [--out .notes/proxy.md]``;
+``--concurrency`` keeps only the no-delay scenarios at those concurrencies (a short run to compare two trees),
+``--repeat`` runs each scenario N times (one table row each: the spread shows the machine's noise). Trace recording
 (``[telemetry]``) is off unless ``--telemetry``, its fileset in a temp directory. Prints a markdown table and writes it to
 ``--out``. Numbers depend on the machine's load: the upstream, the generator and the sidecar share its cores.
 """
@@ -24,7 +26,6 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-
 from common import ROOT, bench_env, cpu_seconds, free_port, pct, run_table, start, stop, wait_http
 
 TOKENS = 256
@@ -111,6 +112,10 @@ async def main_async(args: argparse.Namespace) -> str:
         (1, 0.0, int(200 * scale)), (32, 0.0, int(1024 * scale)), (256, 0.0, int(1024 * scale)),
         (32, 5.0, int(128 * scale) or 32),
     ]
+    if args.concurrency:
+        wanted = {int(c) for c in args.concurrency.split(",")}
+        scenarios = [s for s in scenarios if s[0] in wanted and not s[1]]
+    scenarios = [s for s in scenarios for _ in range(args.repeat)]
     rows = []
     try:
         await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
@@ -169,6 +174,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a quarter of the requests")
     p.add_argument("--telemetry", action="store_true",
                    help="keep the sidecar's trace recording on (default off: this measures the proxy)")
+    p.add_argument("--concurrency", default="",
+                   help="comma-separated concurrencies: only the no-delay scenarios at those (e.g. 1,32)")
+    p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times (one row each)")
     p.add_argument("--out", default=str(ROOT / ".notes" / "proxy.md"), help="markdown file for the table")
     args = p.parse_args()
     return run_table(main_async, args, args.out)

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-
 from common import ROOT, bench_env, free_port, stop, wait_http, write_notes
 
 PY = sys.executable
@@ -68,7 +67,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"process exited: {proc.args}")
+                raise RuntimeError(f"process exited: {proc.args}") from None
             time.sleep(0.2)
     raise RuntimeError(f"port {port} not up")
 
@@ -266,7 +265,7 @@ async def main() -> int:
         base = results["passthrough"]
         peer = results["nemoguardrails server sf=true"]
         lines = ["<!-- bench:start -->",
-                 "## Throughput at concurrency %d" % args.concurrency, "",
+                 f"## Throughput at concurrency {args.concurrency}", "",
                  f"{args.requests} streams per Railcar contender (a quarter of that for the nemoguardrails server) in "
                  f"{args.rounds} interleaved rounds, {args.tokens} one-token deltas each, {args.delay_ms} ms per "
                  f"token, regex output rails chunk 200 / context 50 everywhere (Railcar: plus the inline hold-back, "
@@ -309,8 +308,8 @@ async def peer_table(args: argparse.Namespace, contenders: list[tuple[str, str]]
              f"{args.concurrency} runs above. Leak probe: one stream of prose ({len(LEAK_TEXT)} chars in 4-char "
              f"deltas, 1 ms apart) with an AWS access key id ~{LEAK_TEXT.index(LEAK_KEY)} chars in; "
              "\"key reached client\" = the whole key is anywhere in the bytes the client received.", "",
-             "| contender | TTFT p50 ms | TTFT p99 ms | tokens/s c=%d | key reached client | how the stream ended "
-             "| content chars received |" % args.concurrency,
+             f"| contender | TTFT p50 ms | TTFT p99 ms | tokens/s c={args.concurrency} | key reached client | how the "
+             "stream ended | content chars received |",
              "|---|---:|---:|---:|---|---|---:|"]
     for name, _ in contenders:
         t = pool(ttft[name])

@@ -2,7 +2,8 @@
 
 Every command takes ``--config PATH`` (TOML; also ``RAILCAR_CONFIG``) and every setting can come from
 ``RAILCAR_<SECTION>_<KEY>``; ``railcar serve --help`` lists them all. Exit codes: 0 success, 1 findings (``scan``)
-or a runtime failure, 2 a usage or configuration error (the message names the key).
+or a runtime failure, 2 a usage or configuration error: every bad setting is checked when the config loads, and
+each is printed on its own line naming its key and its environment variable.
 Each command's implementation lives in its room and is imported only when that command runs.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from railcar.core.config import ConfigError, describe_options, load_config
+from railcar.core.config import ConfigError
+from railcar.settings import RailcarConfig, describe_options, load_config
 
 # command -> (module, function, one-line help). The function takes (args, config) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("railcar.commands.serve", "main", "Run the sidecar proxy (OpenAI-compatible, guarded)."),
-    "consume": ("railcar.streams.consumer", "main", "Run the security consumer group on the trace topic."),
+    "consume": ("railcar.commands.consume", "main", "Run the security consumer group on the trace topic."),
     "scan": ("railcar.commands.scan", "main", "Scan telemetry files offline and write the security fileset."),
     "demo": ("railcar.commands.demo", "main", "Run the whole job on recorded traffic with an embedded broker."),
     "report": ("railcar.tools.report", "main", "Render the security fileset as one HTML page."),
@@ -38,7 +40,7 @@ def _add_command_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "demo":
         p.add_argument("--out", default="./railcar-demo", help="directory for the fileset and report.html")
         p.add_argument("--sessions", type=int, default=0, help="limit recorded sessions (0: all)")
-        p.add_argument("--recorded", default="", help="recorded chat_completions.jsonl (default: ../shared or bundled)")
+        p.add_argument("--recorded", default="", help="recorded chat_completions.jsonl (default: the bundled sample)")
     elif name == "report":
         p.add_argument("--fileset-root", required=True, help="directory holding nemo-agent-security/")
         p.add_argument("--out", required=True, help="HTML file to write")
@@ -69,17 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"railcar {args.command}: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(args.command, exc)
     module, func, _ = COMMANDS[args.command]
-    entry: Callable[[argparse.Namespace, object], int] = getattr(importlib.import_module(module), func)
+    entry: Callable[[argparse.Namespace, RailcarConfig], int] = getattr(importlib.import_module(module), func)
     try:
         return int(entry(args, config) or 0)
     except ConfigError as exc:
-        print(f"railcar {args.command}: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(args.command, exc)
     except KeyboardInterrupt:
         return 130
+
+
+def _config_error(command: str, exc: ConfigError) -> int:
+    """Print every error of ``exc`` on stderr, one line each; returns exit code 2."""
+    for error in exc.errors or [str(exc)]:
+        print(f"railcar {command}: configuration error: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,7 @@ A bare container object (with ``name`` and ``image``) is accepted as ``{"contain
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import copy
@@ -44,6 +45,7 @@ from aiohttp import web
 
 from railcar.core.config import ConfigError
 from railcar.sidecar.errors import error_response
+from railcar.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("railcar.inject")
 
@@ -84,7 +86,7 @@ class SidecarTemplate:
         return _container_ports(self.container, "sidecar template: container")
 
     @classmethod
-    def from_dict(cls, data: Any) -> "SidecarTemplate":
+    def from_dict(cls, data: Any) -> SidecarTemplate:
         """Validate a template mapping (shape in the module docstring).
 
         Raises :class:`InjectError` naming the bad field (``container.image``, ``volumes[1].name``, ...).
@@ -174,6 +176,78 @@ def wants_injection(pod: dict) -> bool:
     return str(((pod.get("metadata") or {}).get("labels") or {}).get(INJECT_LABEL, "")).lower() == "true"
 
 
+def _check_pod(pod: dict, tpl: SidecarTemplate) -> tuple[dict, list[dict]]:
+    """``(spec, containers)`` of a pod that can take the sidecar; :class:`InjectError` for malformed
+    ``spec.containers``, ``hostNetwork`` or a port clash with the sidecar (see :func:`build_patch`)."""
+    spec = pod["spec"]
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers or not all(isinstance(c, dict) for c in containers):
+        raise InjectError("pod: spec.containers: expected a non-empty list of containers")
+    if spec.get("hostNetwork"):
+        raise InjectError("pod: spec.hostNetwork is true: the sidecar's loopback port would be shared with the node")
+    init = spec.get("initContainers") or []
+    for c in list(containers) + list(init):
+        clash = _container_ports(c, f"pod: container {c.get('name')!r}") & tpl.ports
+        if clash:
+            raise InjectError(f"pod: container {c.get('name')!r} already uses port {min(clash)} of the sidecar")
+    return spec, containers
+
+
+def _sidecar_op(spec: dict, tpl: SidecarTemplate, root: str) -> dict:
+    """The sidecar itself: first init container when native (ready before other init containers that may call
+    the model), last container otherwise."""
+    if not tpl.native:
+        return {"op": "add", "path": root + _ptr("spec", "containers", "-"), "value": tpl.container}
+    if "initContainers" in spec and isinstance(spec["initContainers"], list) and spec["initContainers"]:
+        return {"op": "add", "path": root + _ptr("spec", "initContainers", 0), "value": tpl.container}
+    return {"op": "add", "path": root + _ptr("spec", "initContainers"), "value": [tpl.container]}
+
+
+def _volume_ops(spec: dict, tpl: SidecarTemplate, root: str) -> list[dict]:
+    """The template's volumes the pod lacks; :class:`InjectError` for a same-named volume defined otherwise."""
+    existing = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    missing = []
+    for vol in tpl.volumes:
+        have = existing.get(vol["name"])
+        if have is None:
+            missing.append(vol)
+        elif have != vol:
+            raise InjectError(f"pod: spec.volumes: a different volume named {vol['name']!r} already exists")
+    if not missing:
+        return []
+    if existing or "volumes" in spec:
+        return [{"op": "add", "path": root + _ptr("spec", "volumes", "-"), "value": v} for v in missing]
+    return [{"op": "add", "path": root + _ptr("spec", "volumes"), "value": list(missing)}]
+
+
+def _base_url_ops(containers: list[dict], tpl: SidecarTemplate, root: str) -> list[dict]:
+    """``OPENAI_BASE_URL`` pointing at the sidecar on every agent container (added, or replacing another value)."""
+    entry = {"name": BASE_URL_ENV, "value": tpl.base_url}
+    ops: list[dict] = []
+    for i, c in enumerate(containers):
+        env = c.get("env")
+        if not env:
+            ops.append({"op": "add", "path": root + _ptr("spec", "containers", i, "env"), "value": [entry]})
+            continue
+        idx = next((j for j, e in enumerate(env) if isinstance(e, dict) and e.get("name") == BASE_URL_ENV), None)
+        if idx is None:
+            ops.append({"op": "add", "path": root + _ptr("spec", "containers", i, "env", "-"), "value": entry})
+        elif env[idx] != entry:
+            # The pod asked for the guard: an agent pointed elsewhere would bypass it.
+            ops.append({"op": "replace", "path": root + _ptr("spec", "containers", i, "env", idx), "value": entry})
+    return ops
+
+
+def _status_op(pod: dict, root: str) -> dict:
+    """The annotation ``railcar.io/status: injected``, creating ``metadata`` / ``annotations`` when absent."""
+    meta = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else None
+    if meta is None:
+        return {"op": "add", "path": root + _ptr("metadata"), "value": {"annotations": {STATUS_ANNOTATION: "injected"}}}
+    if not isinstance(meta.get("annotations"), dict):
+        return {"op": "add", "path": root + _ptr("metadata", "annotations"), "value": {STATUS_ANNOTATION: "injected"}}
+    return {"op": "add", "path": root + _ptr("metadata", "annotations", STATUS_ANNOTATION), "value": "injected"}
+
+
 def build_patch(pod: dict, template: dict | SidecarTemplate, *, root: str = "") -> list[dict]:
     """RFC 6902 JSONPatch operations that add the sidecar to ``pod``; ``[]`` when it is already there.
 
@@ -191,67 +265,11 @@ def build_patch(pod: dict, template: dict | SidecarTemplate, *, root: str = "") 
     tpl = template if isinstance(template, SidecarTemplate) else SidecarTemplate.from_dict(template)
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
         raise InjectError("pod: spec: expected an object")
-    spec = pod["spec"]
     if is_injected(pod, tpl.name):
         return []
-    containers = spec.get("containers")
-    if not isinstance(containers, list) or not containers or not all(isinstance(c, dict) for c in containers):
-        raise InjectError("pod: spec.containers: expected a non-empty list of containers")
-    if spec.get("hostNetwork"):
-        raise InjectError("pod: spec.hostNetwork is true: the sidecar's loopback port would be shared with the node")
-    init = spec.get("initContainers") or []
-    sidecar_ports = tpl.ports
-    for c in list(containers) + list(init):
-        clash = _container_ports(c, f"pod: container {c.get('name')!r}") & sidecar_ports
-        if clash:
-            raise InjectError(f"pod: container {c.get('name')!r} already uses port {min(clash)} of the sidecar")
-
-    ops: list[dict] = []
-    if tpl.native:
-        if "initContainers" in spec and isinstance(spec["initContainers"], list) and spec["initContainers"]:
-            ops.append({"op": "add", "path": root + _ptr("spec", "initContainers", 0), "value": tpl.container})
-        else:
-            ops.append({"op": "add", "path": root + _ptr("spec", "initContainers"), "value": [tpl.container]})
-    else:
-        ops.append({"op": "add", "path": root + _ptr("spec", "containers", "-"), "value": tpl.container})
-
-    existing = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
-    missing = []
-    for vol in tpl.volumes:
-        have = existing.get(vol["name"])
-        if have is None:
-            missing.append(vol)
-        elif have != vol:
-            raise InjectError(f"pod: spec.volumes: a different volume named {vol['name']!r} already exists")
-    if missing:
-        if existing or "volumes" in spec:
-            ops += [{"op": "add", "path": root + _ptr("spec", "volumes", "-"), "value": v} for v in missing]
-        else:
-            ops.append({"op": "add", "path": root + _ptr("spec", "volumes"), "value": list(missing)})
-
-    entry = {"name": BASE_URL_ENV, "value": tpl.base_url}
-    for i, c in enumerate(containers):
-        env = c.get("env")
-        if not env:
-            ops.append({"op": "add", "path": root + _ptr("spec", "containers", i, "env"), "value": [entry]})
-            continue
-        idx = next((j for j, e in enumerate(env) if isinstance(e, dict) and e.get("name") == BASE_URL_ENV), None)
-        if idx is None:
-            ops.append({"op": "add", "path": root + _ptr("spec", "containers", i, "env", "-"), "value": entry})
-        elif env[idx] != entry:
-            # The pod asked for the guard: an agent pointed elsewhere would bypass it.
-            ops.append({"op": "replace", "path": root + _ptr("spec", "containers", i, "env", idx), "value": entry})
-
-    meta = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else None
-    if meta is None:
-        ops.append({"op": "add", "path": root + _ptr("metadata"), "value": {"annotations": {STATUS_ANNOTATION: "injected"}}})
-    elif not isinstance(meta.get("annotations"), dict):
-        ops.append({"op": "add", "path": root + _ptr("metadata", "annotations"),
-                    "value": {STATUS_ANNOTATION: "injected"}})
-    else:
-        ops.append({"op": "add", "path": root + _ptr("metadata", "annotations", STATUS_ANNOTATION),
-                    "value": "injected"})
-    return ops
+    spec, containers = _check_pod(pod, tpl)
+    return [_sidecar_op(spec, tpl, root), *_volume_ops(spec, tpl, root), *_base_url_ops(containers, tpl, root),
+            _status_op(pod, root)]
 
 
 # ---------------------------------------------------------------------------------------------------- admission
@@ -385,14 +403,14 @@ async def serve(template: SidecarTemplate, ctx: ssl.SSLContext, host: str, port:
         await runner.cleanup()
 
 
-def main(args: Any, config: Any) -> int:
+def main(args: argparse.Namespace, config: SidecarSettings) -> int:
     """``railcar inject``: serve the admission webhook until SIGTERM/SIGINT; returns the exit code.
 
-    Uses ``args.port``, ``args.tls_cert``, ``args.tls_key``, ``args.sidecar_template`` (see ``sidecar/cli.py``)
+    Uses ``args.port``, ``args.tls_cert``, ``args.tls_key``, ``args.sidecar_template`` (see :mod:`railcar.cli`)
     and ``args.host`` when the CLI declares it (default ``0.0.0.0``: the API server reaches the webhook through
-    its Service). ``config`` supplies the log level. Raises :class:`ConfigError` (exit 2) naming the flag.
+    its Service). ``config.server.log_level`` sets the log level. Raises :class:`ConfigError` (exit 2) naming the flag.
     """
-    logging.basicConfig(level=getattr(config.server, "log_level", "info").upper(),
+    logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not args.sidecar_template:
         raise ConfigError("--sidecar-template: required (the chart mounts it from its ConfigMap)")

@@ -23,21 +23,21 @@ import socket
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-
-from railcar.sidecar.app import create_app
-from railcar.core.config import RailcarConfig, load_config
-from railcar.core.guard import PassThrough
-from railcar.tools.replay_upstream import ReplayUpstream, load_records
-
 from ports import free_port
 from shared_fixtures import RECORDED_CHAT, ROOT
+
+from railcar.core.guard import PassThrough
+from railcar.settings import RailcarConfig, load_config
+from railcar.sidecar.app import create_app
+from railcar.tools.replay_upstream import ReplayUpstream, load_records
 
 RECORDED = RECORDED_CHAT
 

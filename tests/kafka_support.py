@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from shared_fixtures import RECORDED_CHAT
 
 from railcar.tools.mock_broker import MockCluster
-from shared_fixtures import RECORDED_CHAT
 
 RECORDED = RECORDED_CHAT
 

@@ -199,7 +199,7 @@ def generate(n_records: int, seed: int = 7, density: float = 0.5) -> list[tuple[
     ids = list(GENERATORS)
     out = []
     k = 0
-    for i in range(n_records):
+    for _ in range(n_records):
         planted: list[tuple[str, str]] = []
         content = _text(rng, hard_negative(rng))
         args = {"query": hard_negative(rng)}

@@ -1,4 +1,4 @@
-"""Shared helpers of the rails guard tests (tests/test_rails_guard.py, tests/test_rails_stream_guard.py): an
+"""Shared helpers of the rails guard tests (tests/rails/test_guard.py, tests/rails/test_stream_guard.py, ...): an
 in-memory stream sink, OpenAI chunk frames, guards built from inline guardrail configs, and a stream driver."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from shared_fixtures import RECORDED_CHAT
 
+from railcar.core.exchange import Exchange
 from railcar.rails.engine_local import LocalEngine
 from railcar.rails.guard import RailsGuard
 from railcar.rails.guardrails_config import load_guardrails_config
 from railcar.rails.settings import GuardrailsConfig
-from railcar.core.exchange import Exchange
 from railcar.sidecar.sse import split_events
-from shared_fixtures import RECORDED_CHAT
 
 RECORDED = RECORDED_CHAT
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -53,7 +53,7 @@ class Sink:
 
     def text(self) -> str:
         out = []
-        for raw, data in split_events(self.body):
+        for _, data in split_events(self.body):
             if data and data != b"[DONE]":
                 obj = orjson.loads(data)
                 for c in obj.get("choices") or []:
@@ -96,11 +96,8 @@ async def run_stream(guard: RailsGuard, frames: list[bytes], body: dict | None =
                   guardrails_options=options)
     sink = Sink()
     sg = guard.open_stream(ex, sink, abort=lambda: None)
-    for raw in frames:
-        for ev, data in split_events(raw):
-            await sg.on_event(ev, data)
-            if sg.stopped:
-                break
+    for raw in frames:  # one upstream read per frame, as the proxy hands them over (StreamGuard.on_events)
+        await sg.on_events(split_events(raw))
         if sg.stopped:
             break
     await sg.on_end()
@@ -135,7 +132,7 @@ class FramesUpstream:
             raise
         return resp
 
-    async def __aenter__(self) -> "FramesUpstream":
+    async def __aenter__(self) -> FramesUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle)
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

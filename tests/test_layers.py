@@ -18,13 +18,14 @@ PKG = Path(__file__).resolve().parents[1] / "railcar"
 # group -> the groups it may import from (itself always allowed)
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
-    "rails": {"core"},
-    "streams": {"core", "rails"},
-    "sidecar": {"core"},
-    "tools": {"core", "rails", "streams", "sidecar"},
+    "rails": {"core", "codecs"},
+    "streams": {"core", "rails", "codecs"},
+    "sidecar": {"core", "codecs"},
+    "codecs": {"core"},
+    "tools": {"core", "rails", "streams", "sidecar", "codecs"},
     "webhook": {"core", "sidecar"},
-    "settings": {"core", "rails", "streams", "sidecar"},
-    "commands": {"core", "rails", "streams", "sidecar", "tools", "settings", "webhook"},
+    "settings": {"core", "rails", "streams", "sidecar", "codecs"},
+    "commands": {"core", "rails", "streams", "sidecar", "tools", "settings", "webhook", "codecs"},
     "cli": {"core", "settings", "commands"},
     "__main__": {"cli"},
     "__init__": set(),
@@ -58,8 +59,9 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
             if isinstance(child, ast.Import):
                 found.extend((a.name, in_func) for a in child.names if a.name.startswith("railcar"))
             elif isinstance(child, ast.ImportFrom):
-                if child.level:  # relative: resolve against this module's package
-                    base = module.split(".")[: -child.level or None]
+                if child.level:  # relative: resolve against this module's package (an __init__ is its own)
+                    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                    base = package[: len(package) - (child.level - 1)]
                     name = ".".join(base + ([child.module] if child.module else []))
                 else:
                     name = child.module or ""

@@ -3,9 +3,9 @@
 What runs (all in this process, all on ``127.0.0.1``):
 
 1. the replay upstream (:mod:`railcar.tools.replay_upstream`) answering with the recorded interactions of
-   ``--recorded`` or ``../shared/fixtures/recorded/chat_completions.jsonl`` (looked up from the current directory,
-   then beside the repository), else the bundled sample ``sidecar/demo_data/recorded_sample.jsonl`` (24
-   interactions from the same MIT-licensed pydantic-ai cassettes);
+   ``--recorded``, else of the bundled sample ``railcar/tools/demo_data/recorded_sample.jsonl`` (24 interactions
+   from the same MIT-licensed pydantic-ai cassettes; ``./dev demo`` passes the full recorded set when the checkout
+   has ``../shared`` beside it);
 2. an embedded Kafka-protocol broker: librdkafka's mock cluster (:mod:`railcar.tools.mock_broker`);
 3. one sidecar per demo agent (``support-agent``, ``coding-agent``, ``research-agent``; the same guard) with the
    default guardrail config (``guardrails.config_path = "default"`` unless the config names another), each with a
@@ -38,13 +38,40 @@ import inspect
 import logging
 import random
 import shutil
+import sys
 import time
 from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import orjson
+import uvloop
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from railcar.core.exchange import Exchange
+from railcar.core.guard import PassThrough
+from railcar.rails.guard import RailsGuard, build_guard
+from railcar.rails.scanner import Scanner
+from railcar.settings import RailcarConfig
+from railcar.sidecar.app import create_app
+from railcar.streams import otlp
+from railcar.streams.consumer import ConsumerGroupWorker
+from railcar.streams.fileset import FILESET, open_fileset
+from railcar.streams.pipeline import build_scanner
+from railcar.streams.producer import Publisher
+from railcar.streams.recorder import TraceRecorder
+from railcar.tools.demo_data.leaks import Leak, build_leaks
+from railcar.tools.mock_broker import MockCluster
+from railcar.tools.replay_upstream import ReplayUpstream, load_records
+from railcar.tools.report import render_report
 
 __all__ = ["main", "run_demo", "find_recorded", "recorded_sessions", "Session", "CallResult", "BUNDLED_SAMPLE",
            "AGENTS"]
@@ -52,7 +79,6 @@ __all__ = ["main", "run_demo", "find_recorded", "recorded_sessions", "Session", 
 log = logging.getLogger("railcar.demo")
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "tools" / "demo_data" / "recorded_sample.jsonl"
-RECORDED_REL = Path("shared") / "fixtures" / "recorded" / "chat_completions.jsonl"
 AGENTS = ("support-agent", "coding-agent", "research-agent")
 CONCURRENCY = 8
 
@@ -60,19 +86,15 @@ CONCURRENCY = 8
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
-def find_recorded(explicit: str = "", cwd: Path | None = None) -> Path:
-    """The recorded interactions to replay: ``explicit`` if given (``FileNotFoundError`` if missing), else
-    ``../shared/...`` from ``cwd`` (or ``./shared/...``), else beside the repository, else :data:`BUNDLED_SAMPLE`."""
-    if explicit:
-        p = Path(explicit)
-        if not p.is_file():
-            raise FileNotFoundError(f"--recorded: no such file: {explicit}")
-        return p
-    cwd = Path.cwd() if cwd is None else cwd
-    for p in (cwd.parent / RECORDED_REL, cwd / RECORDED_REL, Path(__file__).resolve().parents[1].parent / RECORDED_REL):
-        if p.is_file():
-            return p
-    return BUNDLED_SAMPLE
+def find_recorded(explicit: str = "") -> Path:
+    """The recorded interactions to replay: ``explicit`` if given (``FileNotFoundError`` naming ``--recorded`` if
+    it is not a file), else :data:`BUNDLED_SAMPLE`."""
+    if not explicit:
+        return BUNDLED_SAMPLE
+    p = Path(explicit)
+    if not p.is_file():
+        raise FileNotFoundError(f"--recorded: no such file: {explicit}")
+    return p
 
 
 @dataclass
@@ -114,28 +136,44 @@ def _trace_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def _leak_sessions(leaks: list[Leak]) -> list[Session]:
+    """One session per leak, agents round robin, the trace id derived from the leak's name."""
+    return [Session(name=lk.name, agent=AGENTS[i % len(AGENTS)], calls=lk.calls, trace_id=_trace_id(lk.name),
+                    leak=lk.title, expect=lk.expect, blocks=lk.blocks) for i, lk in enumerate(leaks)]
+
+
+@dataclass
+class _Inputs:
+    """What a run replays: the recorded file, its records, the sessions to drive (recorded then leaking) and
+    every record the replay upstream serves (recorded plus the leaks' own)."""
+
+    path: Path
+    records: list[dict[str, Any]]
+    sessions: list[Session]
+    replay: list[dict[str, Any]]
+
+
+def _load_inputs(recorded: str, limit: int) -> _Inputs:
+    path = find_recorded(recorded)
+    records = load_records(path)
+    leaks = build_leaks(records)
+    sessions = recorded_sessions(records, limit) + _leak_sessions(leaks)
+    return _Inputs(path, records, sessions, records + [r for lk in leaks for r in lk.records])
+
+
 # ---------------------------------------------------------------------------------------------------- client tap
 
 
-def _tap_class() -> type:
-    import httpx
-
-    class Tap(_TapBase, httpx.AsyncByteStream):
-        pass
-
-    return Tap
-
-
-class _TapBase:
-    """An ``httpx.AsyncByteStream`` that keeps a copy of the bytes the client reads (to check how a stream
-    ended); on close it reads what the client left unread (the ``data: [DONE]`` after an error event)."""
+class _Tap(httpx.AsyncByteStream):
+    """A response stream that keeps a copy of the bytes the client reads (to check how a stream ended); on close
+    it reads what the client left unread (the ``data: [DONE]`` after an error event)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.data = bytearray()
         self._it: Any = None
 
-    async def __aiter__(self) -> Any:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         self._it = self.inner.__aiter__()
         async for chunk in self._it:
             self.data += chunk
@@ -144,37 +182,35 @@ class _TapBase:
     async def aclose(self) -> None:
         if self._it is not None:
             try:
-                async def rest() -> None:
-                    async for chunk in self._it:
-                        self.data += chunk
-                await asyncio.wait_for(rest(), 2.0)
+                await asyncio.wait_for(self._rest(), 2.0)
             except Exception:
                 pass
         await self.inner.aclose()
 
+    async def _rest(self) -> None:
+        async for chunk in self._it:
+            self.data += chunk
 
-def _tap_transport(taps: dict[str, Any]) -> Any:
-    import httpx
 
-    tap_cls = _tap_class()
+class _TapTransport(httpx.AsyncBaseTransport):
+    """The client's transport: responses to requests with an ``x-demo-call`` header are read through a
+    :class:`_Tap` kept in ``taps`` under that header's value."""
 
-    class TapTransport(httpx.AsyncBaseTransport):
-        def __init__(self) -> None:
-            self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, taps: dict[str, _Tap]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.taps = taps
 
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            resp = await self.inner.handle_async_request(request)
-            call = request.headers.get("x-demo-call")
-            if not call:
-                return resp
-            tap = tap_cls(resp.stream)
-            taps[call] = tap
-            return httpx.Response(resp.status_code, headers=resp.headers, stream=tap, extensions=resp.extensions)
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self.inner.handle_async_request(request)
+        call = request.headers.get("x-demo-call")
+        if not call:
+            return resp
+        tap = _Tap(resp.stream)
+        self.taps[call] = tap
+        return httpx.Response(resp.status_code, headers=resp.headers, stream=tap, extensions=resp.extensions)
 
-        async def aclose(self) -> None:
-            await self.inner.aclose()
-
-    return TapTransport()
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class _Outcomes:
@@ -183,7 +219,7 @@ class _Outcomes:
     def __init__(self) -> None:
         self.by_call: dict[str, dict[str, Any]] = {}
 
-    def exchange_finished(self, exchange: Any) -> None:
+    def exchange_finished(self, exchange: Exchange) -> None:
         call = exchange.headers.get("x-demo-call")
         if call:
             self.by_call[call] = {"outcome": dataclasses.asdict(exchange.outcome), "status": exchange.status,
@@ -237,7 +273,7 @@ def _ends_with_error_chunk(datas: list[str]) -> bool:
 _CREATE_PARAMS: set[str] | None = None
 
 
-def _split_params(client: Any, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_params(client: openai.AsyncOpenAI, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(kwargs, extra_body)``: parameters ``chat.completions.create`` declares, and the rest of the recorded
     body (provider-specific fields such as ``reasoning_format``) sent as ``extra_body``."""
     global _CREATE_PARAMS
@@ -249,36 +285,38 @@ def _split_params(client: Any, request: dict[str, Any]) -> tuple[dict[str, Any],
     return kwargs, extra
 
 
-async def _drive_call(client: Any, session: Session, idx: int, record_id: str, request: dict[str, Any],
-                      taps: dict[str, Any], outcomes: _Outcomes) -> CallResult:
-    import openai
-
-    call = f"{session.name}#{idx}"
-    stream = bool(request.get("stream"))
-    res = CallResult(session.name, record_id, stream)
-    kwargs, extra = _split_params(client, request)
-    kwargs["stream"] = stream
-    headers = {"x-replay-id": record_id, "x-demo-call": call,
-               "traceparent": f"00-{session.trace_id}-{random.getrandbits(64) or 1:016x}-01"}
-    error_body: Any = None
+async def _read_stream(resp: Any, res: CallResult) -> None:
+    """Count the content deltas of a streamed answer; a ``content_filter`` finish means the input was refused."""
     try:
-        if stream:
-            resp = await client.chat.completions.create(**kwargs, extra_body=extra or None, extra_headers=headers)
-            try:
-                async for chunk in resp:
-                    for ch in chunk.choices or ():
-                        if ch.delta is not None and ch.delta.content:
-                            res.tokens += 1
-                        if ch.finish_reason == "content_filter":
-                            res.result = "blocked_input"
-            finally:
-                await resp.close()
+        async for chunk in resp:
+            for ch in chunk.choices or ():
+                if ch.delta is not None and ch.delta.content:
+                    res.tokens += 1
+                if ch.finish_reason == "content_filter":
+                    res.result = "blocked_input"
+    finally:
+        await resp.close()
+
+
+def _read_completion(comp: Any, res: CallResult) -> None:
+    """The completion tokens of a whole answer; a ``content_filter`` finish means the output rail replaced it."""
+    usage = getattr(comp, "usage", None)
+    res.tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+    if any(getattr(c, "finish_reason", None) == "content_filter" for c in comp.choices or ()):
+        res.result = "blocked_output"
+
+
+async def _send(client: openai.AsyncOpenAI, request: dict[str, Any], headers: dict[str, str],
+                res: CallResult) -> None:
+    """Send one recorded request with the ``openai`` client and fill ``res`` with what the client saw."""
+    kwargs, extra = _split_params(client, request)
+    kwargs["stream"] = res.stream
+    try:
+        answer = await client.chat.completions.create(**kwargs, extra_body=extra or None, extra_headers=headers)
+        if res.stream:
+            await _read_stream(answer, res)
         else:
-            comp = await client.chat.completions.create(**kwargs, extra_body=extra or None, extra_headers=headers)
-            usage = getattr(comp, "usage", None)
-            res.tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-            if any(getattr(c, "finish_reason", None) == "content_filter" for c in comp.choices or ()):
-                res.result = "blocked_output"
+            _read_completion(answer, res)
     except openai.APIStatusError as exc:
         res.result, res.status, res.detail = "upstream_error", exc.status_code, type(exc).__name__
     except openai.APIError as exc:  # an in-band error event in a 200 stream
@@ -289,28 +327,48 @@ async def _drive_call(client: Any, session: Session, idx: int, record_id: str, r
             res.result, res.detail = "upstream_error", f"{type(exc).__name__}: {exc}"[:200]
     except Exception as exc:  # a body the client cannot parse (e.g. a recorded non-chat echo)
         res.result, res.detail = "client_error", type(exc).__name__
-    seen = outcomes.by_call.get(call) or {}
+
+
+def _apply_decision(res: CallResult, seen: dict[str, Any]) -> None:
+    """Complete ``res`` with the guard's decision (``seen``: an :class:`_Outcomes` entry): the status the client
+    did not see, and a block the client could not tell from a normal answer (where it happened: before the
+    upstream was called, in a stream, or in a whole answer)."""
     if res.status is None:
         res.status = seen.get("status")
     out = seen.get("outcome") or {}
-    if out.get("blocked") and res.result in ("ok", "blocked_input", "blocked_output"):
-        if not seen.get("upstream_called"):
-            res.result = "blocked_input"
-        elif stream:
-            res.result = "blocked_stream"
-        else:
-            res.result = "blocked_output"
-        res.rail = res.rail or str(out.get("blocked_rail") or "")
-    tap = taps.pop(call, None)
-    if stream and tap is not None:
-        datas = _sse_datas(bytes(tap.data))
-        if res.result == "blocked_stream":
-            res.tail = datas[-2:]
-            res.error_chunk_last = _ends_with_error_chunk(datas)
+    if not out.get("blocked") or res.result not in ("ok", "blocked_input", "blocked_output"):
+        return
+    if not seen.get("upstream_called"):
+        res.result = "blocked_input"
+    elif res.stream:
+        res.result = "blocked_stream"
+    else:
+        res.result = "blocked_output"
+    res.rail = res.rail or str(out.get("blocked_rail") or "")
+
+
+def _apply_tap(res: CallResult, tap: _Tap | None) -> None:
+    """The closing frames of a blocked stream, from the bytes the client received."""
+    if not res.stream or tap is None or res.result != "blocked_stream":
+        return
+    datas = _sse_datas(bytes(tap.data))
+    res.tail = datas[-2:]
+    res.error_chunk_last = _ends_with_error_chunk(datas)
+
+
+async def _drive_call(client: openai.AsyncOpenAI, session: Session, idx: int, record_id: str,
+                      request: dict[str, Any], taps: dict[str, _Tap], outcomes: _Outcomes) -> CallResult:
+    call = f"{session.name}#{idx}"
+    res = CallResult(session.name, record_id, bool(request.get("stream")))
+    headers = {"x-replay-id": record_id, "x-demo-call": call,
+               "traceparent": f"00-{session.trace_id}-{random.getrandbits(64) or 1:016x}-01"}
+    await _send(client, request, headers, res)
+    _apply_decision(res, outcomes.by_call.get(call) or {})
+    _apply_tap(res, taps.pop(call, None))
     return res
 
 
-async def _drive_session(client: Any, session: Session, taps: dict[str, Any], outcomes: _Outcomes,
+async def _drive_session(client: openai.AsyncOpenAI, session: Session, taps: dict[str, _Tap], outcomes: _Outcomes,
                          sem: asyncio.Semaphore) -> list[CallResult]:
     async with sem:
         return [await _drive_call(client, session, i, rid, req, taps, outcomes)
@@ -320,50 +378,16 @@ async def _drive_session(client: Any, session: Session, taps: dict[str, Any], ou
 # ---------------------------------------------------------------------------------------------------- the run
 
 
-async def run_demo(config: Any, out: Path, *, sessions: int = 0, recorded: str = "",
-                   progress: Any = None) -> dict[str, Any]:
-    """Run the whole job once; returns the summary dict written to ``<out>/demo-summary.json``.
-
-    ``config``: a :class:`railcar.core.config.RailcarConfig` (copied; upstream, Kafka bootstrap and fileset root are
-    set by the demo). Raises ``FileNotFoundError`` for a missing ``recorded`` file, ``ValueError`` for unusable
-    records and :class:`railcar.core.config.ConfigError` for a bad guardrail config.
-    """
-    import httpx
-    import openai
-    from aiohttp import web
-    from prometheus_client import CollectorRegistry
-
-    from railcar.rails.guard import build_guard
-    from railcar.rails.scanner import scanner_from_config
-    from railcar.sidecar.app import create_app
-    from railcar.tools.demo_data.leaks import build_leaks
-    from railcar.core.guard import PassThrough
-    from railcar.tools.replay_upstream import ReplayUpstream, load_records
-    from railcar.streams import otlp
-    from railcar.streams.consumer import ConsumerGroupWorker
-    from railcar.streams.fileset import FILESET, open_fileset
-    from railcar.tools.mock_broker import MockCluster
-    from railcar.streams.producer import Publisher
-    from railcar.streams.recorder import TraceRecorder
-    from railcar.tools.report import render_report
-
-    say = progress or (lambda msg: None)
-    t_start = time.monotonic()
-    rec_path = find_recorded(recorded)
-    records = load_records(rec_path)
-    sess = recorded_sessions(records, sessions)
-    leaks = build_leaks(records)
-    for i, lk in enumerate(leaks):
-        sess.append(Session(name=lk.name, agent=AGENTS[i % len(AGENTS)], calls=lk.calls, trace_id=_trace_id(lk.name),
-                            leak=lk.title, expect=lk.expect, blocks=lk.blocks))
-    replay = records + [r for lk in leaks for r in lk.records]
-    say(f"{len(records)} recorded interactions from {rec_path}; {len(sess)} sessions")
-
+def _clean_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     old = out / FILESET
     if old.is_dir() and (old / "security_snapshot.json").exists():
         shutil.rmtree(old)  # a previous demo's fileset: start clean so counts are this run's
 
+
+def _demo_config(config: RailcarConfig, out: Path) -> RailcarConfig:
+    """A copy of ``config`` for the demo: the default guardrail config unless one was loaded, the fileset under
+    ``out``, no S3 and no spool (the broker is in this process); the broker and upstream are set once started."""
     cfg = copy.deepcopy(config)
     if not cfg.guardrails.loaded:
         cfg.guardrails.config_path = "default"
@@ -372,117 +396,210 @@ async def run_demo(config: Any, out: Path, *, sessions: int = 0, recorded: str =
     cfg.fileset.root = str(out)
     cfg.fileset.s3_endpoint_url = ""
     cfg.telemetry.spool_dir = ""
-    scanner = scanner_from_config(cfg.detection)
+    return cfg
 
-    mc = MockCluster(brokers=1)
-    runners: list[web.AppRunner] = []
-    try:
-        mc.create_topic(cfg.kafka.trace_topic, 4)
-        mc.create_topic(cfg.kafka.findings_topic, 1)
-        mc.create_topic(cfg.kafka.dead_letter_topic, 1)
-        cfg.kafka.bootstrap_servers = mc.bootstrap
-        say(f"Kafka-protocol broker (librdkafka mock cluster) at {mc.bootstrap}")
-        async with ReplayUpstream(replay, synthetic=False) as upstream:
-            cfg.upstream.base_url = upstream.base_url
-            cfg.validate()
-            say(f"replay upstream at {upstream.base_url}")
-            guard = await build_guard(cfg)
-            say(f"guardrails loaded: {cfg.guardrails.config_path or 'inline'}")
-            pub = Publisher(cfg.kafka, cfg.telemetry, registry=CollectorRegistry())
-            await pub.start()
-            worker = ConsumerGroupWorker(cfg, scanner=scanner, writer_id="railcar-demo", registry=CollectorRegistry())
-            consume_task = asyncio.create_task(worker.run(), name="railcar-demo-consumer")
-            outcomes = _Outcomes()
-            recorders: dict[str, TraceRecorder] = {}
-            urls: dict[str, str] = {}
-            for agent in AGENTS:
-                # The recorder bounds each span under the record limit (a recorded request carries a 2.8 MB
-                # inline image); anything Kafka still refuses is dropped and counted by the publisher.
-                rec = TraceRecorder(scanner, pub.publish, otlp.make_resource(cfg.telemetry.service_name, agent))
-                await rec.start()
-                recorders[agent] = rec
-                app = create_app(cfg, guard=guard or PassThrough(), observers=[rec, outcomes])
-                runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
-                await runner.setup()
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
-                runners.append(runner)
-                urls[agent] = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-            say("sidecars: " + ", ".join(f"{a} {u}" for a, u in urls.items()))
 
-            taps: dict[str, Any] = {}
-            clients = {a: openai.AsyncOpenAI(base_url=u, api_key="railcar-demo", max_retries=0, timeout=60.0,
-                                             http_client=httpx.AsyncClient(transport=_tap_transport(taps),
-                                                                           timeout=60.0))
-                       for a, u in urls.items()}
-            sem = asyncio.Semaphore(CONCURRENCY)
-            t_calls = time.monotonic()
-            per_session = await asyncio.gather(*(_drive_session(clients[s.agent], s, taps, outcomes, sem)
-                                                 for s in sess))
-            calls_s = time.monotonic() - t_calls
-            for c in clients.values():
-                await c.close()
-            say(f"{sum(len(r) for r in per_session)} calls in {calls_s:.1f}s; stopping")
+def _security_pipeline(cfg: RailcarConfig) -> tuple[Scanner, ConsumerGroupWorker]:
+    """The scanner (shared by the recorders and the consumer) and the consumer group worker, which opens the
+    fileset under ``cfg.fileset.root`` and runs the security processor. Raises ``ValueError`` naming the
+    ``[detection]`` key for a bad detector list or key file."""
+    scanner = build_scanner(cfg)
+    worker = ConsumerGroupWorker(cfg, scanner=scanner, writer_id="railcar-demo", registry=CollectorRegistry())
+    return scanner, worker
 
-            # Stop in data-flow order: sidecars (drain), recorders, publisher (flush), then the consumer once it
-            # has read everything the publisher had acknowledged.
-            for runner in runners:
-                await runner.cleanup()
-            runners.clear()
-            for rec in recorders.values():
-                await rec.drain()
-                await rec.close()
-            await pub.close()
-            published = pub.stats["published"]
-            deadline = time.monotonic() + 30.0
-            while worker.proc.records < published and time.monotonic() < deadline and not consume_task.done():
-                await asyncio.sleep(0.05)
-            worker.stop()
-            await consume_task
-            if guard is not None:
-                await guard.close()
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        mc.close()
 
+@dataclass
+class _Run:
+    """What one run started, in data-flow order: the guard, the sidecars (one per agent, each with its trace
+    recorder), the publisher, and the consumer; then what the summary reads back."""
+
+    cfg: RailcarConfig
+    scanner: Scanner
+    worker: ConsumerGroupWorker
+    pub: Publisher
+    guard: RailsGuard | None = None
+    consume_task: asyncio.Task[None] | None = None
+    runners: list[web.AppRunner] = field(default_factory=list)
+    recorders: dict[str, TraceRecorder] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    outcomes: _Outcomes = field(default_factory=_Outcomes)
+    published: int = 0
+    calls_s: float = 0.0
+
+
+async def _start_sidecar(run: _Run, agent: str) -> None:
+    # The recorder bounds each span under the record limit (a recorded request carries a 2.8 MB inline image);
+    # anything Kafka still refuses is dropped and counted by the publisher.
+    rec = TraceRecorder(run.scanner, run.pub.publish, otlp.make_resource(run.cfg.telemetry.service_name, agent))
+    await rec.start()
+    run.recorders[agent] = rec
+    app = create_app(run.cfg, guard=run.guard or PassThrough(), observers=[rec, run.outcomes])
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    run.runners.append(runner)
+    run.urls[agent] = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+
+async def _start(cfg: RailcarConfig, say: Callable[[str], None], runners: list[web.AppRunner]) -> _Run:
+    """Build the guard, start the publisher, the consumer and one sidecar per agent (``cfg`` fully set); the
+    sidecars' runners go to ``runners`` as they start, so the caller can clean up after a failed start."""
+    scanner, worker = _security_pipeline(cfg)
+    guard = await build_guard(cfg)
+    say(f"guardrails loaded: {cfg.guardrails.config_path or 'inline'}")
+    pub = Publisher(cfg.kafka, cfg.telemetry, registry=CollectorRegistry())
+    run = _Run(cfg, scanner, worker, pub, guard, runners=runners)
+    await pub.start()
+    run.consume_task = asyncio.create_task(worker.run(), name="railcar-demo-consumer")
+    for agent in AGENTS:
+        await _start_sidecar(run, agent)
+    say("sidecars: " + ", ".join(f"{a} {u}" for a, u in run.urls.items()))
+    return run
+
+
+def _client(base_url: str, taps: dict[str, _Tap]) -> openai.AsyncOpenAI:
+    """The real ``openai`` client of one agent, reading responses through :class:`_TapTransport`."""
+    # openai types ``http_client`` as its httpx2 fork's client and accepts an httpx one at run time.
+    http: Any = httpx.AsyncClient(transport=_TapTransport(taps), timeout=60.0)
+    return openai.AsyncOpenAI(base_url=base_url, api_key="railcar-demo", max_retries=0, timeout=60.0,
+                              http_client=http)
+
+
+async def _drive_all(run: _Run, sessions: list[Session]) -> list[list[CallResult]]:
+    """Drive every session through its agent's sidecar, ``CONCURRENCY`` sessions at a time; results per session."""
+    taps: dict[str, _Tap] = {}
+    clients = {a: _client(u, taps) for a, u in run.urls.items()}
+    sem = asyncio.Semaphore(CONCURRENCY)
+    t_calls = time.monotonic()
+    per_session = await asyncio.gather(*(_drive_session(clients[s.agent], s, taps, run.outcomes, sem)
+                                         for s in sessions))
+    run.calls_s = time.monotonic() - t_calls
+    for c in clients.values():
+        await c.close()
+    return list(per_session)
+
+
+async def _stop(run: _Run) -> None:
+    """Stop in data-flow order: sidecars (drain), recorders, publisher (flush), then the consumer once it has read
+    everything the publisher had acknowledged (30 s at most), then the guard."""
+    for runner in run.runners:
+        await runner.cleanup()
+    run.runners.clear()
+    for rec in run.recorders.values():
+        await rec.drain()
+        await rec.close()
+    await run.pub.close()
+    run.published = run.pub.stats["published"]
+    deadline = time.monotonic() + 30.0
+    task = run.consume_task
+    while run.worker.proc.records < run.published and time.monotonic() < deadline and not (task and task.done()):
+        await asyncio.sleep(0.05)
+    run.worker.stop()
+    if task is not None:
+        await task
+    if run.guard is not None:
+        await run.guard.close()
+
+
+def _session_results(sessions: list[Session], per_session: list[list[CallResult]],
+                     findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per session: who ran it, what it planted and expected, the detectors found in its trace, its calls."""
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for f in findings:
+        by_trace.setdefault(str((f.get("location") or {}).get("trace_id", "")), []).append(f)
+    out = []
+    for s, rs in zip(sessions, per_session):
+        found = sorted({f["detector"] for f in by_trace.get(s.trace_id, ())})
+        out.append({"name": s.name, "agent": s.agent, "trace_id": s.trace_id, "leak": s.leak,
+                    "expect": list(s.expect), "expected_block": s.blocks, "found": found,
+                    "calls": [r.__dict__ for r in rs]})
+    return out
+
+
+def _traffic(results: list[CallResult]) -> dict[str, Any]:
+    """The summary's traffic figures: calls, results by kind, tokens, blocks with their rail."""
+    blocked_streams = [r for r in results if r.result == "blocked_stream"]
+    return {
+        "calls": len(results), "streaming_calls": sum(r.stream for r in results),
+        "results": dict(Counter(r.result for r in results)), "tokens_relayed": sum(r.tokens for r in results),
+        "blocked": [{"session": r.session, "kind": r.result, "rail": r.rail} for r in results
+                    if r.result.startswith("blocked")],
+        "blocked_streams_with_error_chunk": sum(1 for r in blocked_streams if r.error_chunk_last),
+    }
+
+
+def _events(run: _Run) -> dict[str, Any]:
+    """The summary's event-pipeline figures: published, consumed, dropped (by reason), truncated, spooled."""
+    stats = run.pub.stats
+    return {
+        "events_published": run.published, "events_consumed": run.worker.proc.records,
+        "events_dropped": sum(v for k, v in stats.items() if k.startswith("dropped_")),
+        "events_dropped_by_reason": {k.removeprefix("dropped_"): v for k, v in stats.items()
+                                     if k.startswith("dropped_") and v},
+        "events_truncated": sum(r.stats["truncated"] for r in run.recorders.values()),
+        "events_spooled": stats["spooled"], "dead_lettered": run.worker.dead_lettered,
+    }
+
+
+def _write_outputs(inputs: _Inputs, out: Path, run: _Run, per_session: list[list[CallResult]],
+                   t_start: float) -> dict[str, Any]:
+    """Write ``report.html`` and ``demo-summary.json`` from the fileset and the calls; returns the summary."""
     fs = open_fileset(str(out))
     snapshot = fs.read_snapshot() or {}
     suggestions = fs.read_suggestions()
     report_path = out / "report.html"
     report_path.write_text(render_report(snapshot, suggestions), encoding="utf-8")
-
     results = [r for rs in per_session for r in rs]
-    by_trace: dict[str, list[dict[str, Any]]] = {}
-    for f in snapshot.get("findings") or ():
-        by_trace.setdefault(str((f.get("location") or {}).get("trace_id", "")), []).append(f)
-    sess_out = []
-    for s, rs in zip(sess, per_session):
-        found = sorted({f["detector"] for f in by_trace.get(s.trace_id, ())})
-        sess_out.append({"name": s.name, "agent": s.agent, "trace_id": s.trace_id, "leak": s.leak,
-                         "expect": list(s.expect), "expected_block": s.blocks, "found": found,
-                         "calls": [r.__dict__ for r in rs]})
-    counts = Counter(r.result for r in results)
-    blocked_streams = [r for r in results if r.result == "blocked_stream"]
     summary = {
-        "recorded": str(rec_path), "out": str(out), "fileset": str(out / FILESET), "report": str(report_path),
-        "sessions": len(sess), "calls": len(results), "streaming_calls": sum(r.stream for r in results),
-        "results": dict(counts), "tokens_relayed": sum(r.tokens for r in results),
-        "blocked": [{"session": r.session, "kind": r.result, "rail": r.rail} for r in results
-                    if r.result.startswith("blocked")],
-        "blocked_streams_with_error_chunk": sum(1 for r in blocked_streams if r.error_chunk_last),
-        "events_published": published, "events_consumed": worker.proc.records,
-        "events_dropped": sum(v for k, v in pub.stats.items() if k.startswith("dropped_")),
-        "events_dropped_by_reason": {k.removeprefix("dropped_"): v for k, v in pub.stats.items()
-                                     if k.startswith("dropped_") and v},
-        "events_truncated": sum(r.stats["truncated"] for r in recorders.values()),
-        "events_spooled": pub.stats["spooled"], "dead_lettered": worker.dead_lettered,
+        "recorded": str(inputs.path), "out": str(out), "fileset": str(out / FILESET), "report": str(report_path),
+        "sessions": len(inputs.sessions), **_traffic(results), **_events(run),
         "findings": snapshot.get("findings") or [], "suggestions": suggestions,
         "coverage": snapshot.get("coverage") or {},
-        "seconds": round(time.monotonic() - t_start, 2), "calls_seconds": round(calls_s, 2),
-        "session_results": sess_out,
+        "seconds": round(time.monotonic() - t_start, 2), "calls_seconds": round(run.calls_s, 2),
+        "session_results": _session_results(inputs.sessions, per_session, snapshot.get("findings") or []),
     }
     (out / "demo-summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary
+
+
+async def run_demo(config: RailcarConfig, out: Path, *, sessions: int = 0, recorded: str = "",
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the whole job once; returns the summary dict written to ``<out>/demo-summary.json``.
+
+    ``config``: the root :class:`railcar.settings.RailcarConfig` (copied; upstream, Kafka bootstrap and fileset root are set by the demo);
+    ``sessions`` > 0 keeps the first recorded sessions; ``recorded`` a ``chat_completions.jsonl`` (``""``: the
+    bundled sample); ``progress`` gets one line per step. Raises ``FileNotFoundError`` for a missing ``recorded``
+    file, ``ValueError`` for unusable records and :class:`railcar.core.config.ConfigError` for a bad guardrail
+    config.
+    """
+    say = progress or (lambda msg: None)
+    t_start = time.monotonic()
+    inputs = _load_inputs(recorded, sessions)
+    say(f"{len(inputs.records)} recorded interactions from {inputs.path}; {len(inputs.sessions)} sessions")
+    _clean_out(out)
+    cfg = _demo_config(config, out)
+
+    mc = MockCluster(brokers=1)
+    runners: list[web.AppRunner] = []
+    try:
+        for topic, partitions in ((cfg.kafka.trace_topic, 4), (cfg.kafka.findings_topic, 1),
+                                  (cfg.kafka.dead_letter_topic, 1)):
+            mc.create_topic(topic, partitions)
+        cfg.kafka.bootstrap_servers = mc.bootstrap
+        say(f"Kafka-protocol broker (librdkafka mock cluster) at {mc.bootstrap}")
+        async with ReplayUpstream(inputs.replay, synthetic=False) as upstream:
+            cfg.upstream.base_url = upstream.base_url
+            cfg.validate()
+            say(f"replay upstream at {upstream.base_url}")
+            run = await _start(cfg, say, runners)
+            per_session = await _drive_all(run, inputs.sessions)
+            say(f"{sum(len(r) for r in per_session)} calls in {run.calls_s:.1f}s; stopping")
+            await _stop(run)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        mc.close()
+    return _write_outputs(inputs, out, run, per_session, t_start)
 
 
 def _problems(summary: dict[str, Any]) -> list[str]:
@@ -503,13 +620,9 @@ def _problems(summary: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- summary
 
 
-def print_summary(summary: dict[str, Any], console: Any = None) -> None:
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """Print the run's summary with ``rich``: traffic, blocks with their rail, Kafka, findings (masked previews),
     suggestions, and where the fileset and the report are."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
     con = console or Console()
     res = summary["results"]
     con.rule("[bold]Railcar demo")
@@ -564,13 +677,9 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     con.print(f"Done in {summary['seconds']:.1f}s ({summary['calls']} calls in {summary['calls_seconds']:.1f}s).")
 
 
-def main(args: argparse.Namespace, config: Any) -> int:
+def main(args: argparse.Namespace, config: RailcarConfig) -> int:
     """``railcar demo [--out DIR] [--sessions N] [--recorded PATH]`` (see :mod:`railcar.cli`); exit code 0 after a
     complete run, 1 when the run was incomplete (the reasons are printed), 2 for bad arguments."""
-    import sys
-
-    from rich.console import Console
-
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     con = Console(width=None if sys.stdout.isatty() else 120)
@@ -579,8 +688,6 @@ def main(args: argparse.Namespace, config: Any) -> int:
         err.print("railcar demo: --sessions: must be >= 0")
         return 2
     try:
-        import uvloop
-
         summary = uvloop.run(run_demo(config, Path(args.out), sessions=args.sessions, recorded=args.recorded,
                                       progress=lambda m: err.print(f"[dim]{m}[/]")))
     except FileNotFoundError as exc:

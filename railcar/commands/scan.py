@@ -16,6 +16,7 @@ Fingerprint key: ``[detection]`` key file / variable; when neither is set, a ran
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import os
@@ -24,12 +25,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
 
-from railcar.rails import detectors as _det
-from railcar.rails.masking import load_key
 from railcar.rails.scanner import Scanner, iter_strings
-from railcar.streams.fileset import FilesetError, LocalFileset, open_fileset
+from railcar.settings import RailcarConfig
+from railcar.streams.fileset import Fileset, FilesetError
 from railcar.streams.findings import FindingsAggregator
+from railcar.streams.pipeline import build_scanner, configured_fileset
 
 
 class ScanInputError(ValueError):
@@ -163,25 +167,7 @@ def _is_json(b: bytes) -> bool:
         return False
 
 
-def _fingerprint_key(config: Any, fileset: Any) -> bytes | None:
-    key = load_key(config.detection.fingerprint_key_file, config.detection.fingerprint_key_env)
-    if key is not None or not isinstance(fileset, LocalFileset):
-        return key
-    path = fileset.dir / ".fingerprint-key"
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(os.urandom(32).hex().encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    return path.read_bytes().strip()
-
-
-def _summary_table(agg: FindingsAggregator, fs: FileScanner, files: int, new_sugg: int, root: str) -> Any:
-    from rich.table import Table
-
+def _summary_table(agg: FindingsAggregator, fs: FileScanner, files: int, new_sugg: int, root: str) -> Table:
     t = Table(title=f"railcar scan: {files} file(s), {fs.bytes / 1e6:.1f} MB"
                     f"{' (stopped at the byte cap)' if fs.capped else ''}")
     for col in ("detector", "kind", "severity", "findings", "occurrences", "example"):
@@ -199,11 +185,34 @@ def _summary_table(agg: FindingsAggregator, fs: FileScanner, files: int, new_sug
     return t
 
 
-def main(args: Any, config: Any) -> int:
-    """Entry point of ``railcar scan`` (see the module docstring); returns the exit code."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+def _open_inputs(args: argparse.Namespace, config: RailcarConfig,
+                 root: str) -> tuple[list[Path], Fileset, Scanner]:
+    """The files to scan, the fileset and the scanner (its key kept in the fileset when none is configured).
+    Raises :class:`ScanInputError`, :class:`FilesetError`, ``ValueError`` or ``OSError`` naming what is wrong."""
+    files = collect_files(args.paths)
+    fileset = configured_fileset(config, root)
+    return files, fileset, build_scanner(config, key_store=fileset)
 
+
+def _scan_files(fs: FileScanner, files: list[Path], err: Console, no_progress: bool) -> int:
+    """Scan ``files`` newest first until the byte cap, with a progress bar on a terminal; returns how many were
+    scanned. Raises :class:`ScanInputError` for a file that cannot be read."""
+    total = min(sum(f.stat().st_size for f in files), fs.max_bytes)
+    scanned = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, disable=no_progress or not err.is_terminal, transient=True) as progress:
+        task = progress.add_task("scanning", total=total)
+        for f in files:
+            if fs.capped:
+                break
+            progress.update(task, description=f"scanning {f.name}")
+            fs.scan_file(f, on_bytes=lambda n: progress.advance(task, n))
+            scanned += 1
+    return scanned
+
+
+def main(args: argparse.Namespace, config: RailcarConfig) -> int:
+    """Entry point of ``railcar scan`` (see the module docstring); returns the exit code."""
     err = Console(stderr=True)
     term = err if args.format == "jsonl" else Console()
     if args.max_bytes is not None and args.max_bytes <= 0:
@@ -211,31 +220,17 @@ def main(args: Any, config: Any) -> int:
         return 2
     root = args.fileset_root or config.fileset.root
     try:
-        files = collect_files(args.paths)
-        fileset = open_fileset(root, config.fileset.s3_endpoint_url)
-        dets = _det.select(config.detection.kinds, config.detection.disabled_detectors)
-        key = _fingerprint_key(config, fileset)
+        files, fileset, scanner = _open_inputs(args, config, root)
     except (ScanInputError, FilesetError, ValueError, OSError) as exc:
         err.print(f"railcar scan: {exc}", markup=False)
         return 2
-    scanner = Scanner(dets, key)
-    agg = FindingsAggregator(dets, source="scan")
+    agg = FindingsAggregator(scanner.detectors, source="scan")
     fs = FileScanner(scanner, agg, args.max_bytes)
-    total = min(sum(f.stat().st_size for f in files), args.max_bytes)
-    scanned = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err, disable=args.no_progress or not err.is_terminal, transient=True) as progress:
-        task = progress.add_task("scanning", total=total)
-        for f in files:
-            if fs.capped:
-                break
-            progress.update(task, description=f"scanning {f.name}")
-            try:
-                fs.scan_file(f, on_bytes=lambda n: progress.advance(task, n))
-            except ScanInputError as exc:
-                err.print(f"railcar scan: {exc}", markup=False)
-                return 2
-            scanned += 1
+    try:
+        scanned = _scan_files(fs, files, err, args.no_progress)
+    except ScanInputError as exc:
+        err.print(f"railcar scan: {exc}", markup=False)
+        return 2
     agg.note_scan(bytes_scanned=fs.bytes, records=fs.records, files=scanned, capped=fs.capped)
     writer = "scan-" + hashlib.sha256("\0".join(sorted(str(f.resolve()) for f in files)).encode()).hexdigest()[:12]
     try:

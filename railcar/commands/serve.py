@@ -17,11 +17,15 @@ import logging
 import signal
 import sys
 
+import uvloop
 from aiohttp import web
 
+from railcar.core.config import ConfigError, env_name
+from railcar.core.guard import Guard, PassThrough
+from railcar.rails.guard import RailsGuard, build_guard
+from railcar.settings import RailcarConfig
 from railcar.sidecar.app import create_app
-from railcar.core.config import ConfigError, RailcarConfig
-from railcar.core.guard import PassThrough
+from railcar.streams.recording import start_recording
 
 log = logging.getLogger("railcar.sidecar")
 
@@ -32,8 +36,8 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None); returns the exit code (0).
 
     Raises :class:`ConfigError` when ``upstream.base_url`` is empty, the credential file is unreadable or the
-    guardrail config is missing or invalid (from ``railcar.rails.guard.build_guard``, after the listener and the trace
-    recorder are stopped again), and ``OSError`` when the port cannot be bound.
+    guardrail config's content does not compile (any error of ``railcar.rails.guard.build_guard``, after the
+    listener and the trace recorder are stopped again), and ``OSError`` when the port cannot be bound.
     """
     if not config.upstream.base_url:
         raise ConfigError("upstream.base_url: required for `railcar serve` (or RAILCAR_UPSTREAM_BASE_URL)")
@@ -48,8 +52,6 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
              state.upstream.host())
 
     # Trace recording: redacted events to Kafka, or to the embedded in-process consumer when no broker is set.
-    from railcar.streams.recorder import start_recording
-
     observer, close_recording = start_recording(config)
     if observer is not None:
         app["observers"].append(observer)
@@ -61,13 +63,10 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
             loop.add_signal_handler(sig, stop.set)
     stop_task = asyncio.ensure_future(stop.wait())
     try:
-        from railcar.rails.guard import build_guard
-
         guard_task = asyncio.ensure_future(build_guard(config))
         await asyncio.wait({guard_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if guard_task.done():
-            guard = guard_task.result()  # a bad guardrail config raises here (ConfigError: exit 2)
-            state.guard = guard if guard is not None else PassThrough()
+            state.guard = _built_guard(guard_task, config)
             log.info("ready: guard %s", type(state.guard).__name__)
             await stop_task
         else:
@@ -84,6 +83,23 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
     return 0
 
 
+def _built_guard(task: asyncio.Task[RailsGuard | None], config: RailcarConfig) -> Guard:
+    """The guard ``build_guard`` returned (``PassThrough()`` for ``None``). Raises :class:`ConfigError` for any
+    error of the build: the guardrail config's content is compiled there (NeMo, pydantic, Colang errors), and
+    ``railcar serve`` reports a bad config with exit 2, never with a traceback."""
+    try:
+        guard = task.result()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        gs = config.guardrails
+        key = ("guardrails.config_inline" if gs.config_inline else "guardrails.config_path" if gs.config_path
+               else "guardrails.remote.endpoint")
+        raise ConfigError(f"{key}: the guardrail config does not load: {type(exc).__name__}: {exc} "
+                          f"({env_name(key)})") from None
+    return guard if guard is not None else PassThrough()
+
+
 def main(args: argparse.Namespace, config: RailcarConfig) -> int:
     """Entry point of ``railcar serve`` (see :mod:`railcar.cli`): returns the process exit code."""
     logging.basicConfig(level=config.server.log_level.upper(), stream=sys.stderr,
@@ -92,6 +108,4 @@ def main(args: argparse.Namespace, config: RailcarConfig) -> int:
     # carry message text and matched patterns) only speaks at WARNING unless `server.log_content` is on.
     if not config.server.log_content:
         logging.getLogger("nemoguardrails").setLevel(max(logging.WARNING, logging.getLogger().level))
-    import uvloop
-
     return uvloop.run(serve(config))

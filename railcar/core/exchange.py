@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Exchange", "Outcome", "RedactionNote"]
 
@@ -34,7 +35,7 @@ class RedactionNote:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RedactionNote":
+    def from_dict(cls, d: Mapping[str, Any]) -> RedactionNote:
         """Rebuild from :meth:`as_dict` output; raises ``ValueError`` naming a missing field."""
         try:
             return cls(str(d["detector"]), str(d["kind"]), str(d["path"]), str(d["fingerprint"]),

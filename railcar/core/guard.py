@@ -25,8 +25,9 @@ rails: every event goes out unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from railcar.core.exchange import Exchange
 
@@ -108,9 +109,8 @@ class _PassThroughStream:
         self._sink = sink
 
     async def on_events(self, events: list[SSEEvent]) -> int:
-        send = self._sink.send
-        for raw, _ in events:
-            await send(raw)
+        if events:  # one send per upstream read: the sink writes a read as one chunk anyway
+            await self._sink.send(events[0][0] if len(events) == 1 else b"".join([raw for raw, _ in events]))
         return len(events)
 
     async def on_end(self) -> None:

@@ -29,8 +29,9 @@ import binascii
 import dataclasses
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 import phonenumbers
 from stdnum import iban as _iban
@@ -64,6 +65,9 @@ class Detector:
     # reported with ``confirmed_confidence`` instead of ``confidence``.
     confirm: Callable[[str], bool] | None = field(default=None, compare=False)
     confirmed_confidence: float = 1.0
+    # For a value too long to wait for (PEM keys): a pattern for its opening, which a regex output rail blocks on
+    # before the body has streamed (:func:`rail_patterns`). No capture group needed.
+    opening: str = ""
 
     def validate(self, value: str) -> bool:
         """True when ``value`` (the regex capture) is a real finding for this detector."""
@@ -265,12 +269,17 @@ def _assign(keyword: str, value: str) -> str:
             rf"({value})(?:[^A-Za-z0-9_\-]|$)")
 
 
+# The BEGIN line of a PEM private key (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP): where a key's value opens.
+_PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+
 CATALOG: tuple[Detector, ...] = (
     # ---- private keys, tokens with a structure
-    _secret("private_key", "PEM-encoded private key (RFC 7468)",
-            [r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s:,.\-]|\\+[nrt])+?"
-             r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)"],
-            ["PRIVATE KEY"], PEM_MAX_LEN, pem_ok, 0.99),
+    dataclasses.replace(
+        _secret("private_key", "PEM-encoded private key (RFC 7468)",
+                ["(" + _PEM_BEGIN + r"(?:[A-Za-z0-9+/=\s:,.\-]|\\+[nrt])+?"
+                 r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)"],
+                ["PRIVATE KEY"], PEM_MAX_LEN, pem_ok, 0.99),
+        opening=_PEM_BEGIN),
     _secret("jwt", "JSON Web Token (RFC 7519)",
             [LB + r"(eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*)"],
             ["eyJ"], 8192, jwt_ok, 0.9, "high"),
@@ -382,3 +391,12 @@ def select(kinds: Iterable[str] = ("secret", "pii"), disabled: Iterable[str] = (
         raise ValueError(f"detection.disabled_detectors: unknown detector id(s) {sorted(unknown)}")
     kinds = set(kinds)
     return tuple(d for d in CATALOG if d.kind in kinds and d.id not in disabled)
+
+
+def rail_patterns(detector_id: str) -> tuple[str, ...]:
+    """The patterns a NeMo ``regex`` output rail uses for ``detector_id`` (Python ``re`` syntax, which every
+    catalog pattern also is): the detector's ``opening`` when it has one (a PEM key is blocked on its BEGIN line),
+    else its ``patterns``. The rail runs no validator, so it also blocks placeholders such as
+    ``AKIAIOSFODNN7EXAMPLE``. Raises ``KeyError`` naming an unknown id."""
+    d = get(detector_id)
+    return (d.opening,) if d.opening else d.patterns

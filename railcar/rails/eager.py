@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import types
-from typing import Any, Coroutine, Generator
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 __all__ = ["start", "run_bounded", "spawn"]
 

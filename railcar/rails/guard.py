@@ -25,19 +25,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import orjson
 from opentelemetry import trace
 
+from railcar.core.config import ConfigError
+from railcar.core.exchange import Exchange, RedactionNote
+from railcar.core.guard import GuardRejected, Refusal, StreamSink
 from railcar.rails import eager, metrics
 from railcar.rails.engine_local import CheckResult, LocalEngine
+from railcar.rails.engine_remote import RemoteEngine
 from railcar.rails.guardrails_config import LoadedRails, load_guardrails_config
+from railcar.rails.inline import holdback_from_config
 from railcar.rails.messages import conversation, last_user, text_of
-from railcar.rails.stream_guard import RailsStreamGuard, TextFilter, match_rail
-from railcar.core.config import ConfigError
-from railcar.core.exchange import Exchange
-from railcar.core.guard import GuardRejected, Refusal, StreamSink
+from railcar.rails.settings import GuardrailsConfig, RailsSettings
+from railcar.rails.stream_guard import FilterMatch, IdentityFilter, RailsStreamGuard, TextFilter, match_rail
 
 log = logging.getLogger("railcar.rails")
 _tracer = trace.get_tracer("railcar.rails")
@@ -55,10 +60,11 @@ class RailsGuard:
     ``settings`` is the ``[guardrails]`` section, ``loaded`` the :class:`LoadedRails`, ``engine`` a
     :class:`LocalEngine` or :class:`railcar.rails.engine_remote.RemoteEngine` (anything with ``async check(kind,
     messages) -> CheckResult``, ``mode``, ``warm()``, ``close()``). ``filter_factory`` builds the issue-8 inline
-    filter (``None``: identity). ``ready`` turns true after :meth:`warm`.
+    filter (``None``: :class:`railcar.rails.stream_guard.IdentityFilter`). ``ready`` turns true after :meth:`warm`.
+    It is the :class:`railcar.rails.stream_guard.StreamRails` of the stream guards it opens.
     """
 
-    def __init__(self, settings: Any, loaded: LoadedRails, engine: Any,
+    def __init__(self, settings: GuardrailsConfig, loaded: LoadedRails, engine: Any,
                  filter_factory: Callable[[], TextFilter] | None = None) -> None:
         self.settings = settings
         self.loaded = loaded
@@ -199,78 +205,113 @@ class RailsGuard:
     async def check_response(self, exchange: Exchange, body: dict[str, Any]) -> dict[str, Any] | None:
         """The inline filter and output rails on each choice's whole message, the inline filter and tool_input rails
         on each of its tool calls' arguments (as for a stream), and ``guardrails_data``. Returns the body to send
-        instead, or ``None`` to relay the upstream bytes."""
+        instead, or ``None`` to relay the upstream bytes. The notes of what the filter redacted in a choice that was
+        not blocked go to ``exchange.outcome.redactions``."""
         changed = False
         choices = body.get("choices")
         user = last_user(exchange.body.get("messages") or [])
-        for choice in choices if isinstance(choices, list) else []:
+        for pos, choice in enumerate(choices if isinstance(choices, list) else []):
             msg = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(msg, dict):
-                continue
-            blocked: CheckResult | None = None
-            content = msg.get("content")
-            if isinstance(content, str) and content and self.filter_factory is not None:
-                text, match = self._filter_whole(content)
-                if match is not None:
-                    blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
-                elif text != content:
-                    msg["content"] = content = text
-                    changed = True
-            if blocked is None and isinstance(content, str) and content and self.enabled("output"):
-                res = await self.run_check(exchange, "output", [{"role": "user", "content": user},
-                                                                {"role": "assistant", "content": content}])
-                blocked = res if res.blocked else None
-            calls = msg.get("tool_calls")
-            if blocked is None and isinstance(calls, list):
-                for call in calls:
-                    fn = call.get("function") if isinstance(call, dict) else None
-                    args = fn.get("arguments") if isinstance(fn, dict) else None
-                    if not isinstance(args, str) or not args:
-                        continue
-                    if self.filter_factory is not None:  # as streamed arguments pass the inline filter
-                        text, match = self._filter_whole(args)
-                        if match is not None:
-                            blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
-                            break
-                        if text != args:
-                            fn["arguments"] = args = text
-                            changed = True
-                    if self.enabled("tool_input"):
-                        res = await self.run_check(exchange, "tool_input", [{"role": "user", "content": user},
-                                                                            {"role": "assistant", "content": args}])
-                        if res.blocked:
-                            blocked = res
-                            break
-            if blocked is not None:
-                rail = blocked.rail or "output"
-                msg["content"] = blocked.content or DEFAULT_REFUSAL
-                msg.pop("tool_calls", None)
-                msg.pop("function_call", None)
-                choice["finish_reason"] = "content_filter"
-                exchange.outcome.block(rail)
-                metrics.BLOCKED_STREAMS.labels(rail).inc()
+            if isinstance(msg, dict) and await self._check_choice(exchange, pos, choice, msg, user):
                 changed = True
-        data = self.guardrails_data(exchange)
-        if data is not None:
-            if (exchange.guardrails_options or {}).get("return_choice"):
-                n = len(choices) if isinstance(choices, list) else 0
-                body.setdefault("choices", []).append({
-                    "index": n, "message": {"role": "guardrails_data", "content": orjson.dumps(data).decode()},
-                    "finish_reason": "stop"})
-            else:
-                body["guardrails_data"] = data
+        if self._attach_guardrails_data(exchange, body, choices):
             changed = True
         return body if changed else None
 
-    def _filter_whole(self, text: str) -> tuple[str, Any]:
-        """A fresh inline filter over one whole non-streamed ``text``: ``(text_out, None)`` (redacted or unchanged),
-        or ``(text, match)`` when the filter blocks."""
-        f = self.filter_factory()
+    async def _check_choice(self, exchange: Exchange, pos: int, choice: dict[str, Any], msg: dict[str, Any],
+                            user: str) -> bool:
+        """One choice's ``message`` (``pos``: its place in ``choices``): content, then tool calls; a block replaces
+        the message with the refusal. Returns whether the message was changed."""
+        notes: list[RedactionNote] = []
+        blocked: CheckResult | None = None
+        changed = False
+        content = msg.get("content")
+        if isinstance(content, str) and content:
+            text, match = self._filter_whole(content, f"$.choices[{pos}].message.content", notes)
+            if match is not None:
+                blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
+            elif text != content:
+                msg["content"] = content = text
+                changed = True
+        if blocked is None and isinstance(content, str) and content and self.enabled("output"):
+            res = await self.run_check(exchange, "output", [{"role": "user", "content": user},
+                                                            {"role": "assistant", "content": content}])
+            blocked = res if res.blocked else None
+        calls = msg.get("tool_calls")
+        if blocked is None and isinstance(calls, list):
+            blocked, rewritten = await self._check_tool_calls(exchange, pos, calls, user, notes)
+            changed = changed or rewritten
+        if blocked is None:
+            exchange.outcome.redactions.extend(notes)
+            return changed
+        self._block_choice(exchange, choice, msg, blocked)
+        return True
+
+    async def _check_tool_calls(self, exchange: Exchange, pos: int, calls: list[Any], user: str,
+                                notes: list[RedactionNote]) -> tuple[CheckResult | None, bool]:
+        """The arguments of each tool call of choice ``pos`` through the inline filter (as streamed arguments pass
+        it) and the tool_input rails: ``(blocking result or None, whether an argument was rewritten)``."""
+        changed = False
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict):
+                continue
+            args = fn.get("arguments")
+            if not isinstance(args, str) or not args:
+                continue
+            text, match = self._filter_whole(args, f"$.choices[{pos}].message.tool_calls[{j}].function.arguments",
+                                             notes)
+            if match is not None:
+                return CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL), changed
+            if text != args:
+                fn["arguments"] = args = text
+                changed = True
+            if self.enabled("tool_input"):
+                res = await self.run_check(exchange, "tool_input", [{"role": "user", "content": user},
+                                                                    {"role": "assistant", "content": args}])
+                if res.blocked:
+                    return res, changed
+        return None, changed
+
+    @staticmethod
+    def _block_choice(exchange: Exchange, choice: dict[str, Any], msg: dict[str, Any], blocked: CheckResult) -> None:
+        """Replace a blocked choice's message with the refusal (``finish_reason: content_filter``)."""
+        rail = blocked.rail or "output"
+        msg["content"] = blocked.content or DEFAULT_REFUSAL
+        msg.pop("tool_calls", None)
+        msg.pop("function_call", None)
+        choice["finish_reason"] = "content_filter"
+        exchange.outcome.block(rail)
+        metrics.BLOCKED_STREAMS.labels(rail).inc()
+
+    def _attach_guardrails_data(self, exchange: Exchange, body: dict[str, Any], choices: Any) -> bool:
+        """Put the requested ``guardrails_data`` in ``body`` (as a field, or as an extra choice with
+        ``return_choice``); whether there was any."""
+        data = self.guardrails_data(exchange)
+        if data is None:
+            return False
+        if (exchange.guardrails_options or {}).get("return_choice"):
+            n = len(choices) if isinstance(choices, list) else 0
+            body.setdefault("choices", []).append({
+                "index": n, "message": {"role": "guardrails_data", "content": orjson.dumps(data).decode()},
+                "finish_reason": "stop"})
+        else:
+            body["guardrails_data"] = data
+        return True
+
+    def _filter_whole(self, text: str, path: str, notes: list[RedactionNote]) -> tuple[str, FilterMatch | None]:
+        """A fresh inline filter over one whole non-streamed ``text`` (at JSON ``path``): ``(text_out, None)``
+        (redacted or unchanged; the notes of a redaction appended to ``notes`` with ``path``), or ``(text, match)``
+        when the filter blocks."""
+        f = (self.filter_factory or IdentityFilter)()
         released, match = f.feed(text)
         if match is None:
             rest, match = f.flush()
             released += rest
-        return (text, match) if match is not None else (released, None)
+        if match is not None:
+            return text, match
+        notes.extend(replace(n, path=path) for n in f.notes)
+        return released, None
 
     def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None:
         """The response's ``guardrails_data`` for the request's ``guardrails.options.log`` flags, or ``None`` when
@@ -302,7 +343,7 @@ class RailsGuard:
         return {"log": logd, "blocked": exchange.outcome.blocked, "blocked_rail": exchange.outcome.blocked_rail}
 
     # -- streaming -------------------------------------------------------------------------------------------
-    def open_stream(self, exchange: Exchange, sink: StreamSink, abort: Callable[[], Any]) -> "RailsStreamGuard":
+    def open_stream(self, exchange: Exchange, sink: StreamSink, abort: Callable[[], Any]) -> RailsStreamGuard:
         """A :class:`RailsStreamGuard` for one streamed response; ``abort`` is called once when a block happens,
         possibly between upstream events, so the proxy can close the upstream at once."""
         return RailsStreamGuard(self, exchange, sink, abort)
@@ -327,28 +368,26 @@ def _validate_options(opts: Any) -> None:
         raise GuardRejected(400, "guardrails.return_choice: must be a boolean", param="guardrails.return_choice")
 
 
-async def build_guard(config: Any) -> RailsGuard | None:
-    """Build and warm the guard for ``config`` (a :class:`railcar.core.config.RailcarConfig`).
+async def build_guard(config: RailsSettings) -> RailsGuard | None:
+    """Build and warm the guard for ``config`` (the ``[guardrails]`` and ``[detection]`` sections, e.g. a
+    :class:`railcar.settings.RailcarConfig`).
 
     Returns ``None`` when ``[guardrails]`` names no config (pass-through). Raises
-    :class:`railcar.core.config.ConfigError` for a missing/invalid guardrail config or a policy ``error``."""
+    :class:`railcar.core.config.ConfigError` for a missing/invalid guardrail config, a policy ``error`` or a bad
+    ``[detection]`` / ``[guardrails.inline]`` value."""
     gs = config.guardrails
     if not gs.loaded:
         return None
     loaded = load_guardrails_config(gs)
+    engine: LocalEngine | RemoteEngine
     if gs.mode == "remote":
-        from railcar.rails.engine_remote import RemoteEngine
-
         ids = list(gs.remote.config_ids) or ([gs.remote.config_id] if gs.remote.config_id else [])
-        engine: Any = RemoteEngine(gs.remote.endpoint, ids, gs.remote.timeout_millis, dict(gs.request_defaults))
+        engine = RemoteEngine(gs.remote.endpoint, ids, gs.remote.timeout_millis, dict(gs.request_defaults))
     else:
         engine = LocalEngine(loaded)
     # Issue 8: the inline hold-back of catalog values ([guardrails.inline]), on by default with a guardrail config.
-    from railcar.rails.inline import holdback_from_config
-
-    detection = getattr(config, "detection", None)
     try:
-        holdback = holdback_from_config(gs, detection) if detection is not None else None
+        holdback = holdback_from_config(gs, config.detection)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     guard = RailsGuard(gs, loaded, engine, filter_factory=holdback)

@@ -2,11 +2,16 @@
 
 Sources (``[guardrails]`` in ``railcar.toml``, see :mod:`railcar.rails.settings`):
 
-- ``config_path = "default"``: the model-free config bundled in ``rails/default_config/``;
+- ``config_path = "default"``: the model-free config bundled in ``rails/default_config/config.yml``;
 - ``config_path = "<dir>"``: a NeMo Guardrails config directory (``config.yml`` + Colang + ``actions.py``), loaded
   with ``RailsConfig.from_path``;
 - ``config_path = "<file>.yml|.yaml"``: one YAML file;
 - ``config_inline = "<yaml text>"``: inline YAML (NeMo Platform "Inline Configuration", ``../shared/SEEDS.md``).
+
+Catalog markers: in a YAML file, the default config or inline YAML, a ``regex_detection`` pattern
+``"@catalog:<detector id>"`` is replaced at load time by that detector's patterns from :mod:`railcar.rails.detectors`
+(:func:`railcar.rails.detectors.rail_patterns`), so a rail and the catalog cannot disagree; the default config's
+output rail is written this way. A directory source may not use them (NeMo reads its files itself).
 
 Each loaded config is cached by the SHA-256 of its content (every file's relative path and bytes, or the inline
 text), so the same content loads and compiles once per process. :func:`validate_against_policy` checks the raw YAML
@@ -29,15 +34,18 @@ from typing import Any
 import yaml
 
 from railcar.core.config import ConfigError
+from railcar.rails import detectors
+from railcar.rails.settings import GuardrailsConfig, PolicyConfig
 
 log = logging.getLogger("railcar.rails")
 
-__all__ = ["DEFAULT_CONFIG_DIR", "LoadedRails", "StreamingSettings", "load_guardrails_config",
-           "validate_against_policy", "clear_cache"]
+__all__ = ["DEFAULT_CONFIG_DIR", "CATALOG_MARKER", "LoadedRails", "StreamingSettings", "load_guardrails_config",
+           "expand_catalog_markers", "validate_against_policy", "clear_cache"]
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "default_config"
+CATALOG_MARKER = "@catalog:"
 
-_CACHE: dict[str, "LoadedRails"] = {}
+_CACHE: dict[str, LoadedRails] = {}
 
 
 @dataclass(frozen=True)
@@ -97,67 +105,34 @@ def _raw_yaml_of_dir(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_guardrails_config(settings: Any) -> LoadedRails:
-    """Load and compile the guardrail config named by ``settings`` (a :class:`railcar.rails.settings.GuardrailsConfig`).
+def load_guardrails_config(settings: GuardrailsConfig) -> LoadedRails:
+    """Load and compile the guardrail config named by ``settings`` (the ``[guardrails]`` section).
 
     Returns the cached :class:`LoadedRails` when the same content was loaded before. Remote mode without
     ``config_path``/``config_inline`` yields a ``LoadedRails`` with no ``RailsConfig`` (the server owns the policy)
     and streaming on with the NeMo defaults. Raises :class:`ConfigError` when the source is missing or invalid.
     """
-    from nemoguardrails import RailsConfig
-
-    path_s, inline = settings.config_path, settings.config_inline
-    if not path_s and not inline:
+    if not settings.config_path and not settings.config_inline:
         if settings.mode == "remote":
             label = "remote:" + ",".join(settings.remote.config_ids or [settings.remote.config_id])
             return LoadedRails(None, hashlib.sha256(label.encode()).hexdigest(), label,
                                input_flows=["remote"], output_flows=["remote"],
                                streaming=StreamingSettings(enabled=True))
         raise ConfigError("guardrails.config_path: no guardrail config given (set config_path or config_inline)")
-
-    if inline:
-        digest, source, raw_text = hashlib.sha256(inline.encode()).hexdigest(), "<inline>", inline
-        path = None
-    else:
-        path = DEFAULT_CONFIG_DIR if path_s == "default" else Path(path_s).expanduser()
-        if not path.exists():
-            raise ConfigError(f"guardrails.config_path: {path_s!r} does not exist")
-        if path.is_dir():
-            digest, raw_text = _hash_dir(path), None
-        elif path.suffix in (".yml", ".yaml"):
-            raw_text = path.read_text()
-            digest = hashlib.sha256(raw_text.encode()).hexdigest()
-        else:
-            raise ConfigError(f"guardrails.config_path: {path_s!r} is neither a directory nor a .yml/.yaml file")
-        source = "default" if path_s == "default" else str(path)
-
+    where, source, path, raw_text = _source(settings)
+    digest = hashlib.sha256(raw_text.encode()).hexdigest() if raw_text is not None else _hash_dir(path)
     cached = _CACHE.get(digest)
     if cached is not None:
         validate_against_policy(cached, settings.policy)
         return cached
-
-    where = "guardrails.config_inline" if inline else "guardrails.config_path"
-    try:
-        if raw_text is not None:
-            raw = yaml.safe_load(raw_text) or {}
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{where}: the YAML must be a mapping at the top level")
-            rc = RailsConfig.from_content(yaml_content=raw_text)
-        else:
-            raw = _raw_yaml_of_dir(path)
-            rc = RailsConfig.from_path(str(path))
-    except ConfigError:
-        raise
-    except Exception as exc:  # pydantic / YAML / Colang errors: say which source failed and why
-        raise ConfigError(f"{where}: invalid guardrail config {source}: {exc}") from None
-
+    rc, raw = _compile(where, source, path, raw_text)
     st = rc.rails.output.streaming
     loaded = LoadedRails(
         rails_config=rc, content_hash=digest, source=source,
         input_flows=list(rc.rails.input.flows), output_flows=list(rc.rails.output.flows),
         streaming=StreamingSettings(bool(st.enabled), st.chunk_size, st.context_size, bool(st.stream_first)),
     )
-    loaded.warnings = _unknown_fields(raw, RailsConfig, "") + _unsupported_values(loaded)
+    loaded.warnings = _unknown_fields(raw, type(rc), "") + _unsupported_values(loaded)
     validate_against_policy(loaded, settings.policy)
     _CACHE[digest] = loaded
     log.info("guardrail config %s loaded (sha256 %s): input %s, output %s", source, digest[:12],
@@ -165,7 +140,84 @@ def load_guardrails_config(settings: Any) -> LoadedRails:
     return loaded
 
 
-def validate_against_policy(loaded: LoadedRails, policy: Any) -> None:
+def _source(settings: GuardrailsConfig) -> tuple[str, str, Path, str | None]:
+    """``(config key, label, path, YAML text)`` of the configured source; the text is ``None`` for a directory
+    (the path is unused for inline YAML). Raises :class:`ConfigError` for a missing or unusable path."""
+    if settings.config_inline:
+        return "guardrails.config_inline", "<inline>", DEFAULT_CONFIG_DIR, settings.config_inline
+    where, path_s = "guardrails.config_path", settings.config_path
+    if path_s == "default":
+        path = DEFAULT_CONFIG_DIR / "config.yml"
+        return where, "default", path, path.read_text()
+    path = Path(path_s).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{where}: {path_s!r} does not exist")
+    if path.is_dir():
+        return where, str(path), path, None
+    if path.suffix in (".yml", ".yaml"):
+        return where, str(path), path, path.read_text()
+    raise ConfigError(f"{where}: {path_s!r} is neither a directory nor a .yml/.yaml file")
+
+
+def _compile(where: str, source: str, path: Path, raw_text: str | None) -> tuple[Any, dict[str, Any]]:
+    """The compiled ``RailsConfig`` and the raw YAML mapping (markers not expanded) of one source. Raises
+    :class:`ConfigError` naming ``where`` for invalid content."""
+    from nemoguardrails import RailsConfig  # heavy: imported on first load, not with the package
+
+    try:
+        if raw_text is None:
+            raw = _raw_yaml_of_dir(path)
+            if expand_catalog_markers(raw, where) is not raw:
+                raise ConfigError(f"{where}: {CATALOG_MARKER}<id> patterns are expanded in a YAML file or inline "
+                                  f"config only; point config_path at the .yml file")
+            return RailsConfig.from_path(str(path)), raw
+        raw = yaml.safe_load(raw_text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: the YAML must be a mapping at the top level")
+        expanded = expand_catalog_markers(raw, where)
+        if expanded is raw:
+            return RailsConfig.from_content(yaml_content=raw_text), raw
+        return RailsConfig.from_content(config=expanded), raw
+    except ConfigError:
+        raise
+    except Exception as exc:  # pydantic / YAML / Colang errors: say which source failed and why
+        raise ConfigError(f"{where}: invalid guardrail config {source}: {exc}") from None
+
+
+def expand_catalog_markers(raw: dict[str, Any], where: str = "guardrails.config_inline") -> dict[str, Any]:
+    """``raw`` (a guardrail config mapping) with each ``"@catalog:<detector id>"`` entry of a
+    ``rails.config.regex_detection.<source>.patterns`` list replaced by that detector's
+    :func:`railcar.rails.detectors.rail_patterns`; ``raw`` itself (the same object) when it has no marker.
+
+    Raises :class:`ConfigError` naming ``where`` and the list entry for an unknown detector id."""
+    regex = ((raw.get("rails") or {}).get("config") or {}).get("regex_detection")
+    if not isinstance(regex, dict):
+        return raw
+    sources: dict[str, Any] = {}
+    for name, opts in regex.items():
+        pats = opts.get("patterns") if isinstance(opts, dict) else None
+        if isinstance(pats, list) and any(isinstance(p, str) and p.startswith(CATALOG_MARKER) for p in pats):
+            sources[name] = {**opts, "patterns": _expand(pats, f"{where}: rails.config.regex_detection.{name}")}
+    if not sources:
+        return raw
+    rails = raw["rails"]
+    return {**raw, "rails": {**rails, "config": {**rails["config"], "regex_detection": {**regex, **sources}}}}
+
+
+def _expand(patterns: list[Any], key: str) -> list[Any]:
+    out: list[Any] = []
+    for i, p in enumerate(patterns):
+        if not (isinstance(p, str) and p.startswith(CATALOG_MARKER)):
+            out.append(p)
+            continue
+        try:
+            out.extend(detectors.rail_patterns(p[len(CATALOG_MARKER):].strip()))
+        except KeyError as exc:
+            raise ConfigError(f"{key}.patterns[{i}]: {exc.args[0]}") from None
+    return out
+
+
+def validate_against_policy(loaded: LoadedRails, policy: PolicyConfig) -> None:
     """Apply ``[guardrails.policy]`` to the findings of the load: log each as a warning, or raise
     :class:`ConfigError` listing them when the policy for that kind is ``error``."""
     errors = []

@@ -2,8 +2,8 @@
 
 A :class:`HoldBack` (compiled once per process from a :class:`railcar.rails.scanner.Scanner`) makes one
 :class:`InlineFilter` per streamed text (a choice's content, a tool call's arguments). The filter implements the
-``TextFilter`` seam of :mod:`railcar.rails.guard`: ``feed(delta) -> (text_to_release, match_or_None)`` and
-``flush() -> (text, match_or_None)``.
+:class:`railcar.rails.stream_guard.TextFilter` protocol: ``feed(delta) -> (text_to_release, match_or_None)``,
+``flush() -> (text, match_or_None)``, the batch fast path ``pass_through(deltas) -> k``, ``held`` and ``notes``.
 
 How one ``feed`` works (all offsets in characters):
 
@@ -39,17 +39,19 @@ import logging
 import re
 import re._constants as _c
 import re._parser as _p
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import re2
 
+from railcar.core.exchange import RedactionNote
 from railcar.rails import detectors as _det
 from railcar.rails.masking import fingerprint as _fingerprint
 from railcar.rails.masking import mask
-from railcar.core.exchange import RedactionNote
 from railcar.rails.redaction import note_from_match, placeholder, replace_matches
 from railcar.rails.scanner import Match, Scanner, re2_options, scanner_from_config
+from railcar.rails.settings import DetectionConfig, GuardrailsConfig
 
 log = logging.getLogger("railcar.rails.inline")
 
@@ -62,7 +64,7 @@ ACTIONS = ("block", "redact")
 
 def _lit(c: int) -> str:
     ch = chr(c)
-    return ch if ch.isascii() and ch.isalnum() else "\\x{%x}" % c
+    return ch if ch.isascii() and ch.isalnum() else f"\\x{{{c:x}}}"
 
 
 _CATS = {_c.CATEGORY_DIGIT: r"\d", _c.CATEGORY_NOT_DIGIT: r"\D", _c.CATEGORY_SPACE: r"\s",
@@ -273,7 +275,7 @@ class HoldBack:
         self.longest = max(self._limit.values(), default=0)
         self._by_id = {d.id: d for d in scanner.detectors}
 
-    def filter(self) -> "InlineFilter":
+    def filter(self) -> InlineFilter:
         """A fresh :class:`InlineFilter` for one text stream."""
         return InlineFilter(self)
 
@@ -350,7 +352,7 @@ class HoldBack:
 
 
 class InlineFilter:
-    """The incremental hold-back over one text stream (the ``TextFilter`` of :mod:`railcar.rails.guard`).
+    """The incremental hold-back over one text stream (a :class:`railcar.rails.stream_guard.TextFilter`).
 
     ``feed(delta)`` returns ``(text_to_release, match)``; after a match in ``block`` mode the filter is spent
     (``blocked`` true, further calls release nothing). ``flush()`` releases the held tail at the end of the
@@ -378,7 +380,7 @@ class InlineFilter:
         if self.blocked or not text:
             return "", None
         if self._suppress is not None:
-            text = self._drop_suppressed(text)
+            text = self._drop_suppressed(text, self._suppress)
             if not text:
                 return "", None
         return self._step(text, final=False)
@@ -472,7 +474,7 @@ class InlineFilter:
             if over is not None:
                 return "", over
             if self._suppress is not None:
-                release += placeholder(det.id, self._suppress[3])
+                release += placeholder(self._suppress[0].id, self._suppress[3])
                 held = ""
             else:
                 keep = len(held) - hb.max_holdback_chars
@@ -506,11 +508,11 @@ class InlineFilter:
         self.notes.append(note_from_match(self._match(m, off, overflow=True).match))
         return None
 
-    def _drop_suppressed(self, text: str) -> str:
+    def _drop_suppressed(self, text: str, suppress: tuple[_det.Detector, str, str, str]) -> str:
         """Redact mode after an overflow: drop the part of ``text`` that still belongs to the candidate (up to its
         terminator when it completes, else as long as it can still continue). The candidate is represented by its
         first and last characters seen (``head + tail``), enough for repeat-bodied values such as PEM."""
-        det, head, tail, fp = self._suppress
+        det, head, tail, fp = suppress
         base = head + tail
         self.scanned += len(base) + len(text)
         end = self.hb.completion(det, base + text)
@@ -535,8 +537,10 @@ class InlineFilter:
         return text[cut:]
 
 
-def holdback_from_config(guardrails: Any, detection: Any, environ: Any = None) -> HoldBack | None:
-    """The :class:`HoldBack` for ``[guardrails.inline]`` + ``[detection]``, or ``None`` when it is off.
+def holdback_from_config(guardrails: GuardrailsConfig, detection: DetectionConfig,
+                         environ: Mapping[str, str] | None = None) -> HoldBack | None:
+    """The :class:`HoldBack` for ``[guardrails.inline]`` + ``[detection]``, or ``None`` when it is off (``environ``:
+    where the fingerprint key variable is read, default ``os.environ``).
 
     Detectors: ``guardrails.inline.kinds`` minus ``detection.disabled_detectors``; fingerprints use the
     ``[detection]`` key (so placeholders match the consumer's fingerprints). Raises ``ValueError`` naming the

@@ -16,8 +16,8 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 FP_LEN = 16
 _SEP = re.compile(r"[\s\-.()]")

@@ -22,8 +22,9 @@ Every :class:`Match` carries a keyed fingerprint and a masked preview (:mod:`rai
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 import re2
@@ -31,6 +32,7 @@ import re2
 from railcar.rails import detectors as _det
 from railcar.rails.masking import fingerprint as _fingerprint
 from railcar.rails.masking import load_key, mask
+from railcar.rails.settings import DetectionConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +242,8 @@ def iter_strings(obj: Any, path: str = "$") -> Iterator[tuple[str, str]]:
             stack.extend((f"{p}[{i}]", v) for i, v in reversed(list(enumerate(o))))
 
 
-def scanner_from_config(detection: Any, environ: Any = None, kinds: Iterable[str] | None = None) -> Scanner:
+def scanner_from_config(detection: DetectionConfig, environ: Mapping[str, str] | None = None,
+                        kinds: Iterable[str] | None = None) -> Scanner:
     """A :class:`Scanner` for a ``[detection]`` section (:class:`railcar.rails.settings.DetectionConfig`); ``kinds``
     overrides ``detection.kinds`` (the inline hold-back runs ``[guardrails.inline] kinds`` with the same key and
     disabled detectors).

@@ -4,15 +4,20 @@
 Field names follow the NeMo Relay ``nemo_guardrails`` component (``../shared/seeds/003_*.txt``): ``mode``,
 ``input``/``output``/``tool_input``/``tool_output`` switches, ``remote.endpoint``, ``remote.config_id`` /
 ``config_ids``, ``remote.timeout_millis``, ``request_defaults``, ``policy``; plus Railcar's ``fail_mode`` and the
-inline hold-back of issue 8. The loader is :func:`railcar.core.config.load_config`.
+inline hold-back of issue 8. The loader is :func:`railcar.settings.load_config`; every check below runs at load
+time (each ``validate()`` returns its :class:`~railcar.core.config.Problem` list), so a bad setting stops every
+command before anything starts. The guardrail config's content is compiled later, by
+:func:`railcar.rails.guard.build_guard`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from railcar.core.config import ConfigError, opt
+from railcar.core.config import Problem, opt
+from railcar.rails.detectors import CATALOG
 
 
 @dataclass
@@ -24,12 +29,16 @@ class RemoteGuardrailsConfig:
     config_ids: list = opt([], "Several config ids, checked together (instead of config_id).")
     timeout_millis: int = opt(2000, "Per-check timeout in milliseconds; past it, fail_mode decides.")
 
-    def validate(self) -> None:
-        """Raises :class:`ConfigError` naming the field: ``timeout_millis`` <= 0, both config id fields set."""
+    def validate(self) -> list[Problem]:
+        """Problems: ``endpoint`` set but not http(s)://, ``timeout_millis`` <= 0, both config id fields set."""
+        out = []
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            out.append(Problem("guardrails.remote.endpoint", f"{self.endpoint!r} must start with http:// or https://"))
         if self.timeout_millis <= 0:
-            raise ConfigError("guardrails.remote.timeout_millis: must be > 0")
+            out.append(Problem("guardrails.remote.timeout_millis", "must be > 0"))
         if self.config_id and self.config_ids:
-            raise ConfigError("guardrails.remote.config_ids: set config_id or config_ids, not both")
+            out.append(Problem("guardrails.remote.config_ids", "set config_id or config_ids, not both"))
+        return out
 
 
 @dataclass
@@ -50,10 +59,11 @@ class InlineConfig:
     kinds: list = opt(["secret"], "Detector kinds applied inline.", choices=("secret", "pii"))
     max_holdback_chars: int = opt(512, "Cap on characters held back while a possible match is open.")
 
-    def validate(self) -> None:
-        """Raises :class:`ConfigError` naming ``guardrails.inline.max_holdback_chars`` when it is negative."""
+    def validate(self) -> list[Problem]:
+        """A problem of ``guardrails.inline.max_holdback_chars`` when it is negative."""
         if self.max_holdback_chars < 0:
-            raise ConfigError("guardrails.inline.max_holdback_chars: must be >= 0")
+            return [Problem("guardrails.inline.max_holdback_chars", "must be >= 0")]
+        return []
 
 
 @dataclass
@@ -77,15 +87,19 @@ class GuardrailsConfig:
     policy: PolicyConfig = opt(PolicyConfig, "Unknown-field and unsupported-value policy.")
     inline: InlineConfig = opt(InlineConfig, "Inline hold-back of catalog secrets in streams.")
 
-    def validate(self) -> None:
-        """Raises :class:`ConfigError` naming the field: remote mode without ``remote.endpoint``,
-        ``local_timeout_millis`` <= 0, both ``config_path`` and ``config_inline`` set."""
+    def validate(self) -> list[Problem]:
+        """Problems: remote mode without ``remote.endpoint``, ``local_timeout_millis`` <= 0, both ``config_path``
+        and ``config_inline`` set, ``config_path`` (other than ``default``) missing or neither a directory nor a
+        .yml/.yaml file."""
+        out = []
         if self.mode == "remote" and not self.remote.endpoint:
-            raise ConfigError("guardrails.remote.endpoint: required when guardrails.mode = 'remote'")
+            out.append(Problem("guardrails.remote.endpoint", "required when guardrails.mode = 'remote'"))
         if self.local_timeout_millis <= 0:
-            raise ConfigError("guardrails.local_timeout_millis: must be > 0")
+            out.append(Problem("guardrails.local_timeout_millis", "must be > 0"))
         if self.config_path and self.config_inline:
-            raise ConfigError("guardrails.config_inline: set config_path or config_inline, not both")
+            out.append(Problem("guardrails.config_inline", "set config_path or config_inline, not both"))
+        out.extend(_config_path_problems(self.config_path))
+        return out
 
     @property
     def loaded(self) -> bool:
@@ -107,6 +121,39 @@ class DetectionConfig:
     fingerprint_key_file: str = opt("", "File holding the fingerprint key (wins over the variable).")
     kinds: list = opt(["secret", "pii"], "Detector kinds to run.", choices=("secret", "pii"))
     disabled_detectors: list = opt([], "Detector ids to switch off.")
+
+    def validate(self) -> list[Problem]:
+        """Problems: ``disabled_detectors`` naming an id not in :data:`railcar.rails.detectors.CATALOG`,
+        ``fingerprint_key_file`` set but unreadable or empty."""
+        out = []
+        known = [d.id for d in CATALOG]
+        unknown = sorted(set(self.disabled_detectors) - set(known))
+        if unknown:
+            out.append(Problem("detection.disabled_detectors",
+                               f"unknown detector id(s) {unknown} (known: {', '.join(known)})"))
+        if self.fingerprint_key_file:
+            try:
+                empty = not Path(self.fingerprint_key_file).read_bytes().strip()
+            except OSError as exc:
+                out.append(Problem("detection.fingerprint_key_file",
+                                   f"cannot read {self.fingerprint_key_file!r}: {exc.strerror}"))
+            else:
+                if empty:
+                    out.append(Problem("detection.fingerprint_key_file", f"{self.fingerprint_key_file!r} is empty"))
+        return out
+
+
+def _config_path_problems(config_path: str) -> list[Problem]:
+    """``guardrails.config_path`` as :func:`railcar.rails.guardrails_config.load_guardrails_config` will open it
+    (relative to the working directory, ``~`` expanded): missing, or neither a directory nor a YAML file."""
+    if not config_path or config_path == "default":
+        return []
+    path = Path(config_path).expanduser()
+    if not path.exists():
+        return [Problem("guardrails.config_path", f"{config_path!r} does not exist")]
+    if not path.is_dir() and path.suffix not in (".yml", ".yaml"):
+        return [Problem("guardrails.config_path", f"{config_path!r} is neither a directory nor a .yml/.yaml file")]
+    return []
 
 
 class RailsSettings(Protocol):

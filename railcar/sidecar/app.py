@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,29 +31,25 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from railcar.core.wire import refusal_chunks, refusal_completion
-from railcar.core.config import RailcarConfig
-from railcar.core.wire import sse_error_frame
-from railcar.sidecar.errors import error_response
 from railcar.core.exchange import Exchange
-from railcar.core.guard import ExchangeObserver, Guard, GuardRejected, PassThrough
+from railcar.core.guard import ClientGone, ExchangeObserver, Guard, GuardRejected, StreamGuard
+from railcar.core.wire import refusal_chunks, refusal_completion, sse_error_frame
+from railcar.sidecar.errors import error_response
 from railcar.sidecar.headers import forwarded_headers, response_headers, upstream_headers
 from railcar.sidecar.metrics import CONTENT_TYPE_LATEST, Metrics
+from railcar.sidecar.settings import SidecarSettings
 from railcar.sidecar.sse import SSESplitter
 from railcar.sidecar.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("railcar.sidecar")
 
-__all__ = ["create_app", "SidecarState", "ClientGone"]
+__all__ = ["create_app", "SidecarState"]
 
 ROUTE_CHAT = "chat_completions"
 ROUTE_MODELS = "models"
 ROUTE_PASS = "passthrough"
 _SSE = "text/event-stream"
-
-
-class ClientGone(ConnectionResetError):
-    """The agent closed its connection while the sidecar was writing to it."""
+_GONE = "client disconnected"  # ``Exchange.error`` when the agent went away (the trace shows it)
 
 
 @dataclass
@@ -63,7 +60,7 @@ class SidecarState:
     ``/readyz`` to 503 during a graceful shutdown.
     """
 
-    config: RailcarConfig
+    config: SidecarSettings
     upstream: Upstream
     metrics: Metrics
     guard: Guard | None = None
@@ -84,7 +81,7 @@ class _Sink:
     hold, :meth:`send` writes at once (a stream guard's background check releasing frames between upstream
     reads). The proxy holds while it hands one upstream read's events to the stream guard and flushes right
     after, so a frame is never delayed past the end of processing the read it came from; this is what keeps
-    the guarded path as cheap per read as the pass-through, which writes each read whole. A closed client
+    every stream (the pass-through guard's too) at one client write per upstream read. A closed client
     raises :class:`ClientGone` from :meth:`send` or :meth:`flush`.
     """
 
@@ -107,21 +104,38 @@ class _Sink:
 
     async def flush(self) -> None:
         """Stop holding and write the held frames as one write (nothing when none was held)."""
+        data = self.release()
+        if data is not None:
+            await self._out(data)
+
+    def release(self) -> bytes | None:
+        """Stop holding and return the held frames joined (``None`` when none was held), for the caller to
+        :meth:`write`: :meth:`flush` without its own await, for the relay loop."""
         self._held = False
         buf = self._buf
-        if buf:
-            data = buf[0] if len(buf) == 1 else b"".join(buf)
-            buf.clear()
-            await self._out(data)
+        if not buf:
+            return None
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        buf.clear()
+        return data
 
     async def _out(self, data: bytes) -> None:
         try:
             await self._write(data)
-        except (ConnectionResetError, ConnectionError, aiohttp.ClientConnectionResetError):
-            raise ClientGone("client disconnected") from None
+        except _CLIENT_WRITE_ERRORS:
+            raise ClientGone(_GONE) from None
+
+    @property
+    def write(self) -> Callable[[bytes], Awaitable[None]]:
+        """The response's own ``write``: the caller turns :data:`_CLIENT_WRITE_ERRORS` into :class:`ClientGone`."""
+        return self._write
 
 
-def create_app(config: RailcarConfig, guard: Guard | None = None, *, upstream: Upstream | None = None,
+# What a write to the agent's connection raises when the agent has gone.
+_CLIENT_WRITE_ERRORS = (ConnectionResetError, ConnectionError, aiohttp.ClientConnectionResetError)
+
+
+def create_app(config: SidecarSettings, guard: Guard | None = None, *, upstream: Upstream | None = None,
                observers: list[ExchangeObserver] | None = None) -> web.Application:
     """Build the sidecar application for ``config``.
 
@@ -244,6 +258,24 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await _read_body(request, st, ROUTE_CHAT)
     if isinstance(raw, web.Response):
         return raw
+    parsed = _parse_chat(st, raw)
+    if isinstance(parsed, web.Response):
+        return parsed
+    body, options, had_options = parsed
+    ex = Exchange(body=body, headers=forwarded_headers(request.headers), guardrails_options=options)
+    try:
+        return await _serve_chat(request, st, guard, ex, raw, body, had_options)
+    except asyncio.CancelledError:
+        _cancelled(ex)
+        raise
+    finally:
+        ex.finished_ns = time.time_ns()
+        _notify(st.observers, ex)
+
+
+def _parse_chat(st: SidecarState, raw: bytes) -> tuple[dict[str, Any], dict[str, Any] | None, bool] | web.Response:
+    """``(body without "guardrails", the guardrails options or None, whether the field was present)`` for a
+    chat-completions request body, or the 400 answer naming what is wrong with it."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -263,20 +295,28 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     options = body.pop("guardrails", None)
     if options is not None and not isinstance(options, dict):
         return _bad_request(st, "'guardrails' must be an object", "guardrails", "invalid_type")
+    return body, options, had_options
 
-    ex = Exchange(body=body, headers=forwarded_headers(request.headers), guardrails_options=options)
-    try:
-        return await _serve_chat(request, st, guard, ex, raw, body, had_options)
-    except asyncio.CancelledError:
-        ex.error = ex.error or "client disconnected"
-        raise
-    finally:
-        ex.finished_ns = time.time_ns()
-        for obs in st.observers:
-            try:
-                obs.exchange_finished(ex)
-            except Exception:  # an observer must never break the proxy
-                log.exception("exchange observer %s failed", type(obs).__name__)
+
+def _notify(observers: list[ExchangeObserver], ex: Exchange) -> None:
+    for obs in observers:
+        try:
+            obs.exchange_finished(ex)
+        except Exception:  # an observer must never break the proxy
+            log.exception("exchange observer %s failed", type(obs).__name__)
+
+
+def _client_gone(ex: Exchange) -> None:
+    """The agent went away while we wrote to it. ``ex.error`` keeps the string the trace has always shown."""
+    ex.outcome.client_gone = True
+    ex.error = _GONE
+
+
+def _cancelled(ex: Exchange) -> None:
+    """The handler was cancelled (aiohttp does that when the agent's connection closes): a gone client, unless an
+    earlier error already explains the end."""
+    ex.outcome.client_gone = True
+    ex.error = ex.error or _GONE
 
 
 async def _serve_chat(request: web.Request, st: SidecarState, guard: Guard, ex: Exchange, raw: bytes,
@@ -289,10 +329,8 @@ async def _serve_chat(request: web.Request, st: SidecarState, guard: Guard, ex: 
         m.count(ROUTE_CHAT, rej.status)
         return error_response(rej.status, rej.message, rej.type, rej.param, rej.code)
     except Exception as exc:
-        ex.status, ex.error = 500, f"guard failed: {type(exc).__name__}"
         log.exception("guard check_request failed")
-        m.count(ROUTE_CHAT, 500)
-        return error_response(500, "guardrails check failed", "server_error", None, "guard_error")
+        return _guard_failed(st, ex, exc)
     if refusal is not None:
         ex.outcome.block(refusal.rail)
         return await _send_refusal(request, st, ex, refusal.message, refusal.rail)
@@ -313,7 +351,14 @@ async def _serve_chat(request: web.Request, st: SidecarState, guard: Guard, ex: 
     ex.status = up.status
     if up.headers.get("Content-Type", "").startswith(_SSE):
         return await _relay_sse(request, st, guard, ex, up, t0)
-    return await _relay_json(request, st, guard, ex, up, t0)
+    return await _relay_json(st, guard, ex, up, t0)
+
+
+def _guard_failed(st: SidecarState, ex: Exchange, exc: Exception) -> web.Response:
+    """Fail closed when a guard check raises: HTTP 500 ``guard_error`` in the OpenAI shape."""
+    ex.status, ex.error = 500, f"guard failed: {type(exc).__name__}"
+    st.metrics.count(ROUTE_CHAT, 500)
+    return error_response(500, "guardrails check failed", "server_error", None, "guard_error")
 
 
 async def _send_refusal(request: web.Request, st: SidecarState, ex: Exchange, message: str,
@@ -331,11 +376,11 @@ async def _send_refusal(request: web.Request, st: SidecarState, ex: Exchange, me
     return resp
 
 
-async def _relay_json(request: web.Request, st: SidecarState, guard: Guard, ex: Exchange,
-                      up: aiohttp.ClientResponse, t0: float) -> web.StreamResponse:
+async def _relay_json(st: SidecarState, guard: Guard, ex: Exchange, up: aiohttp.ClientResponse,
+                      t0: float) -> web.StreamResponse:
     try:
         payload = await up.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         up.close()
         err = _body_failure(exc)
         ex.status, ex.error = err.status, err.code
@@ -344,165 +389,183 @@ async def _relay_json(request: web.Request, st: SidecarState, guard: Guard, ex: 
         up.release()
     st.metrics.upstream_latency.labels(ROUTE_CHAT).observe(time.perf_counter() - t0)
     ex.response_body = payload
-    if up.status == 200 and type(guard) is not PassThrough:
+    if up.status == 200:
         try:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            parsed = None
+            parsed = None  # not JSON: nothing a guard could check, relayed as is
         if isinstance(parsed, dict):
             try:
                 replaced = await guard.check_response(ex, parsed)
             except Exception as exc:  # fail closed, in the OpenAI shape, like a failing check_request
-                ex.status, ex.error = 500, f"guard failed: {type(exc).__name__}"
                 log.exception("guard check_response failed")
-                st.metrics.count(ROUTE_CHAT, 500)
-                return error_response(500, "guardrails check failed", "server_error", None, "guard_error")
+                return _guard_failed(st, ex, exc)
             if replaced is not None:
                 payload = orjson.dumps(replaced)
     st.metrics.count(ROUTE_CHAT, up.status)
     return web.Response(status=up.status, body=payload, headers=CIMultiDict(response_headers(up.headers)))
 
 
+# ------------------------------------------------------------------------------------------------ the SSE relay
+
+
 async def _relay_sse(request: web.Request, st: SidecarState, guard: Guard, ex: Exchange,
                      up: aiohttp.ClientResponse, t0: float) -> web.StreamResponse:
-    """Relay an upstream SSE body event by event; see the module docstring of :mod:`railcar.core.guard`."""
+    """Relay an upstream SSE body through the guard's stream; see the module docstring of
+    :mod:`railcar.core.guard`. The 200 and its headers go out first; what follows is up to the stream guard."""
     m = st.metrics
     resp = web.StreamResponse(status=up.status, headers=CIMultiDict(response_headers(up.headers)))
-    clean = False  # upstream read to its end: the connection may go back to the pool
     m.inflight_streams.inc()
     m.count(ROUTE_CHAT, up.status)
-    sg = None
+    relay = _SSERelay(ex, up, resp)
     try:
         await resp.prepare(request)
-        sink = _Sink(resp)
-        send = sink.send
-        splitter = SSESplitter()
-        feed = splitter.feed
-        datas = ex.stream_data
-        readany = up.content.readany
-        try:
-            if type(guard) is PassThrough:
-                # Fast path: the transport chunk goes out as received (byte-exact whatever its event
-                # boundaries); the splitter only collects data payloads for observers.
-                while chunk := await readany():
-                    await send(chunk)
-                    for _, data in feed(chunk):
-                        if data is not None:
-                            datas.append(data)
-                tail = splitter.flush()
-                if tail is not None and tail[1] is not None:
-                    datas.append(tail[1])
-                clean = True
-            else:
-                # abort lets a guard that checks in the background stop the upstream between events
-                sg = guard.open_stream(ex, sink, abort=up.close)
-                on_event = sg.on_event
-                # The batch seam: one call per upstream read instead of one per event, when the guard has it.
-                on_events = getattr(sg, "on_events", None)
-                hold, flush = sink.hold, sink.flush
-                while not sg.stopped and (chunk := await readany()):
-                    # One client write per upstream read, like the pass-through (see _Sink).
-                    hold()
-                    try:
-                        events = feed(chunk)
-                        if on_events is not None:
-                            if events:
-                                mark = len(datas)
-                                datas.extend([d for _, d in events if d is not None])
-                                n = await on_events(events)
-                                if n < len(events):  # blocked part-way: record only what the guard handled
-                                    del datas[mark + sum(1 for _, d in events[:n] if d is not None):]
-                        else:
-                            for raw, data in events:
-                                if data is not None:
-                                    datas.append(data)
-                                await on_event(raw, data)
-                                if sg.stopped:
-                                    break
-                    finally:
-                        await flush()
-                if sg.stopped:
-                    ex.outcome.block()
-                else:
-                    tail = splitter.flush()
-                    if tail is not None:
-                        if tail[1] is not None:
-                            datas.append(tail[1])
-                        await on_event(*tail)
-                    clean = True
-        except ClientGone:
-            ex.error = "client disconnected"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            if sg is not None and sg.stopped:  # the guard aborted the upstream itself: a block, not a failure
-                ex.outcome.block()
-                await _finish_stream(sg, ex)
-                sg = None
-                raise _Blocked() from None
-            # The upstream failed mid-stream: the 200 is already sent, so say it in-band (the openai client
-            # raises APIError on an error event) rather than end the stream silently.
-            timeout = isinstance(exc, asyncio.TimeoutError)
-            ex.error = "upstream_timeout" if timeout else f"upstream_failed: {type(exc).__name__}"
-            log.warning("upstream stream failed: %s", ex.error)
-            await _finish_stream(sg, ex)
-            sg = None
-            try:
-                await resp.write(sse_error_frame(
-                    "upstream timed out mid-stream" if timeout else "upstream connection failed mid-stream",
-                    "timeout_error" if timeout else "upstream_error",
-                    "upstream_timeout" if timeout else "upstream_unreachable"))
-            except (ConnectionError, aiohttp.ClientConnectionResetError):
-                ex.error = "client disconnected"
-        await _finish_stream(sg, ex, sink if ex.error is None else None)
-        sg = None
-        await _end(resp, ex)
-    except _Blocked:
-        await _end(resp, ex)
+        await relay.run(guard)
     except asyncio.CancelledError:
-        ex.error = ex.error or "client disconnected"
+        _cancelled(ex)
         raise
     finally:
-        if clean:
+        if relay.clean:
             up.release()
         else:
             up.close()  # stop the generation now: the connection is dropped, not pooled
         m.inflight_streams.dec()
         m.upstream_latency.labels(ROUTE_CHAT).observe(time.perf_counter() - t0)
-        if sg is not None:  # cancelled before on_end ran
-            try:
-                await _finish_stream(sg, ex)
-            except BaseException:
-                pass
+        await relay.finish_quietly()
     return resp
 
 
-class _Blocked(Exception):
-    pass
+class _SSERelay:
+    """One streamed response: upstream reads → :class:`SSESplitter` → ``ex.stream_data`` → the stream guard.
 
+    Steps: :meth:`run` opens the guard's stream and pumps (:meth:`_pump`, the one relay loop) until the guard
+    stops it or the upstream ends; a gone client or a broken upstream ends it early. ``on_end`` runs exactly
+    once (:meth:`_finish`), then the response is ended. ``clean`` is true when the upstream body was read to its
+    end (its connection may go back to the pool).
+    """
 
-async def _end(resp: web.StreamResponse, ex: Exchange) -> None:
-    if ex.error != "client disconnected":
+    __slots__ = ("ex", "up", "resp", "sink", "sg", "splitter", "clean", "_ended")
+
+    def __init__(self, ex: Exchange, up: aiohttp.ClientResponse, resp: web.StreamResponse) -> None:
+        self.ex, self.up, self.resp = ex, up, resp
+        self.sink = _Sink(resp)
+        self.sg: StreamGuard | None = None
+        self.splitter = SSESplitter()
+        self.clean = False
+        self._ended = False
+
+    async def run(self, guard: Guard) -> None:
+        ex = self.ex
+        # abort lets a guard that checks in the background stop the upstream between reads
+        self.sg = sg = guard.open_stream(ex, self.sink, self.up.close)
         try:
-            await resp.write_eof()
+            await self._pump(sg)
+        except ClientGone:
+            _client_gone(ex)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if sg.stopped:  # the guard aborted the upstream itself: a block, not a failure
+                ex.outcome.block()
+            else:
+                await self._upstream_broke(exc)
+        await self._finish(self.sink if ex.error is None else None)
+        if not ex.outcome.client_gone:
+            try:
+                await self.resp.write_eof()
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                _client_gone(ex)
+
+    async def _pump(self, sg: StreamGuard) -> None:
+        """The relay loop, once per upstream read until the guard stops or the upstream ends: the read's complete
+        events → their data payloads recorded in ``ex.stream_data`` → ``sg.on_events`` with the sink held, so
+        the frames the guard sends go out as one client write (see :class:`_Sink`). At EOF the splitter's tail
+        (a last event without its blank line) is the last batch. A guard that stops part-way keeps only the
+        payloads of the events it handled."""
+        readany = self.up.content.readany
+        splitter = self.splitter
+        feed = splitter.feed
+        datas = self.ex.stream_data
+        record = datas.append
+        sink = self.sink
+        hold, release, write = sink.hold, sink.release, sink.write
+        on_events = sg.on_events
+        eof = False
+        while not (eof or sg.stopped):
+            chunk = await readany()
+            if chunk:
+                events = feed(chunk)
+            else:
+                eof = True
+                tail = splitter.flush()
+                events = [] if tail is None else [tail]
+            if not events:  # a read inside one event completes nothing: nothing to hand over yet
+                continue
+            mark = len(datas)
+            if len(events) == 1:  # the common read at low load; no list built for it
+                if (d := events[0][1]) is not None:
+                    record(d)
+            else:
+                datas.extend([d for _, d in events if d is not None])
+            hold()
+            try:
+                n = await on_events(events)
+            finally:
+                # sink.flush() inlined (one coroutine less per read: this loop is every stream's hot path)
+                if (data := release()) is not None:
+                    try:
+                        await write(data)
+                    except _CLIENT_WRITE_ERRORS:
+                        raise ClientGone(_GONE) from None
+            if n < len(events):
+                del datas[mark + sum(1 for _, d in events[:n] if d is not None):]
+        if sg.stopped:
+            self.ex.outcome.block()
+        else:
+            self.clean = True
+
+    async def _upstream_broke(self, exc: BaseException) -> None:
+        """The upstream failed mid-stream: the 200 is already sent, so say it in-band (the openai client raises
+        APIError on an error event) rather than end the stream silently."""
+        ex = self.ex
+        timeout = isinstance(exc, asyncio.TimeoutError)
+        ex.error = "upstream_timeout" if timeout else f"upstream_failed: {type(exc).__name__}"
+        log.warning("upstream stream failed: %s", ex.error)
+        await self._finish(None)
+        try:
+            await self.resp.write(sse_error_frame(
+                "upstream timed out mid-stream" if timeout else "upstream connection failed mid-stream",
+                "timeout_error" if timeout else "upstream_error",
+                "upstream_timeout" if timeout else "upstream_unreachable"))
         except (ConnectionError, aiohttp.ClientConnectionResetError):
-            ex.error = "client disconnected"
+            _client_gone(ex)
 
-
-async def _finish_stream(sg: Any, ex: Exchange, sink: _Sink | None = None) -> None:
-    """Call ``sg.on_end()`` once; what it releases goes out as one write when ``sink`` is given."""
-    if sg is None:
-        return
-    if sink is not None:
-        sink.hold()
-    try:
+    async def _finish(self, sink: _Sink | None) -> None:
+        """Call ``on_end()`` once; what it releases goes out as one write when ``sink`` is given (else each frame
+        at once, or nowhere when the client is gone)."""
+        sg = self.sg
+        if sg is None or self._ended:
+            return
+        self._ended = True
+        if sink is not None:
+            sink.hold()
         try:
-            await sg.on_end()
-        finally:
-            if sink is not None:
-                await sink.flush()
-    except ClientGone:
-        ex.error = "client disconnected"
-    except Exception:
-        log.exception("stream guard on_end failed")
+            try:
+                await sg.on_end()
+            finally:
+                if sink is not None:
+                    await sink.flush()
+        except ClientGone:
+            _client_gone(self.ex)
+        except Exception:
+            log.exception("stream guard on_end failed")
+
+    async def finish_quietly(self) -> None:
+        """``on_end`` for a relay cancelled before it ran; nothing it raises may replace the cancellation."""
+        if self.sg is None or self._ended:
+            return
+        try:
+            await self._finish(None)
+        except BaseException:
+            pass
 
 
 # ------------------------------------------------------------------------------------------------ pass-through
@@ -527,17 +590,28 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     st.metrics.upstream_ttfb.labels(route).observe(time.perf_counter() - t0)
     streamed = up.headers.get("Content-Type", "").startswith(_SSE) or (
         up.content_length is None and request.method != "HEAD" and up.status not in (204, 304))
-    if not streamed:
-        try:
-            payload = await up.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            up.close()
-            return _upstream_failed(st, route, _body_failure(exc))
-        finally:
-            up.release()
-        st.metrics.upstream_latency.labels(route).observe(time.perf_counter() - t0)
-        st.metrics.count(route, up.status)
-        return web.Response(status=up.status, body=payload, headers=CIMultiDict(response_headers(up.headers)))
+    if streamed:
+        return await _pass_stream(request, st, route, up, t0)
+    return await _pass_whole(st, route, up, t0)
+
+
+async def _pass_whole(st: SidecarState, route: str, up: aiohttp.ClientResponse, t0: float) -> web.Response:
+    """A pass-through response with a known length: read whole, then sent."""
+    try:
+        payload = await up.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        up.close()
+        return _upstream_failed(st, route, _body_failure(exc))
+    finally:
+        up.release()
+    st.metrics.upstream_latency.labels(route).observe(time.perf_counter() - t0)
+    st.metrics.count(route, up.status)
+    return web.Response(status=up.status, body=payload, headers=CIMultiDict(response_headers(up.headers)))
+
+
+async def _pass_stream(request: web.Request, st: SidecarState, route: str, up: aiohttp.ClientResponse,
+                       t0: float) -> web.StreamResponse:
+    """A streamed pass-through response: each upstream read written as received."""
     resp = web.StreamResponse(status=up.status, headers=CIMultiDict(response_headers(up.headers)))
     st.metrics.count(route, up.status)
     st.metrics.inflight_streams.inc()
@@ -548,7 +622,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
             await resp.write(chunk)
         await resp.write_eof()
         clean = True
-    except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionError, aiohttp.ClientError):
         pass  # client gone or upstream broke mid-body: nothing more can be said on this response
     finally:
         up.release() if clean else up.close()

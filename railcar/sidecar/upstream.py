@@ -11,13 +11,12 @@ headers within ``upstream.read_timeout_s``. The same read timeout applies betwee
 
 from __future__ import annotations
 
-import asyncio
-from typing import Mapping
+from collections.abc import Mapping
 
 import aiohttp
 from yarl import URL
 
-from railcar.core.config import UpstreamConfig
+from railcar.sidecar.settings import UpstreamConfig
 
 __all__ = ["Upstream", "UpstreamError"]
 
@@ -88,7 +87,7 @@ class Upstream:
             raise UpstreamError(502, "upstream_unreachable",
                                 f"upstream {self.host()} did not accept a connection within "
                                 f"{self.config.connect_timeout_s:g}s") from None
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(504, "upstream_timeout",
                                 f"upstream {self.host()} sent no response within "
                                 f"{self.config.read_timeout_s:g}s") from None

@@ -62,7 +62,7 @@ class QueueWorker(Generic[T]):
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _run(self) -> None:

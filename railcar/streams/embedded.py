@@ -2,7 +2,7 @@
 in-process and the fileset is written locally (``[fileset] root``); a single machine works without a broker.
 
 ``EmbeddedPipeline`` has the publisher's interface (``publish(key, value)`` never blocks, ``start``, ``close``):
-records wait in a bounded deque; a background task scans them with :class:`railcar.streams.consumer.SecurityProcessor`
+records wait in a bounded deque; a background task scans them with :class:`railcar.streams.processor.SecurityProcessor`
 (CPU work, run in a worker thread so the event loop keeps serving requests) and commits the fileset at most every
 ``commit_interval_s`` seconds and on close.
 """
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from railcar.rails.scanner import Scanner
 from railcar.streams.background import QueueWorker
+from railcar.streams.otlp import OTLPDecodeError
+from railcar.streams.pipeline import build_processor
+from railcar.streams.settings import StreamsSettings
 
 __all__ = ["EmbeddedPipeline"]
 
@@ -23,22 +26,17 @@ log = logging.getLogger("railcar.embedded")
 
 
 class EmbeddedPipeline(QueueWorker[bytes]):
-    """In-process sink for trace records. ``config``: the :class:`railcar.core.config.RailcarConfig`; ``scanner``:
-    shared :class:`railcar.rails.scanner.Scanner` (built from ``[detection]`` when None). Records beyond
-    ``[telemetry] queue_size`` waiting are dropped and counted in ``stats["dropped"]``."""
+    """In-process sink for trace records. ``config``: the root config (its ``[telemetry]``, ``[fileset]`` and
+    ``[detection]``); ``scanner``: shared :class:`railcar.rails.scanner.Scanner` (built from ``[detection]`` when
+    None). Records beyond ``[telemetry] queue_size`` waiting are dropped and counted in ``stats["dropped"]``.
+    Raises what :func:`railcar.streams.pipeline.build_processor` raises (a bad ``[detection]`` or
+    ``[fileset] root``)."""
 
     task_name = "railcar-embedded-consumer"
 
-    def __init__(self, config: Any, *, scanner: Any = None, writer_id: str = "embedded",
+    def __init__(self, config: StreamsSettings, *, scanner: Scanner | None = None, writer_id: str = "embedded",
                  commit_interval_s: float = 1.0, registry: CollectorRegistry = REGISTRY) -> None:
-        from railcar.streams.consumer import SecurityProcessor, consumer_metrics
-        from railcar.streams.fileset import open_fileset
-
-        if scanner is None:
-            from railcar.rails.scanner import scanner_from_config
-            scanner = scanner_from_config(config.detection)
-        self.proc = SecurityProcessor(scanner, open_fileset(config.fileset.root, config.fileset.s3_endpoint_url),
-                                      writer_id, metrics=consumer_metrics(registry))
+        self.proc = build_processor(config, scanner=scanner, writer_id=writer_id, registry=registry)
         super().__init__(config.telemetry.queue_size, {"processed": 0, "undecodable": 0, "failed": 0, "commits": 0})
         self._interval = commit_interval_s
 
@@ -48,8 +46,6 @@ class EmbeddedPipeline(QueueWorker[bytes]):
         return self.offer(value)
 
     def _work(self, values: list[bytes]) -> None:
-        from railcar.streams.otlp import OTLPDecodeError
-
         for v in values:
             try:
                 self.proc.process(v)

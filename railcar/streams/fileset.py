@@ -21,6 +21,7 @@ lock that cannot be taken in time or an unusable root (the message names ``files
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import json
@@ -29,9 +30,10 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 
@@ -72,26 +74,27 @@ def _new_lines(existing: bytes, items: list[dict[str, Any]]) -> tuple[list[bytes
     ``type`` of the file once they are appended (for the snapshot, without reading the file a second time).
     Unparseable or non-object existing lines are skipped."""
     seen = set()
-    counts: Counter[str] = Counter()
+    counts: Counter[str] = Counter()  # by type (build_snapshot reads only the known types)
     for line in existing.splitlines():
         with contextlib.suppress(orjson.JSONDecodeError, TypeError):  # TypeError: an unhashable id
             s = orjson.loads(line)
             if isinstance(s, dict):
-                counts[s.get("type")] += 1
+                counts[str(s.get("type"))] += 1
                 if "id" in s:
                     seen.add(s["id"])
     new = []
     for s in items:
         if s["id"] not in seen:
             seen.add(s["id"])
-            counts[s.get("type")] += 1
+            counts[str(s.get("type"))] += 1
             new.append(orjson.dumps(s) + b"\n")
     return new, counts
 
 
-class _Base:
+class Fileset(abc.ABC):
     """What both backends share: :meth:`commit`. A backend provides ``lock()``, ``_put_state``,
-    ``_append_suggestions`` (returns ``(number of new lines, counts by type)``), ``_states`` and ``_put_snapshot``."""
+    ``_append_suggestions`` (returns ``(number of new lines, counts by type)``), ``_states``, ``_put_snapshot``
+    and the readers ``load_state``, ``read_snapshot``, ``read_suggestions``."""
 
     def commit(self, state: Mapping[str, Any], suggestions: Iterable[Suggestion | Mapping[str, Any]],
                writer_id: str) -> CommitResult:
@@ -108,8 +111,36 @@ class _Base:
             self._put_snapshot(snap)
         return CommitResult(snap, new)
 
+    @abc.abstractmethod
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The single-writer critical section; raises :class:`FilesetError` when it cannot be taken in time."""
 
-class LocalFileset(_Base):
+    @abc.abstractmethod
+    def _put_state(self, writer_id: str, state: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def _append_suggestions(self, items: list[dict[str, Any]]) -> tuple[int, Counter[str]]: ...
+
+    @abc.abstractmethod
+    def _states(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def _put_snapshot(self, snap: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def load_state(self, writer_id: str) -> dict[str, Any] | None:
+        """A writer's previously committed state (for a consumer restarting), or None."""
+
+    @abc.abstractmethod
+    def read_snapshot(self) -> dict[str, Any] | None:
+        """The parsed ``security_snapshot.json``, or None when there is none yet."""
+
+    @abc.abstractmethod
+    def read_suggestions(self) -> list[dict[str, Any]]:
+        """Every parseable line of ``security_suggestions.jsonl``, in file order ([] when absent)."""
+
+
+class LocalFileset(Fileset):
     """``<root>/nemo-agent-security/`` on a local (or flock-capable shared) filesystem."""
 
     def __init__(self, root: str | os.PathLike[str], lock_timeout_s: float = 60.0) -> None:
@@ -226,7 +257,7 @@ class LocalFileset(_Base):
         return out
 
 
-class S3Fileset(_Base):
+class S3Fileset(Fileset):
     """``s3://bucket/prefix/nemo-agent-security/`` on S3 or an S3-compatible store (MinIO, moto).
 
     S3 has no append: the suggestions object is rewritten whole (deduplicated) under the lock; each PUT is atomic,
@@ -327,7 +358,7 @@ class S3Fileset(_Base):
         return out
 
 
-def open_fileset(root: str, s3_endpoint_url: str = "", s3_client: Any = None) -> LocalFileset | S3Fileset:
+def open_fileset(root: str, s3_endpoint_url: str = "", s3_client: Any = None) -> Fileset:
     """``s3://bucket/prefix`` -> :class:`S3Fileset`; anything else is a local directory. Raises
     :class:`FilesetError` naming ``fileset.root`` when it is empty or has no bucket."""
     if not root:
@@ -340,5 +371,5 @@ def open_fileset(root: str, s3_endpoint_url: str = "", s3_client: Any = None) ->
     return LocalFileset(root)
 
 
-__all__ = ["FILESET", "SNAPSHOT", "SUGGESTIONS", "CommitResult", "FilesetError", "LocalFileset", "S3Fileset",
+__all__ = ["FILESET", "SNAPSHOT", "SUGGESTIONS", "CommitResult", "Fileset", "FilesetError", "LocalFileset", "S3Fileset",
            "open_fileset", "now_iso"]

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from railcar.rails import detectors as _det
 
@@ -33,8 +34,8 @@ SUGGESTION_TYPES = ("data_safety", "guardrails", "deep_scan")
 
 def now_iso(ts: datetime | None = None) -> str:
     """ISO 8601 UTC with milliseconds and a ``Z``."""
-    ts = ts or datetime.now(timezone.utc)
-    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = ts or datetime.now(UTC)
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _h(*parts: Any) -> str:
@@ -80,7 +81,7 @@ class Finding:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
+    def from_dict(cls, d: Mapping[str, Any]) -> Finding:
         """Rebuild from :meth:`as_dict` output (unknown keys ignored); raises ``TypeError`` when a field without
         a default is missing."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
@@ -214,33 +215,49 @@ def suggestions_for(findings: list[Mapping[str, Any]], model_paths: list[Mapping
     * ``guardrails``: one per agent with an unguarded model path (its models named in the detail);
     * ``deep_scan``: one per scope with PII findings, or for a capped scan, or free-form text with no findings.
     """
-    out: list[Suggestion] = []
     ts = now_iso()
+    out: list[Suggestion] = []
     pii_groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for f in sorted(findings, key=lambda f: f["id"]):
         loc = f.get("location", {})
         scope = str(loc.get("file") or loc.get("agent") or "")
         if f["kind"] == "secret":
-            where = f"{scope}" + (f" line {loc['line']}" if loc.get("line") else "") + f" at {loc.get('json_path', '$')}"
-            out.append(Suggestion(_h("suggestion", "data_safety", f["id"]), "data_safety",
-                                  f"Rotate the leaked {f['detector']} credential {f['masked_preview']}",
-                                  f"A {f['detector']} credential ({f['masked_preview']}) appears in telemetry ({where}). "
-                                  "Rotate it before any other cleanup; then purge the traces that hold it.",
-                                  "critical", list(f.get("follow_up_actions") or _actions("secret", f["detector"])),
-                                  [f["id"]], scope, ts))
+            out.append(_rotate_suggestion(f, scope, ts))
         else:
             pii_groups.setdefault((scope, f["detector"]), []).append(f)
-    for (scope, det), group in sorted(pii_groups.items()):
-        ids = sorted(g["id"] for g in group)
-        out.append(Suggestion(_h("suggestion", "data_safety", "pii", scope, det), "data_safety",
-                              f"Redact or regenerate traces with {det} in {scope or 'telemetry'}",
-                              f"{len(ids)} distinct {det} value(s) found in {scope or 'telemetry'}. Redact or regenerate "
-                              "the affected traces before using them for evaluation or optimization.",
-                              "high", _actions("pii", det), ids, scope, ts))
+    out += [_pii_suggestion(scope, det, group, ts) for (scope, det), group in sorted(pii_groups.items())]
+    out += _guardrails_suggestions(model_paths, ts)
+    out += _deep_scan_suggestions(pii_groups, ts)
+    coverage = _coverage_suggestion(scan or {}, free_text and not findings, ts)
+    return out + ([coverage] if coverage else [])
+
+
+def _rotate_suggestion(f: Mapping[str, Any], scope: str, ts: str) -> Suggestion:
+    loc = f.get("location", {})
+    where = f"{scope}" + (f" line {loc['line']}" if loc.get("line") else "") + f" at {loc.get('json_path', '$')}"
+    return Suggestion(_h("suggestion", "data_safety", f["id"]), "data_safety",
+                      f"Rotate the leaked {f['detector']} credential {f['masked_preview']}",
+                      f"A {f['detector']} credential ({f['masked_preview']}) appears in telemetry ({where}). "
+                      "Rotate it before any other cleanup; then purge the traces that hold it.",
+                      "critical", list(f.get("follow_up_actions") or _actions("secret", f["detector"])),
+                      [f["id"]], scope, ts)
+
+
+def _pii_suggestion(scope: str, det: str, group: list[Mapping[str, Any]], ts: str) -> Suggestion:
+    ids = sorted(g["id"] for g in group)
+    return Suggestion(_h("suggestion", "data_safety", "pii", scope, det), "data_safety",
+                      f"Redact or regenerate traces with {det} in {scope or 'telemetry'}",
+                      f"{len(ids)} distinct {det} value(s) found in {scope or 'telemetry'}. Redact or regenerate "
+                      "the affected traces before using them for evaluation or optimization.",
+                      "high", _actions("pii", det), ids, scope, ts)
+
+
+def _guardrails_suggestions(model_paths: list[Mapping[str, Any]], ts: str) -> list[Suggestion]:
     unguarded: dict[str, list[str]] = {}
     for mp in model_paths:
         if not mp.get("guarded"):
             unguarded.setdefault(mp["agent"], []).append(mp["model"])
+    out = []
     for agent, models in sorted(unguarded.items()):
         # One per agent: the fix (guard its model path) is the same whichever models it calls.
         who = agent or "(unknown)"
@@ -255,8 +272,12 @@ def suggestions_for(findings: list[Mapping[str, Any]], model_paths: list[Mapping
                                        "Point the agent at the guarded virtual model (or at the Railcar sidecar "
                                        "with that config) and re-run evaluation."],
                               [], agent, ts))
-    pii_scopes = sorted({scope for scope, _ in pii_groups})
-    for scope in pii_scopes:
+    return out
+
+
+def _deep_scan_suggestions(pii_groups: dict[tuple[str, str], list[Mapping[str, Any]]], ts: str) -> list[Suggestion]:
+    out = []
+    for scope in sorted({scope for scope, _ in pii_groups}):
         ids = sorted(i for (s, _), g in pii_groups.items() if s == scope for i in (x["id"] for x in g))
         out.append(Suggestion(_h("suggestion", "deep_scan", scope), "deep_scan",
                               f"Run a deep PII scan on a subset of traces from {scope or 'telemetry'}",
@@ -265,16 +286,20 @@ def suggestions_for(findings: list[Mapping[str, Any]], model_paths: list[Mapping
                               "medium", ["Sample recent traces from this scope.",
                                          "Run GLiNER PII or NemoGuard on the sample and review its findings."],
                               ids, scope, ts))
-    scan = scan or {}
-    if scan.get("capped") or (free_text and not findings):
-        reason = "capped" if scan.get("capped") else "free_text"
-        out.append(Suggestion(_h("suggestion", "deep_scan", "coverage", reason), "deep_scan",
-                              "Regex coverage is partial: run a model-based scan on a subset",
-                              "The scan stopped at its byte cap or covered free-form text where regex finds only "
-                              "structured formats. Run GLiNER PII or a NemoGuard model on a sample of traces.",
-                              "low", ["Sample traces beyond the cap or with free-form text.",
-                                      "Run GLiNER PII or NemoGuard on the sample."], [], "", ts))
     return out
+
+
+def _coverage_suggestion(scan: Mapping[str, Any], clean_free_text: bool, ts: str) -> Suggestion | None:
+    """The ``deep_scan`` suggestion for a capped scan, or free-form text where regex found nothing."""
+    if not (scan.get("capped") or clean_free_text):
+        return None
+    reason = "capped" if scan.get("capped") else "free_text"
+    return Suggestion(_h("suggestion", "deep_scan", "coverage", reason), "deep_scan",
+                      "Regex coverage is partial: run a model-based scan on a subset",
+                      "The scan stopped at its byte cap or covered free-form text where regex finds only "
+                      "structured formats. Run GLiNER PII or a NemoGuard model on a sample of traces.",
+                      "low", ["Sample traces beyond the cap or with free-form text.",
+                              "Run GLiNER PII or NemoGuard on the sample."], [], "", ts)
 
 
 def merge_states(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

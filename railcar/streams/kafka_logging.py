@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["RepeatFilter", "quiet_aiokafka"]
 
@@ -65,8 +65,8 @@ def quiet_aiokafka(interval_s: float = 60.0) -> RepeatFilter:
     global _INSTALLED
     import aiokafka  # noqa: F401  (creates the module loggers)
     import aiokafka.conn  # noqa: F401
-    import aiokafka.producer.sender  # noqa: F401
     import aiokafka.consumer.group_coordinator  # noqa: F401
+    import aiokafka.producer.sender  # noqa: F401
 
     if _INSTALLED is None:
         _INSTALLED = RepeatFilter(interval_s)

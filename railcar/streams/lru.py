@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import collections
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 __all__ = ["LRU"]
 

@@ -13,15 +13,16 @@ Attribute names follow the OpenTelemetry GenAI semantic conventions
 ``gen_ai.usage.input_tokens`` / ``output_tokens``, ``gen_ai.response.finish_reasons`` (string array),
 ``gen_ai.request.temperature`` / ``max_tokens`` / ``top_p``, ``gen_ai.agent.id`` / ``gen_ai.agent.name``,
 ``gen_ai.conversation.id``, ``http.response.status_code``, ``error.type``. Railcar's own attributes live under
-``railcar.*`` (see :mod:`railcar.streams.recorder` for the content and redaction layout).
+``railcar.*``; every name and the content and redaction layout are in :mod:`railcar.streams.schema`.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -32,6 +33,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status, StatusCode
+
+from railcar.streams import schema as S
 
 __all__ = [
     "CallSpan", "OTLPDecodeError", "build_span", "encode", "encode_call", "decode", "make_resource", "any_value",
@@ -70,13 +73,13 @@ def make_resource(service_name: str = "railcar", agent_id: str = "", agent_names
     env = os.environ if environ is None else environ
     agent = agent_id or env.get("POD_NAME", "") or env.get("HOSTNAME", "")
     ns = agent_namespace or env.get("POD_NAMESPACE", "")
-    attrs: dict[str, Any] = {"service.name": service_name}
+    attrs: dict[str, Any] = {S.SERVICE_NAME: service_name}
     if agent:
-        attrs["gen_ai.agent.id"] = agent
+        attrs[S.AGENT_ID] = agent
     if env.get("POD_NAME"):
-        attrs["k8s.pod.name"] = env["POD_NAME"]
+        attrs[S.K8S_POD_NAME] = env["POD_NAME"]
     if ns:
-        attrs["k8s.namespace.name"] = ns
+        attrs[S.K8S_NAMESPACE_NAME] = ns
     return Resource(attrs)
 
 
@@ -243,7 +246,7 @@ def _resource_field(resource: Resource) -> bytes:
     return hit[1]
 
 
-_SCOPE_FIELD = _ld(1, _str(1, SCOPE.name) + _str(2, SCOPE.version))
+_SCOPE_FIELD = _ld(1, _str(1, SCOPE.name) + _str(2, SCOPE.version or ""))
 
 
 def encode_call(call: CallSpan, resource: Resource) -> bytes:

@@ -11,6 +11,7 @@ spool file I/O runs in a worker thread so an fsync never stalls the event loop. 
 every new record goes behind them, and the spool is replayed oldest first, a batch at a time, each batch
 acknowledged only after the broker acknowledged it; when it is empty the publisher goes back to direct sends.
 On start-up a non-empty spool (a previous process was killed) is replayed before anything new.
+These are the sender's explicit states, :class:`State` ``DIRECT`` / ``SPOOLING`` / ``REPLAYING``, one method each.
 
 A record Kafka refuses for good (over ``[kafka] max_request_size``, or a broker's record-level error such as
 MESSAGE_TOO_LARGE or INVALID_RECORD, see :func:`permanent_reason`) is dropped and counted, never retried: a retry
@@ -30,22 +31,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from railcar.streams.kafka_logging import quiet_aiokafka
 from railcar.streams.settings import KafkaConfig, TelemetryConfig
-from railcar.streams.spool import MemorySpool, Spool
+from railcar.streams.spool import MemorySpool, Record, Spool
 
-__all__ = ["Publisher", "publisher_metrics", "permanent_reason"]
+__all__ = ["Publisher", "State", "publisher_metrics", "permanent_reason"]
 
 log = logging.getLogger("railcar.producer")
 
 _METRICS: dict[int, dict[str, Any]] = {}
 
 DROPPED = object()  # result of a send future for a record refused before it reached the producer's buffer
+
+
+class State(enum.Enum):
+    """Where the publisher's sender sends records (:attr:`Publisher.state`); one method per state, each returning
+    the next one.
+
+    ``DIRECT``: the spool is empty, queued records go to the producer. ``SPOOLING``: the broker is unreachable (no
+    producer connects): queued records go to the spool. ``REPLAYING``: the producer is connected and the spool holds
+    records: queued records go behind them and the spool is sent oldest first. ``STOPPED``: closed.
+
+    Transitions: DIRECT -> SPOOLING when no producer connects; a batch in flight that stalls past
+    ``request_timeout_ms`` spools what is queued meanwhile, so it ends in REPLAYING; SPOOLING -> REPLAYING on
+    connecting; REPLAYING -> DIRECT once the spool is empty (one "recovered" log line); any -> STOPPED on close.
+    """
+
+    DIRECT = "direct"
+    SPOOLING = "spooling"
+    REPLAYING = "replaying"
+    STOPPED = "stopped"
+
+
+class _Window:
+    """The batch in flight: ``(record, send future)`` pairs, when they were sent (monotonic seconds), and how many
+    records of the spool's last peek they are (0: the batch came from the queue)."""
+
+    __slots__ = ("sent", "sent_at", "spool_n")
+
+    def __init__(self, sent: list[tuple[Record, asyncio.Future[Any]]], sent_at: float, spool_n: int = 0) -> None:
+        self.sent, self.sent_at, self.spool_n = sent, sent_at, spool_n
 
 
 def permanent_reason(exc: BaseException) -> str | None:
@@ -95,6 +128,7 @@ class Publisher:
     ``producer_factory(**kwargs)`` builds the aiokafka producer (default ``AIOKafkaProducer``; tests may wrap it).
     Lifecycle: ``await start()`` (never raises for an unreachable broker: it spools and retries), ``publish``,
     ``await close(timeout_s)`` which flushes the queue to the broker or, failing that, to the spool.
+    :attr:`state` is the sender's :class:`State`.
     """
 
     BATCH = 500
@@ -104,7 +138,7 @@ class Publisher:
                  producer_factory: Callable[..., Any] | None = None) -> None:
         self.kafka, self.telemetry = kafka, telemetry
         self.topic = topic or kafka.trace_topic
-        self._queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=telemetry.queue_size)
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=telemetry.queue_size)
         self.spool = (Spool(telemetry.spool_dir, telemetry.spool_max_bytes, telemetry.spool_segment_bytes)
                       if telemetry.spool_dir else MemorySpool(telemetry.spool_max_bytes))
         self._m = publisher_metrics(registry)
@@ -115,6 +149,7 @@ class Publisher:
         self._spool_dropped_seen = self.spool.dropped
         # (monotonic start, spooled, replayed, dropped_spool_full at start) while an outage is being spooled
         self._outage: tuple[float, int, int, int] | None = None
+        self.state = State.SPOOLING if self.spool.pending else State.DIRECT  # a killed process left a spool
         self.stats = {"published": 0, "replayed": 0, "spooled": 0, "dropped_queue_full": 0,
                       "dropped_spool_full": 0, "dropped_too_large": 0, "dropped_invalid": 0}
 
@@ -137,8 +172,6 @@ class Publisher:
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Start the background sender (returns at once; the broker connection is made in the background)."""
-        from railcar.streams.kafka_logging import quiet_aiokafka
-
         quiet_aiokafka()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="railcar-publisher")
@@ -149,14 +182,13 @@ class Publisher:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        rest = self._drain_queue(10**9)
-        if rest:
-            await self._to_spool(rest)
+        self.state = State.STOPPED
+        await self._spool_queue()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._producer.stop(), 5)
@@ -174,8 +206,8 @@ class Publisher:
             self.stats["dropped_spool_full"] += lost
             self._m["dropped"].labels("spool_full").inc(lost)
 
-    def _drain_queue(self, n: int) -> list[tuple[bytes, bytes]]:
-        out = []
+    def _drain_queue(self, n: int) -> list[Record]:
+        out: list[Record] = []
         while len(out) < n:
             try:
                 out.append(self._queue.get_nowait())
@@ -183,7 +215,14 @@ class Publisher:
                 break
         return out
 
-    async def _to_spool(self, records: list[tuple[bytes, bytes]]) -> None:
+    async def _spool_queue(self) -> None:
+        """Move everything queued to the spool (behind what it holds)."""
+        new = self._drain_queue(10**9)
+        if new:
+            await self._to_spool(new)
+
+    async def _to_spool(self, records: list[Record]) -> None:
+        """Append ``records`` to the spool (in a worker thread); the first spooling of an outage logs one warning."""
         if self._outage is None:  # one warning per outage, not one per attempt
             self._outage = (time.monotonic(), self.stats["spooled"], self.stats["replayed"],
                             self.stats["dropped_spool_full"])
@@ -230,12 +269,12 @@ class Publisher:
         self._producer = producer
         return True
 
-    async def _send(self, records: list[tuple[bytes, bytes]]) -> list[tuple[tuple[bytes, bytes], Any]]:
+    async def _send(self, records: list[Record]) -> list[tuple[Record, asyncio.Future[Any]]]:
         """Hand ``records`` to the producer; returns ``(record, future)`` pairs. A record the producer refuses for
         good (:func:`permanent_reason`, e.g. over ``max_request_size``) gets a future already resolved to
         ``(DROPPED, reason)`` and the next records still go; a record the producer would not take within the request
         timeout (its buffer is full, the broker is gone) gets a future already failed, and so do all after it."""
-        out = []
+        out: list[tuple[Record, asyncio.Future[Any]]] = []
         loop = asyncio.get_running_loop()
         for i, (key, value) in enumerate(records):
             try:
@@ -263,7 +302,7 @@ class Publisher:
         log.warning("dropped %d trace event(s) Kafka refuses for good (%s); see "
                     "railcar_publisher_events_dropped_total", n, reason)
 
-    async def _isolate(self, records: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]]]:
+    async def _isolate(self, records: list[Record]) -> tuple[int, list[Record]]:
         """Send ``records`` (a batch the broker refused with a record-level error) one record per request so only
         the record at fault is dropped. Returns ``(delivered, still failing for a transient reason)``."""
         ok, again = 0, []
@@ -287,95 +326,131 @@ class Publisher:
                 ok += 1
         return ok, again
 
+    # ----------------------------------------------------------------- the sender's states
     async def _run(self) -> None:
-        """The sender loop. Order is window (sent, unacknowledged) < spool < queue at every moment.
+        """The sender loop: one step of the current :class:`State` at a time until :attr:`State.STOPPED`.
 
-        With idempotence aiokafka never expires a batch: it retries until the broker is back and delivers exactly
-        once, in order. So a window that stalls is left to aiokafka; after ``request_timeout_ms`` new records
-        stop going to the producer and go to the spool instead, and are replayed once the window is acknowledged.
+        Order is window (sent, unacknowledged) < spool < queue at every moment. With idempotence aiokafka never
+        expires a batch: it retries until the broker is back and delivers exactly once, in order. So a window that
+        stalls is left to aiokafka; after ``request_timeout_ms`` new records stop going to the producer and go to
+        the spool instead, and are replayed once the window is acknowledged.
         """
-        backoff = self.kafka.retry_backoff_ms / 1000
-        stall_after = self.kafka.request_timeout_ms / 1000
-        window: list[tuple[tuple[bytes, bytes], Any]] = []
-        from_spool = False
-        spool_n = 0  # records of the spool's last peek in flight: acknowledged together once all resolved
-        sent_at = 0.0
-        while True:
+        steps = {State.DIRECT: self._direct, State.SPOOLING: self._spooling, State.REPLAYING: self._replaying}
+        while self.state is not State.STOPPED:
             self._gauges()
-            if window:
-                pending = [f for _, f in window if not f.done()]
-                if pending:
-                    await asyncio.wait(pending, timeout=0.1)
-                if any(not f.done() for _, f in window):
-                    stalled = time.monotonic() - sent_at > stall_after
-                    if stalled or self._closing:
-                        new = self._drain_queue(10**9)
-                        if new:
-                            await self._to_spool(new)
-                    if self._closing and stalled:
-                        if not from_spool:  # keep them: at-least-once on shutdown
-                            await self._to_spool([r for r, f in window if not f.done() or f.exception()])
-                        return
+            self.state = await steps[self.state]()
+
+    async def _direct(self) -> State:
+        """DIRECT: the spool is empty; the next batch from the queue goes to the producer. To SPOOLING when no
+        producer connects (the batch is spooled); STOPPED when closing with nothing queued."""
+        if self._closing and self._queue.empty():
+            return State.STOPPED
+        try:
+            first = await asyncio.wait_for(self._queue.get(), 0.2)
+        except TimeoutError:
+            return State.DIRECT
+        batch = [first] + self._drain_queue(self.BATCH - 1)
+        if not await self._ensure_producer():
+            await self._to_spool(batch)
+            return State.SPOOLING
+        return await self._deliver(_Window(await self._send(batch), time.monotonic()))
+
+    async def _spooling(self) -> State:
+        """SPOOLING: the spool holds records and no producer is connected: queued records go behind them, a
+        connection is tried every ``retry_backoff_ms``. To REPLAYING once connected; STOPPED when closing."""
+        if not self.spool.pending:  # the size cap dropped what was spooled
+            return State.DIRECT
+        await self._spool_queue()
+        if await self._ensure_producer():
+            return State.REPLAYING
+        if self._closing:
+            return State.STOPPED
+        await asyncio.sleep(self.kafka.retry_backoff_ms / 1000)
+        return State.SPOOLING
+
+    async def _replaying(self) -> State:
+        """REPLAYING: queued records go behind the spool, the spool's oldest batch goes to the producer and is
+        acknowledged in the spool once the broker acknowledged it all. To DIRECT once the spool is empty."""
+        if not self.spool.pending:
+            return State.DIRECT
+        await self._spool_queue()
+        batch = await asyncio.to_thread(self.spool.peek, self.BATCH)
+        if not batch:
+            return State.REPLAYING
+        return await self._deliver(_Window(await self._send(batch), time.monotonic(), spool_n=len(batch)))
+
+    def _after_delivery(self) -> State:
+        # The producer is connected here: a non-empty spool (records spooled meanwhile) is replayed next.
+        return State.REPLAYING if self.spool.pending else State.DIRECT
+
+    async def _deliver(self, window: _Window) -> State:
+        """Wait for the acknowledgements of ``window`` (sent from the queue, or from the spool when
+        ``window.spool_n``). While it stalls past ``request_timeout_ms`` (or on close) queued records are spooled;
+        records failed for a transient reason are sent again after ``retry_backoff_ms``; on close the records not
+        delivered go to the spool (unless they came from it: at-least-once). Returns the next state."""
+        while True:
+            pending = [f for _, f in window.sent if not f.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=0.1)
+            if any(not f.done() for _, f in window.sent):
+                if await self._waiting(window) is State.STOPPED:
+                    return State.STOPPED
+                self._gauges()
+                continue
+            failed = await self._settle(window)
+            if failed:  # non-idempotent expiry or a non-retriable error: send those again, first
+                log.debug("kafka rejected %d events; retrying", len(failed))
+                await asyncio.sleep(self.kafka.retry_backoff_ms / 1000)
+                if not self._closing:
+                    window.sent, window.sent_at = await self._send(failed), time.monotonic()
+                    self._gauges()
                     continue
-                failed, refused = [], []
-                n_ok = 0
-                for r, f in window:
-                    exc = f.exception()
-                    if exc is None:
-                        res = f.result()
-                        if isinstance(res, tuple) and res and res[0] is DROPPED:
-                            self._drop(res[1])
-                        else:
-                            n_ok += 1
-                    elif permanent_reason(exc) is not None:
-                        refused.append(r)
-                    else:
-                        failed.append(r)
-                if refused:  # a record-level error from the broker fails its whole batch: find the culprit
-                    ok, again = await self._isolate(refused)
-                    n_ok += ok
-                    failed += again
-                self.stats["published"] += n_ok
-                self._m["published"].inc(n_ok)
-                if from_spool:
-                    self.stats["replayed"] += n_ok
-                    self._m["replayed"].inc(n_ok)
-                if failed:  # non-idempotent expiry or a non-retriable error: send those again, first
-                    log.debug("kafka rejected %d events; retrying", len(failed))
-                    await asyncio.sleep(backoff)
-                    if not self._closing:
-                        window, sent_at = await self._send(failed), time.monotonic()
-                        continue
-                    if not from_spool:
-                        await self._to_spool(failed)
-                    return
-                if from_spool:
-                    await asyncio.to_thread(self.spool.ack, spool_n)
-                    self._recovered()
-                window, from_spool, spool_n = [], False, 0
-                continue
-            if self.spool.pending:
-                new = self._drain_queue(10**9)
-                if new:
-                    await self._to_spool(new)
-                if not await self._ensure_producer():
-                    if self._closing:
-                        return
-                    await asyncio.sleep(backoff)
-                    continue
-                batch = await asyncio.to_thread(self.spool.peek, self.BATCH)
-                if batch:
-                    window, from_spool, sent_at = await self._send(batch), True, time.monotonic()
-                    spool_n = len(batch)
-                continue
-            if self._closing and self._queue.empty():
-                return
-            try:
-                first = await asyncio.wait_for(self._queue.get(), 0.2)
-            except asyncio.TimeoutError:
-                continue
-            batch = [first] + self._drain_queue(self.BATCH - 1)
-            if not await self._ensure_producer():
-                await self._to_spool(batch)
-                continue
-            window, from_spool, sent_at = await self._send(batch), False, time.monotonic()
+                if not window.spool_n:
+                    await self._to_spool(failed)
+                return State.STOPPED
+            if window.spool_n:
+                await asyncio.to_thread(self.spool.ack, window.spool_n)
+                self._recovered()
+            return self._after_delivery()
+
+    async def _waiting(self, window: _Window) -> State | None:
+        """``window`` is not all acknowledged yet. Stalled past ``request_timeout_ms`` (or closing): what is queued
+        goes to the spool. Stalled while closing: its undelivered records too (unless they came from the spool:
+        at-least-once on shutdown), and STOPPED. Else None: keep waiting."""
+        stalled = time.monotonic() - window.sent_at > self.kafka.request_timeout_ms / 1000
+        if stalled or self._closing:
+            await self._spool_queue()
+        if not (self._closing and stalled):
+            return None
+        if not window.spool_n:
+            await self._to_spool([r for r, f in window.sent if not f.done() or f.exception()])
+        return State.STOPPED
+
+    async def _settle(self, window: _Window) -> list[Record]:
+        """Count the resolved ``window``: delivered (published, and replayed when from the spool), dropped for
+        good (a record-level refusal isolates the culprit first); returns the records that failed transiently."""
+        failed: list[Record] = []
+        refused: list[Record] = []
+        n_ok = 0
+        for r, f in window.sent:
+            exc = f.exception()
+            if exc is None:
+                res = f.result()
+                if isinstance(res, tuple) and res and res[0] is DROPPED:
+                    self._drop(res[1])
+                else:
+                    n_ok += 1
+            elif permanent_reason(exc) is not None:
+                refused.append(r)
+            else:
+                failed.append(r)
+        if refused:  # a record-level error from the broker fails its whole batch: find the culprit
+            ok, again = await self._isolate(refused)
+            n_ok += ok
+            failed += again
+        self.stats["published"] += n_ok
+        self._m["published"].inc(n_ok)
+        if window.spool_n:
+            self.stats["replayed"] += n_ok
+            self._m["replayed"].inc(n_ok)
+        return failed

@@ -1,15 +1,18 @@
 """Config sections owned by ``streams/``: ``[telemetry]``, ``[kafka]`` and ``[fileset]``.
 
 Kafka options map onto aiokafka's producer/consumer arguments; TLS and SASL are passed through. Railcar never
-uses the Kafka admin API: topics are created by the cluster's operator (see ``../shared/KAFKA.md``).
+uses the Kafka admin API: topics are created by the cluster's operator (see ``../shared/KAFKA.md``). Every
+``validate()`` runs at load time (:func:`railcar.settings.load_config`) and returns its problems.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from railcar.core.config import ConfigError, opt
+from railcar.core.config import ConfigError, Problem, opt
 from railcar.rails.settings import DetectionConfig, GuardrailsConfig
 
 
@@ -26,9 +29,21 @@ class TelemetryConfig:
     spool_max_bytes: int = opt(256 * 1024 * 1024, "Spool size cap in bytes; the oldest segments drop first.")
     spool_segment_bytes: int = opt(4 * 1024 * 1024, "Spool segment size in bytes.")
 
-    def validate(self) -> None:
+    def validate(self) -> list[Problem]:
+        """Problems: ``queue_size`` or ``spool_max_bytes`` <= 0, ``spool_segment_bytes`` <= 0 or larger than
+        ``spool_max_bytes`` (a segment must fit under the cap)."""
+        out = []
         if self.queue_size <= 0:
-            raise ConfigError("telemetry.queue_size: must be > 0")
+            out.append(Problem("telemetry.queue_size", "must be > 0"))
+        if self.spool_max_bytes <= 0:
+            out.append(Problem("telemetry.spool_max_bytes", "must be > 0"))
+        if self.spool_segment_bytes <= 0:
+            out.append(Problem("telemetry.spool_segment_bytes", "must be > 0"))
+        elif self.spool_max_bytes > 0 and self.spool_segment_bytes > self.spool_max_bytes:
+            out.append(Problem("telemetry.spool_segment_bytes",
+                               f"{self.spool_segment_bytes} is larger than telemetry.spool_max_bytes "
+                               f"({self.spool_max_bytes})"))
+        return out
 
 
 @dataclass
@@ -60,28 +75,35 @@ class KafkaConfig:
     ssl_certfile: str = opt("", "Client certificate for mutual TLS.")
     ssl_keyfile: str = opt("", "Client key for mutual TLS.")
 
-    def validate(self) -> None:
+    def validate(self) -> list[Problem]:
+        """Problems: ``acks`` not ``all`` with idempotence, a size or timeout <= 0 (``linger_ms`` < 0),
+        ``max_request_size`` < 65536, a SASL ``security_protocol`` without ``sasl_mechanism``."""
+        out = []
         if self.enable_idempotence and self.acks != "all":
-            raise ConfigError("kafka.acks: must be 'all' when kafka.enable_idempotence is true")
-        for name in ("linger_ms", "max_batch_size", "max_request_size", "request_timeout_ms", "retry_backoff_ms"):
-            if getattr(self, name) < (0 if name == "linger_ms" else 1):
-                raise ConfigError(f"kafka.{name}: must be > 0")
-        if self.max_request_size < 64 * 1024:
-            raise ConfigError("kafka.max_request_size: must be >= 65536 (a trace event needs room)")
+            out.append(Problem("kafka.acks", "must be 'all' when kafka.enable_idempotence is true"))
+        if self.linger_ms < 0:
+            out.append(Problem("kafka.linger_ms", "must be >= 0"))
+        for name in ("max_batch_size", "max_request_size", "request_timeout_ms", "retry_backoff_ms"):
+            if getattr(self, name) <= 0:
+                out.append(Problem(f"kafka.{name}", "must be > 0"))
+        if 0 < self.max_request_size < 64 * 1024:
+            out.append(Problem("kafka.max_request_size", "must be >= 65536 (a trace event needs room)"))
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            out.append(Problem("kafka.sasl_mechanism", f"required with security_protocol {self.security_protocol}"))
+        return out
 
-    def client_options(self, environ=None) -> dict:
+    def client_options(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """aiokafka connection keyword arguments (bootstrap, client id, TLS, SASL) shared by producer and consumer.
 
-        The SASL password is read from the variable named by ``sasl_password_env``; TLS uses
-        ``aiokafka.helpers.create_ssl_context`` with the configured files.
+        The SASL password is read from the variable named by ``sasl_password_env`` in ``environ`` (default
+        ``os.environ``); TLS uses ``aiokafka.helpers.create_ssl_context`` with the configured files. Raises
+        :class:`ConfigError` for a SASL protocol without a mechanism (a section built without the loader).
         """
-        import os
-
         env = os.environ if environ is None else environ
-        kw: dict = {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
-                    "security_protocol": self.security_protocol}
+        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
+                              "security_protocol": self.security_protocol}
         if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
+            from aiokafka.helpers import create_ssl_context  # aiokafka only when a client starts, not at load
 
             kw["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile or None,
                                                    certfile=self.ssl_certfile or None,
@@ -100,6 +122,14 @@ class FilesetConfig:
 
     root: str = opt("./railcar-fileset", "Directory (or s3://bucket/prefix) holding nemo-agent-security/.")
     s3_endpoint_url: str = opt("", "S3-compatible endpoint for an s3:// root (e.g. MinIO).")
+
+    def validate(self) -> list[Problem]:
+        """Problems: ``root`` empty, or ``s3://`` without a bucket."""
+        if not self.root:
+            return [Problem("fileset.root", "must not be empty")]
+        if self.root.startswith("s3://") and not self.root[5:].partition("/")[0]:
+            return [Problem("fileset.root", f"{self.root!r} has no bucket")]
+        return []
 
 
 class StreamsSettings(Protocol):

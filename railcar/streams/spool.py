@@ -22,10 +22,14 @@ import collections
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO
 
-__all__ = ["Spool", "MemorySpool", "SpoolError"]
+__all__ = ["Spool", "MemorySpool", "SpoolError", "Record"]
+
+# One ``(key, value)`` record. Named at module level: inside the spool classes ``bytes`` is their size property.
+Record = tuple[bytes, bytes]
 
 _FRAME = struct.Struct(">II")
 _KEYLEN = struct.Struct(">H")
@@ -87,7 +91,7 @@ class Spool:
         self._pending = sum(c for _, c in self._segments.values())
         if self._cursor_seq in self._segments and self._cursor_off:
             self._pending -= len([f for f in _read_frames(self._path(self._cursor_seq)) if f[0] <= self._cursor_off])
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._fh_seq = -1
         self._peeked: list[tuple[int, bytes, bytes]] = []  # frames of the last peek not yet acknowledged
 
@@ -131,7 +135,7 @@ class Spool:
         """Records appended and not yet acknowledged by :meth:`ack`."""
         return self._pending
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    def append(self, records: Sequence[Record]) -> None:
         """Append ``(key, value)`` records durably (one fsync per call), then enforce the size cap."""
         if not records:
             return
@@ -139,14 +143,16 @@ class Spool:
         if not self._segments or self._segments[last][0] >= self.segment_bytes:
             last += 1
             self._segments[last] = [0, 0]
-        if self._fh_seq != last:
-            if self._fh is not None:
-                self._fh.close()
-            self._fh, self._fh_seq = open(self._path(last), "ab"), last
+        fh = self._fh
+        if fh is None or self._fh_seq != last:
+            if fh is not None:
+                fh.close()
+            fh = open(self._path(last), "ab")
+            self._fh, self._fh_seq = fh, last
         blob = b"".join(_pack(k, v) for k, v in records)
-        self._fh.write(blob)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        fh.write(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
         self._segments[last][0] += len(blob)
         self._segments[last][1] += len(records)
         self._pending += len(records)
@@ -166,7 +172,7 @@ class Spool:
         self._cursor_seq, self._cursor_off = (min(self._segments) if self._segments else 0), 0
         self._save_cursor()
 
-    def peek(self, max_records: int = 500) -> list[tuple[bytes, bytes]]:
+    def peek(self, max_records: int = 500) -> list[Record]:
         """Up to ``max_records`` oldest unacknowledged ``(key, value)`` records, in append order, from the
         oldest segment only (call again after :meth:`ack`)."""
         while self._segments:
@@ -211,7 +217,7 @@ class MemorySpool:
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         self.dropped = 0
-        self._q: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._q: collections.deque[Record] = collections.deque()
         self._bytes = 0
         # Records of the last peek not yet acknowledged, and how many of them the cap dropped meanwhile (always
         # the first ones: both the peek and the cap take from the head).
@@ -227,7 +233,7 @@ class MemorySpool:
         """Records appended and not yet acknowledged (nor dropped)."""
         return len(self._q)
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    def append(self, records: Sequence[Record]) -> None:
         """Add ``(key, value)`` records at the tail, then drop the oldest while over ``max_bytes``."""
         for k, v in records:
             self._q.append((k, v))
@@ -239,7 +245,7 @@ class MemorySpool:
             if self._peek_gone < self._peek_n:
                 self._peek_gone += 1
 
-    def peek(self, max_records: int = 500) -> list[tuple[bytes, bytes]]:
+    def peek(self, max_records: int = 500) -> list[Record]:
         """Up to ``max_records`` oldest records, in append order (they stay until :meth:`ack`)."""
         out = [self._q[i] for i in range(min(max_records, len(self._q)))]
         self._peek_n, self._peek_gone = len(out), 0

@@ -23,8 +23,8 @@ import ctypes
 import glob
 import os
 import threading
+from collections.abc import Iterable
 from ctypes import c_char_p, c_int, c_int16, c_int32, c_size_t, c_void_p
-from typing import Iterable
 
 __all__ = ["MockCluster", "MockBrokerError", "load_librdkafka"]
 
@@ -158,7 +158,7 @@ class MockCluster:
             self._lib.rd_kafka_destroy(self._rk)
             self._rk = None
 
-    def __enter__(self) -> "MockCluster":
+    def __enter__(self) -> MockCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

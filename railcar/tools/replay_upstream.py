@@ -2,9 +2,9 @@
 
 Two modes in one server:
 
-- **Replay**: answers ``POST /v1/chat/completions`` with a recorded interaction from
-  ``../shared/fixtures/recorded/chat_completions.jsonl`` (fields ``id``, ``request``, ``status``,
-  ``response_headers``, ``response_body``; see that directory's README): the recorded status, the recorded
+- **Replay**: answers ``POST /v1/chat/completions`` with a recorded interaction from a ``chat_completions.jsonl``
+  the caller names (fields ``id``, ``request``, ``status``, ``response_headers``, ``response_body``; e.g. the
+  bundled ``railcar/tools/demo_data/recorded_sample.jsonl``): the recorded status, the recorded
   ``Content-Type`` verbatim and the body byte for byte. SSE bodies are written one event per transport write
   (``split="event"``), or in fixed-size pieces (``split=<int>`` bytes, to exercise splitters), or whole
   (``split=None``). A request is matched to a record by its JSON body (canonical: keys sorted; the first record
@@ -27,7 +27,7 @@ written now) and ``completed`` (responses fully written).
 
 Usage::
 
-    async with ReplayUpstream(records=load_records()) as up:
+    async with ReplayUpstream(records=load_records("chat_completions.jsonl")) as up:
         client = openai.AsyncOpenAI(base_url=up.base_url, api_key="x")
 
 Command line (a separate process for benchmarks): ``python -m railcar.tools.replay_upstream --port 9000
@@ -40,9 +40,10 @@ import argparse
 import asyncio
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -51,21 +52,15 @@ from railcar.core.wire import DONE_FRAME, sse_frame
 from railcar.sidecar.errors import error_response
 from railcar.sidecar.sse import split_events
 
-__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "default_records_path", "synthetic_frames",
-           "split_text"]
+__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "synthetic_frames", "split_text"]
 
 
-def default_records_path() -> Path:
-    """``<repo>/../shared/fixtures/recorded/chat_completions.jsonl`` (the layout of a checkout and of CI)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "recorded" / "chat_completions.jsonl"
-
-
-def load_records(path: str | Path | None = None) -> list[dict[str, Any]]:
+def load_records(path: str | Path) -> list[dict[str, Any]]:
     """Every record of a recorded ``chat_completions.jsonl`` (one JSON object per line), in file order.
 
     Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` naming the line for bad JSON.
     """
-    path = Path(path) if path else default_records_path()
+    path = Path(path)
     out = []
     with path.open("rb") as fh:
         for n, line in enumerate(fh, 1):
@@ -166,7 +161,7 @@ class ReplayUpstream:
         """``http://<host>:<port>/v1`` (the bound port once started)."""
         return f"http://{self.host}:{self.port}/v1"
 
-    async def start(self) -> "ReplayUpstream":
+    async def start(self) -> ReplayUpstream:
         """Bind and serve (``OSError`` when the port is taken); returns ``self``."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -186,7 +181,7 @@ class ReplayUpstream:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "ReplayUpstream":
+    async def __aenter__(self) -> ReplayUpstream:
         return await self.start()
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -21,9 +21,13 @@ import argparse
 import html
 import sys
 from collections import Counter, OrderedDict, defaultdict
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
+
+from railcar.streams.fileset import FILESET, FilesetError, open_fileset
+from railcar.streams.settings import StreamsSettings
 
 __all__ = ["render_report", "main"]
 
@@ -48,7 +52,7 @@ def _parse_ts(value: Any) -> datetime | None:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _agent_of(f: Mapping[str, Any]) -> str:
@@ -108,7 +112,7 @@ def _timeline(findings: list[Mapping[str, Any]], width: int = 1040) -> str:
     agents = sorted({a for _, a, _ in pts})
     lo, hi = min(t for t, _, _ in pts).timestamp(), max(t for t, _, _ in pts).timestamp()
     pad = max((hi - lo) * 0.05, 0.5)  # a lone burst sits mid-axis rather than on its edge
-    t0 = datetime.fromtimestamp(lo - pad, tz=timezone.utc)
+    t0 = datetime.fromtimestamp(lo - pad, tz=UTC)
     secs = hi - lo + 2 * pad
     left, right, lane_h, top = 170, 30, 44, 16
     span = width - left - right
@@ -123,7 +127,7 @@ def _timeline(findings: list[Mapping[str, Any]], width: int = 1040) -> str:
     out.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" class="axisline"/>')
     for k in range(5):
         x = left + span * k / 4
-        t = datetime.fromtimestamp(t0.timestamp() + secs * k / 4, tz=timezone.utc)
+        t = datetime.fromtimestamp(t0.timestamp() + secs * k / 4, tz=UTC)
         out.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 5}" class="axisline"/>')
         out.append(f'<text x="{x:.1f}" y="{axis_y + 20}" text-anchor="middle" class="axis">{_e(t.strftime(fmt)[:12] if secs < 10 else t.strftime(fmt))}</text>')
     for t, agent, f in sorted(pts, key=lambda p: p[0]):
@@ -244,24 +248,35 @@ def _suggestions(suggestions: list[Mapping[str, Any]]) -> str:
     return "".join(out)
 
 
+def _coverage_state(ps: list[Mapping[str, Any]]) -> str:
+    """The badge of one agent: guarded (every model path), unguarded (none) or partly guarded."""
+    guarded = sum(1 for p in ps if p.get("guarded"))
+    if guarded == len(ps):
+        return _badge("guarded", "#15803d")
+    if guarded == 0:
+        return _badge("unguarded", "#b45309")
+    return _badge("partly guarded", "#d9a514")
+
+
+def _coverage_row(agent: str, paths: list[Mapping[str, Any]]) -> str:
+    """One table row: the agent, its coverage badge, the models it called (guarded ones marked), its rails."""
+    ps = sorted(paths, key=lambda p: str(p.get("model")))
+    guarded = sum(1 for p in ps if p.get("guarded"))
+    rails = sorted({str(r) for p in ps for r in p.get("rails") or ()})
+    models = ", ".join(f'<span class="chip{" chip-ok" if p.get("guarded") else ""}">{_e(p.get("model"))}</span>'
+                       for p in ps)
+    return (f"<tr><td><strong>{_e(agent)}</strong></td><td>{_coverage_state(ps)}<div class='small muted'>{guarded} of "
+            f"{len(ps)} model paths</div></td><td>{models}</td><td class='small'>"
+            f"{_e(', '.join(rails) or 'none')}</td></tr>")
+
+
 def _coverage(snapshot: Mapping[str, Any]) -> str:
     cov = snapshot.get("coverage") or {}
     paths = [p for p in cov.get("model_paths") or () if isinstance(p, Mapping)]
     by_agent: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for p in paths:
         by_agent[str(p.get("agent"))].append(p)
-    rows = []
-    for agent in sorted(by_agent):
-        ps = sorted(by_agent[agent], key=lambda p: str(p.get("model")))
-        guarded = sum(1 for p in ps if p.get("guarded"))
-        rails = sorted({str(r) for p in ps for r in p.get("rails") or ()})
-        state = (_badge("guarded", "#15803d") if guarded == len(ps)
-                 else _badge("unguarded", "#b45309") if guarded == 0 else _badge("partly guarded", "#d9a514"))
-        models = ", ".join(f'<span class="chip{" chip-ok" if p.get("guarded") else ""}">{_e(p.get("model"))}</span>'
-                           for p in ps)
-        rows.append(f"<tr><td><strong>{_e(agent)}</strong></td><td>{state}<div class='small muted'>{guarded} of "
-                    f"{len(ps)} model paths</div></td><td>{models}</td><td class='small'>"
-                    f"{_e(', '.join(rails) or 'none')}</td></tr>")
+    rows = [_coverage_row(agent, by_agent[agent]) for agent in sorted(by_agent)]
     table = ('<table><thead><tr><th>Agent</th><th>Coverage</th><th>Models called</th><th>Rails active</th></tr>'
              f'</thead><tbody>{"".join(rows)}</tbody></table>') if rows else \
         '<p class="muted">No model paths were observed (coverage is recorded by the consumer from trace events).</p>'
@@ -342,17 +357,16 @@ security_snapshot.json and security_suggestions.jsonl.</footer>
             f'<title>Railcar security report</title><style>{_CSS}</style></head><body>{body}</body></html>\n')
 
 
-def main(args: argparse.Namespace, config: Any) -> int:
+def main(args: argparse.Namespace, config: StreamsSettings) -> int:
     """``railcar report --fileset-root DIR --out FILE.html``: exit 0 after writing the page, 2 when the fileset
     has no snapshot or cannot be read (the message names ``--fileset-root``) or the output cannot be written
-    (names ``--out``). Reading never creates anything under ``--fileset-root``."""
-    from railcar.streams.fileset import FILESET, FilesetError, open_fileset
-
+    (names ``--out``). Reading never creates anything under ``--fileset-root``; ``config.fileset`` gives the S3
+    endpoint of an ``s3://`` root."""
     root = args.fileset_root
     snapshot = None
     # A local fileset is opened only when it exists: opening one creates its directories, a reader must not.
     if root.startswith("s3://") or (Path(root) / FILESET).is_dir():
-        s3 = getattr(getattr(config, "fileset", None), "s3_endpoint_url", "") or ""
+        s3 = config.fileset.s3_endpoint_url or ""
         try:
             fs = open_fileset(root, s3)
             snapshot = fs.read_snapshot()

@@ -1,4 +1,4 @@
-"""sidecar/demo.py: ``railcar demo`` end to end on recorded traffic (a shortened session list), as a process.
+"""commands/demo.py: ``railcar demo`` end to end on recorded traffic (a shortened session list), as a process.
 
 Runs the real command (replay upstream, librdkafka mock broker, three sidecars with the default guardrail config,
 the real ``openai`` client, the consumer group) and checks the fileset, ``demo-summary.json``, ``report.html`` and
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from shared_fixtures import RECORDED_CHAT
 
 from railcar.commands.demo import BUNDLED_SAMPLE, find_recorded, recorded_sessions
+from railcar.rails.scanner import Scanner
 from railcar.tools.demo_data.leaks import build_leaks
 from railcar.tools.replay_upstream import load_records
-from shared_fixtures import RECORDED_CHAT
 
 RECORDED = RECORDED_CHAT
 SESSIONS = 8
@@ -38,8 +39,6 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
 
 def _planted_values(records: list[dict]) -> list[str]:
     """The raw values the leaking sessions carry (the same seed as the demo), to prove none is persisted."""
-    from railcar.rails.scanner import Scanner
-
     scanner = Scanner()
     values = []
     for lk in build_leaks(records):
@@ -138,15 +137,19 @@ def test_printed_summary_and_nothing_raw_persisted(demo_run) -> None:
     assert "Railcar security report" in page and page.count("<tr>") >= 5  # at least one row per finding
 
 
-def test_recorded_lookup_and_bundled_sample(tmp_path: Path) -> None:
+def test_recorded_lookup_and_bundled_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(FileNotFoundError, match="--recorded"):
         find_recorded(str(tmp_path / "nope.jsonl"))
     (tmp_path / "shared" / "fixtures" / "recorded").mkdir(parents=True)
     mine = tmp_path / "shared" / "fixtures" / "recorded" / "chat_completions.jsonl"
     mine.write_text(BUNDLED_SAMPLE.read_text())
+    assert find_recorded(str(mine)) == mine  # the explicit file
     work = tmp_path / "clone"
     work.mkdir()
-    assert find_recorded("", cwd=work) == mine  # ../shared beside the working directory wins
+    monkeypatch.chdir(work)
+    # Without --recorded: the bundled sample, even with ../shared beside the working directory (shipped code
+    # never builds ../shared paths; ./dev demo passes --recorded).
+    assert find_recorded("") == BUNDLED_SAMPLE
     sample = load_records(BUNDLED_SAMPLE)
     assert 20 <= len(sample) <= 30
     assert {r["kind"] for r in sample} >= {"stream_text", "nonstream_text", "nonstream_tool", "error"}

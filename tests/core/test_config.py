@@ -1,16 +1,24 @@
-"""railcar.core.config: TOML + RAILCAR_* loading, errors that name the key, credentials, --help."""
+"""railcar.core.config (the generic loader) through railcar.settings (the typed root): TOML + RAILCAR_* loading,
+errors that name the key and its variable, every check at load time with all errors collected, credentials,
+--help; and the table of bad configs under testdata/invalid_configs/, run as real ``railcar serve`` and
+``railcar consume`` processes."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 
-from railcar.cli import build_parser, main as cli_main
-from railcar.core.config import ConfigError, _sections, describe_options, load_config
+from railcar.cli import build_parser
+from railcar.cli import main as cli_main
+from railcar.core.config import ConfigError, coerce, env_name
+from railcar.settings import RailcarConfig, describe_options, load_config
+from railcar.sidecar.settings import UpstreamConfig
 
 
 def write(tmp_path, text: str):
@@ -62,9 +70,10 @@ def test_api_key_env_file_and_error(tmp_path):
     key.write_text("  sk-file\n")
     cfg = load_config(None, environ={"RAILCAR_UPSTREAM_API_KEY_FILE": str(key)})
     assert cfg.upstream.api_key({"RAILCAR_UPSTREAM_API_KEY": "sk-env"}) == "sk-file"  # the file wins
-    cfg = load_config(None, environ={"RAILCAR_UPSTREAM_API_KEY_FILE": str(tmp_path / "missing")})
-    with pytest.raises(ConfigError, match="upstream.api_key_file"):
-        cfg.upstream.api_key({})
+    with pytest.raises(ConfigError, match="upstream.api_key_file"):  # checked at load time now
+        load_config(None, environ={"RAILCAR_UPSTREAM_API_KEY_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="upstream.api_key_file"):  # and still at use, for a section built by hand
+        UpstreamConfig(api_key_file=str(tmp_path / "missing")).api_key({})
     cfg = load_config(None, environ={"RAILCAR_UPSTREAM_API_KEY_ENV": "MY_KEY", "MY_KEY": "sk-custom"})
     assert cfg.upstream.api_key({"MY_KEY": "sk-custom"}) == "sk-custom"
 
@@ -76,12 +85,11 @@ def _all_keys() -> list[str]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}.{f.name}")
+                walk(hints[f.name], f"{prefix}.{f.name}".lstrip("."))
             else:
-                keys.append(f"{prefix}.{f.name}")
+                keys.append(f"{prefix}.{f.name}".lstrip("."))
 
-    for name, cls in _sections().items():
-        walk(cls, name)
+    walk(RailcarConfig, "")
     return keys
 
 
@@ -120,3 +128,144 @@ def test_bad_table_value_is_named_but_not_echoed(tmp_path, text, environ, named)
         load_config(path, environ=environ)
     assert str(err.value).startswith(named + ": invalid value")
     assert "sk-live" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------- invalid configs
+# OpenTelemetry Collector style: one file per bad setting, the expected key in the first line (``# expect: KEY``).
+
+INVALID_CONFIGS = sorted((Path(__file__).parent / "testdata" / "invalid_configs").glob("*.toml"))
+
+
+def _expected_key(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: <key>'"
+    return first.removeprefix("# expect: ").strip()
+
+
+def _railcar(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
+    return subprocess.run([sys.executable, "-m", "railcar", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_invalid_config_table_is_there():
+    assert len(INVALID_CONFIGS) >= 14
+
+
+@pytest.mark.parametrize("path", INVALID_CONFIGS, ids=lambda p: p.stem)
+def test_invalid_config_has_exactly_its_one_problem(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths in the files resolve against an empty directory
+    key = _expected_key(path)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert isinstance(err.value, ValueError)
+    assert len(err.value.errors) == 1, err.value.errors
+    assert err.value.errors[0].startswith(key + ":") and env_name(key) in err.value.errors[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "consume"])
+@pytest.mark.parametrize("path", INVALID_CONFIGS, ids=lambda p: p.stem)
+def test_invalid_config_exits_2_naming_the_setting(path, command, tmp_path):
+    key = _expected_key(path)
+    out = _railcar(command, "--config", str(path), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert key in out.stderr and env_name(key) in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "consume"])
+def test_every_bad_setting_is_reported_at_once(tmp_path, command):
+    p = write(tmp_path, '[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\n'
+                        '[detection]\ndisabled_detectors = ["no_such_detector"]\n[server]\nport = 0\n')
+    out = _railcar(command, "--config", str(p), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if "configuration error" in line]
+    assert len(lines) == 3, out.stderr
+    for key in ("kafka.sasl_mechanism", "detection.disabled_detectors", "server.port"):
+        assert sum(key in line and env_name(key) in line for line in lines) == 1, (key, out.stderr)
+
+
+def test_loader_collects_coercion_unknown_and_validation_errors(tmp_path):
+    p = write(tmp_path, '[server]\nport = "x"\nprot = 1\n[sever]\n[fileset]\nroot = ""\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={"RAILCAR_KAFKA_NO_SUCH": "1"})
+    errors = err.value.errors
+    assert str(err.value) == "\n".join(errors)
+    assert [e.split(":")[0] for e in errors] == ["sever", "server.prot", "server.port", "RAILCAR_KAFKA_NO_SUCH",
+                                                 "fileset.root"]
+
+
+# ---------------------------------------------------------------------------------------------------- env variables
+
+
+def test_problem_of_a_value_from_the_environment_names_the_variable_first():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RAILCAR_TELEMETRY_SPOOL_MAX_BYTES": "0"})
+    assert err.value.errors == ["RAILCAR_TELEMETRY_SPOOL_MAX_BYTES: must be > 0 (telemetry.spool_max_bytes)"]
+
+
+def test_cross_field_problem_from_the_environment_names_key_and_variable():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"RAILCAR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    (error,) = err.value.errors
+    assert error.startswith("kafka.sasl_mechanism:") and "RAILCAR_KAFKA_SASL_MECHANISM" in error
+    cfg = load_config(None, environ={"RAILCAR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                     "RAILCAR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                                     "RAILCAR_KAFKA_SASL_PASSWORD": "pw"})  # a credential variable, allowed
+    assert cfg.kafka.client_options({"RAILCAR_KAFKA_SASL_PASSWORD": "pw"})["sasl_plain_password"] == "pw"
+
+
+def test_environment_fixes_a_bad_file_value(tmp_path):
+    p = write(tmp_path, "[server]\nport = 70000\n[telemetry]\nspool_max_bytes = 0\n")
+    cfg = load_config(p, environ={"RAILCAR_SERVER_PORT": "9000", "RAILCAR_TELEMETRY_SPOOL_MAX_BYTES": "1048576",
+                                  "RAILCAR_TELEMETRY_SPOOL_SEGMENT_BYTES": "65536"})
+    assert (cfg.server.port, cfg.telemetry.spool_max_bytes, cfg.telemetry.spool_segment_bytes) == (9000, 1 << 20, 65536)
+
+
+def test_environment_list_and_file_paths(tmp_path):
+    with pytest.raises(ConfigError, match="RAILCAR_DETECTION_DISABLED_DETECTORS: unknown detector id.*'nope'"):
+        load_config(None, environ={"RAILCAR_DETECTION_DISABLED_DETECTORS": "github_token, nope"})
+    cfg = load_config(None, environ={"RAILCAR_DETECTION_DISABLED_DETECTORS": '["github_token"]'})
+    assert cfg.detection.disabled_detectors == ["github_token"]
+    key = tmp_path / "fp.key"
+    key.write_text("\n")
+    with pytest.raises(ConfigError, match="RAILCAR_DETECTION_FINGERPRINT_KEY_FILE: .* is empty"):
+        load_config(None, environ={"RAILCAR_DETECTION_FINGERPRINT_KEY_FILE": str(key)})
+    key.write_text("k" * 32)
+    assert load_config(None, environ={"RAILCAR_DETECTION_FINGERPRINT_KEY_FILE": str(key)}).detection.fingerprint_key_file
+    with pytest.raises(ConfigError, match="RAILCAR_GUARDRAILS_CONFIG_PATH: .* does not exist"):
+        load_config(None, environ={"RAILCAR_GUARDRAILS_CONFIG_PATH": str(tmp_path / "none")})
+    assert load_config(None, environ={"RAILCAR_GUARDRAILS_CONFIG_PATH": "default"}).guardrails.config_path == "default"
+
+
+def test_railcar_config_variable_names_the_file(tmp_path):
+    p = write(tmp_path, "[server]\nport = 9100\n")
+    assert load_config(None, environ={"RAILCAR_CONFIG": str(p)}).server.port == 9100
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(None, environ={"RAILCAR_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_validate_after_a_change_reports_every_problem():
+    cfg = RailcarConfig()
+    cfg.validate()
+    cfg.server.port, cfg.fileset.root = 0, ""
+    with pytest.raises(ConfigError) as err:
+        cfg.validate()
+    assert [e.split(":")[0] for e in err.value.errors] == ["server.port", "fileset.root"]
+
+
+@pytest.mark.parametrize("value, tp, from_env, expected", [
+    ("yes", bool, True, True), ("off", bool, True, False), (True, bool, False, True),
+    ("8080", int, True, 8080), (8080, int, False, 8080), ("1.5", float, True, 1.5), (2, float, False, 2.0),
+    ("a, b,", list, True, ["a", "b"]), ('["a,b"]', list, True, ["a,b"]), ('{"x": "1"}', dict, True, {"x": "1"}),
+    ("", dict, True, {}), ("", bool | None, True, None), ("on", bool | None, True, True),
+])
+def test_coerce_per_type(value, tp, from_env, expected):
+    assert coerce(value, tp, from_env) == expected
+
+
+@pytest.mark.parametrize("value, tp", [("yes", bool), (True, int), ("8080", int), (True, float), (1, str),
+                                        ("a", list), ("{}", dict)])
+def test_coerce_from_toml_wants_the_type(value, tp):
+    with pytest.raises(TypeError):
+        coerce(value, tp, from_env=False)

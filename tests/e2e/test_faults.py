@@ -12,9 +12,9 @@ import time
 
 import aiohttp
 import pytest
+from ports import free_port
 
 from railcar.tools.replay_upstream import ReplayUpstream
-from ports import free_port
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

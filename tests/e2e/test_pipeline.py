@@ -9,11 +9,12 @@ import random
 import openai
 import orjson
 from confluent_kafka import Consumer
+from kafka_support import mock_cluster, read_topic  # noqa: F401  (fixture)
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from planted_corpus import GENERATORS
 from prometheus_client import CollectorRegistry
 
-from kafka_support import mock_cluster, read_topic  # noqa: F401  (fixture)
-from planted_corpus import GENERATORS
+from railcar.rails.masking import fingerprint
 from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
 from railcar.streams.consumer import ConsumerGroupWorker
@@ -78,7 +79,6 @@ async def test_recorded_traffic_with_planted_secrets(mock_cluster, records, repl
     await task
     snap = open_fileset(str(tmp_path / "fs")).read_snapshot()
     found = {(f["detector"], f["fingerprint"]) for f in snap["findings"]}
-    from railcar.rails.masking import fingerprint
     for det, value in planted:
         assert (det, fingerprint(scanner.key, det, value)) in found, det
     assert all(f["location"]["agent"] == "agent-e2e" for f in snap["findings"])

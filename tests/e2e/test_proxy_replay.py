@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from railcar.tools.replay_upstream import ReplayUpstream, _body_key
 from railcar.sidecar.sse import split_events
+from railcar.tools.replay_upstream import ReplayUpstream, _body_key
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, rec: dict, by_id: bool) -> tuple[int, str, bytes]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nemoguardrails.rails.llm.buffer import RollingBuffer
 
 from railcar.rails.chunker import RollingChunker

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from railcar.rails import detectors as d
+from railcar.rails.scanner import Scanner
 
 
 def test_catalog_ids_unique_and_patterns_have_one_capture():
@@ -82,7 +83,6 @@ def test_github_checksum():
     assert not d.github_checksum_ok("ghp_" + body + "zzzzzz")
     # The scanner reports a checksum-valid token with the confirmed confidence, a checksum-less one still found
     # (test corpora use random bodies) at the catalog's base confidence.
-    from railcar.rails.scanner import Scanner
 
     body = "Xr7Qw2Lm9Tz4Kp8Vn3Bc6Hd1Jf5Gs0"  # a realistic random part (the one above is too repetitive to scan)
     det = d.get("github_token")
@@ -113,7 +113,6 @@ def test_aws_placeholders_are_rejected(value):
 def test_aws_random_key_with_a_placeholder_word_inside_is_a_finding():
     # bench/pipeline.py planted this random key (body random over [A-Z2-7]): "XXXX" inside it made it a
     # "placeholder", so one planted key in ~700 was never a finding.
-    from railcar.rails.scanner import Scanner
 
     key = "AKIA4VXXXXUJEAZB4O3Y"
     assert d.get("aws_access_key_id").validate(key)
@@ -160,14 +159,12 @@ def test_select_and_get():
     "build_4539148803436467",
 ])
 def test_card_digits_inside_hex_or_identifiers_are_not_cards(text):
-    from railcar.rails.scanner import Scanner
 
     assert d.card_ok("4539148803436467")  # the digits alone are a valid card: only the context rejects them
     assert [m.detector for m in Scanner(key=b"k" * 32).scan_text(text) if m.detector == "payment_card"] == []
 
 
 def test_card_after_json_escape_or_punctuation_still_found():
-    from railcar.rails.scanner import Scanner
 
     sc = Scanner(key=b"k" * 32)
     for text in ('{"note":"card:\\n4539148803436467"}', "pay (4539 1488 0343 6467).", "card=4539148803436467;"):

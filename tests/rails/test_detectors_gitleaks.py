@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from shared_fixtures import GITLEAKS_CASES
 
 from railcar.rails.scanner import Scanner
-from shared_fixtures import GITLEAKS_CASES
 
 CASES = GITLEAKS_CASES
 

@@ -19,15 +19,15 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from ports import free_port
+from rails.test_engine_local import CUSTOM, self_check_yaml
 
+from railcar.core.exchange import Exchange
 from railcar.rails.engine_local import RailError
 from railcar.rails.engine_remote import RemoteEngine
 from railcar.rails.guard import RailsGuard
 from railcar.rails.guardrails_config import load_guardrails_config
 from railcar.rails.settings import GuardrailsConfig, RemoteGuardrailsConfig
-from railcar.core.exchange import Exchange
-from rails.test_engine_local import CUSTOM, self_check_yaml
-from ports import free_port
 
 REGEX = ("rails:\n  config:\n    regex_detection:\n      input:\n        patterns: ['(?i)ignore previous']\n"
          "      output:\n        patterns: ['AKIA[0-9A-Z]{16}']\n  input:\n    flows: [regex check input]\n"
@@ -90,7 +90,7 @@ def server(tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode()[-2000:])
+                raise RuntimeError(proc.stderr.read().decode()[-2000:]) from None
             time.sleep(0.2)
     yield f"http://127.0.0.1:{port}"
     proc.terminate()

@@ -14,19 +14,30 @@ from typing import Any
 
 import openai
 import pytest
+from rails_support import (
+    AWS_KEY,
+    SECRET_PATTERN_YAML,
+    FramesUpstream,
+    guard_for,
+    relay_raw,
+    run_stream,
+    secret_guard,
+    split_secret,
+    stream_of,
+)
 
+import railcar.rails.guard as rg
+from railcar.core.exchange import Exchange
+from railcar.core.guard import GuardRejected
 from railcar.core.wire import blocked_frames
+from railcar.rails import detectors
 from railcar.rails.engine_local import LocalEngine
 from railcar.rails.guard import RailsGuard, build_guard
 from railcar.rails.guardrails_config import load_guardrails_config
+from railcar.rails.inline import HoldBack
+from railcar.rails.scanner import Scanner
 from railcar.rails.settings import GuardrailsConfig
-from railcar.core.exchange import Exchange
-from railcar.core.guard import GuardRejected
 from railcar.tools.replay_upstream import ReplayUpstream
-
-from rails_support import (AWS_KEY, SECRET_PATTERN_YAML, FramesUpstream, guard_for, relay_raw, run_stream,
-                           secret_guard, split_secret, stream_of)
-
 
 # --------------------------------------------------------------------------------------- requests
 
@@ -97,10 +108,6 @@ async def test_non_streaming_tool_call_arguments_get_the_inline_treatment(action
     # Streamed tool-call arguments pass the inline hold-back; a non-streamed answer must get the same treatment
     # (README: "Non-streaming answers get the same treatment on the whole message"). No output or tool rails here:
     # only the hold-back can catch the key.
-    from railcar.rails.inline import HoldBack
-    from railcar.rails.scanner import Scanner
-    from railcar.rails import detectors
-
     key = "AKIA" + "Q3VZ7XKM2PLRW5TN"  # a real-shaped key (the EXAMPLE one is a documented placeholder)
     gs = GuardrailsConfig(config_inline="rails:\n  input:\n    flows: [regex check input]\n  config:\n"
                                         "    regex_detection:\n      input:\n        patterns: ['zzz']\n")
@@ -169,8 +176,6 @@ async def test_child_span_per_rail_check() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    import railcar.rails.guard as rg
-
     saved = rg._tracer
     rg._tracer = provider.get_tracer("railcar.rails")
     try:
@@ -242,3 +247,33 @@ async def test_e2e_recorded_traffic_relayed_with_default_rails(make_config, star
 
 async def test_build_guard_none_without_config(make_config) -> None:
     assert await build_guard(make_config()) is None
+
+
+async def test_non_streaming_redaction_notes_go_to_the_outcome() -> None:
+    """A redacted non-streamed answer records one RedactionNote per placeholder (content and tool-call arguments,
+    each with its JSON path) in ``exchange.outcome.redactions``; a blocked choice records none."""
+    key = "AKIA" + "Q3VZ7XKM2PLRW5TN"
+    gs = GuardrailsConfig(config_inline="rails:\n  input:\n    flows: [regex check input]\n  config:\n"
+                                        "    regex_detection:\n      input:\n        patterns: ['zzz']\n")
+    loaded = load_guardrails_config(gs)
+    guard = RailsGuard(gs, loaded, LocalEngine(loaded),
+                       filter_factory=HoldBack(Scanner(detectors.select(["secret"]), b"k"), "redact"))
+    args = json.dumps({"cmd": f"export AWS_ACCESS_KEY_ID={key}"})
+    body = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": f"Using {key} now.",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "sh", "arguments": args}}]}}]}
+    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "run it"}]})
+    out = await guard.check_response(ex, body)
+    assert out is not None and key not in json.dumps(out)
+    notes = ex.outcome.redactions
+    assert [(n.detector, n.path) for n in notes] == [
+        ("aws_access_key_id", "$.choices[0].message.content"),
+        ("aws_access_key_id", "$.choices[0].message.tool_calls[0].function.arguments")]
+    assert f"[REDACTED:aws_access_key_id:{notes[0].fingerprint[:8]}]" in out["choices"][0]["message"]["content"]
+    assert key not in notes[0].masked_preview
+    blocker = RailsGuard(gs, loaded, LocalEngine(loaded),
+                         filter_factory=HoldBack(Scanner(detectors.select(["secret"]), b"k"), "block"))
+    ex2 = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "run it"}]})
+    await blocker.check_response(ex2, {"choices": [{"index": 0, "message": {"role": "assistant",
+                                                                             "content": f"Using {key}."}}]})
+    assert ex2.outcome.blocked and ex2.outcome.redactions == []

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import random
+import re
+import string
 from pathlib import Path
 
 import pytest
+import yaml
 
-from railcar.rails.guardrails_config import load_guardrails_config
-from railcar.rails.settings import GuardrailsConfig, PolicyConfig
 from railcar.core.config import ConfigError
+from railcar.rails import detectors as det
+from railcar.rails.guardrails_config import CATALOG_MARKER, DEFAULT_CONFIG_DIR, load_guardrails_config
+from railcar.rails.inline import holdback_from_config
+from railcar.rails.settings import DetectionConfig, GuardrailsConfig, PolicyConfig
 
 YAML = "rails:\n  output:\n    flows: [regex check output]\n    streaming:\n      enabled: true\n      chunk_size: 7\n"
 
@@ -56,3 +64,91 @@ def test_bad_sources_name_the_key(tmp_path: Path) -> None:
         load_guardrails_config(GuardrailsConfig(config_inline="- just\n- a list\n"))
     with pytest.raises(ConfigError, match="guardrails.config_inline: invalid guardrail config"):
         load_guardrails_config(GuardrailsConfig(config_inline="rails:\n  output:\n    flows: 3\n"))
+
+
+# ------------------------------------------------------------------ the default output rail and the catalog
+
+def _body(rng: random.Random, n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def _jwt(rng: random.Random) -> str:
+    def seg(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{seg({'alg': 'HS256', 'typ': 'JWT'})}.{seg({'sub': _body(rng, 12)})}.{_body(rng, 43)}"
+
+
+def catalog_secret_samples() -> dict[str, str]:
+    """One real-shaped (random-bodied, not a placeholder) value per catalog secret format."""
+    rng = random.Random(11)
+    b = lambda n, **kw: _body(rng, n, **kw)  # noqa: E731
+    return {
+        "private_key": f"-----BEGIN RSA PRIVATE KEY-----\nMIIE{b(60)}\n-----END RSA PRIVATE KEY-----",
+        "jwt": _jwt(rng),
+        "aws_access_key_id": "AKIA" + b(16, alphabet=string.ascii_uppercase + "234567"),
+        "github_token": "ghp_" + b(36),
+        "github_fine_grained_pat": "github_pat_" + b(82),
+        "gitlab_token": "glpat-" + b(20),
+        "slack_token": f"xoxb-{b(11, alphabet=string.digits)}-{b(12, alphabet=string.digits)}-{b(24)}",
+        "slack_webhook_url": "https://hooks.slack.com/services/" + b(44),
+        "stripe_key": "sk_live_" + b(24),
+        "npm_token": "npm_" + b(36),
+        "google_api_key": "AIza" + b(35),
+        "sendgrid_api_key": "SG." + b(22) + "." + b(43),
+        "openai_api_key": "sk-proj-" + b(48),
+        "anthropic_api_key": "sk-ant-api03-" + b(93) + "AA",
+        "anthropic_admin_key": "sk-ant-admin01-" + b(93) + "AA",
+        "nvidia_api_key": "nvapi-" + b(64),
+        "huggingface_token": "hf_" + b(34, alphabet=string.ascii_letters),
+        "groq_api_key": "gsk_" + b(52),
+        "perplexity_api_key": "pplx-" + b(48),
+        "xai_api_key": "xai-" + b(80),
+        "cohere_api_key": "cohere_api_key = " + b(40),
+        "mistral_api_key": "mistral_key = " + b(32),
+    }
+
+
+def test_default_output_rail_is_derived_from_the_catalog_and_lists_nothing_twice() -> None:
+    raw = yaml.safe_load((DEFAULT_CONFIG_DIR / "config.yml").read_text())
+    listed = raw["rails"]["config"]["regex_detection"]["output"]["patterns"]
+    assert all(p.startswith(CATALOG_MARKER) for p in listed)  # no pattern written by hand
+    ids = [p[len(CATALOG_MARKER):] for p in listed]
+    assert len(set(ids)) == len(ids)
+    expected = [p for i in ids for p in det.rail_patterns(i)]
+    rc = load_guardrails_config(GuardrailsConfig(config_path="default")).rails_config
+    patterns = rc.rails.config.regex_detection.output.patterns
+    assert patterns == expected and len(set(patterns)) == len(patterns)
+    assert all(det.get(i).kind == "secret" for i in ids)
+
+
+def test_every_catalog_secret_is_caught_by_the_default_output_rail_or_the_holdback() -> None:
+    samples = catalog_secret_samples()
+    secrets = [d for d in det.CATALOG if d.kind == "secret"]
+    assert sorted(samples) == sorted(d.id for d in secrets)  # a new secret format needs a sample here
+    gs = GuardrailsConfig(config_path="default")
+    rc = load_guardrails_config(gs).rails_config
+    rail = [re.compile(p) for p in rc.rails.config.regex_detection.output.patterns]
+    hold = holdback_from_config(gs, DetectionConfig(), environ={})
+    assert hold is not None
+    listed = {p[len(CATALOG_MARKER):] for p in yaml.safe_load((DEFAULT_CONFIG_DIR / "config.yml").read_text())[
+        "rails"]["config"]["regex_detection"]["output"]["patterns"]}
+    for d in secrets:
+        text = f"here it is: {samples[d.id]} (keep it safe)"
+        held = {m.detector for m in hold.scanner.scan_text(text)}
+        assert d.id in held, d.id  # the hold-back (on by default) catches every catalog secret
+        if d.id in listed:
+            assert any(r.search(text) for r in rail), d.id  # and the rail the ones it lists
+
+
+def test_catalog_markers_expand_in_yaml_and_fail_loudly_elsewhere(tmp_path: Path) -> None:
+    text = ("rails:\n  config:\n    regex_detection:\n      output:\n        patterns: ['@catalog:groq_api_key', 'x+']\n"
+            "  output:\n    flows: [regex check output]\n")
+    rc = load_guardrails_config(GuardrailsConfig(config_inline=text)).rails_config
+    assert rc.rails.config.regex_detection.output.patterns == [*det.rail_patterns("groq_api_key"), "x+"]
+    with pytest.raises(ConfigError, match=r"regex_detection.output.patterns\[0\]: unknown detector 'nope'"):
+        load_guardrails_config(GuardrailsConfig(config_inline=text.replace("groq_api_key", "nope")))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.yml").write_text(text)
+    with pytest.raises(ConfigError, match="guardrails.config_path: @catalog"):
+        load_guardrails_config(GuardrailsConfig(config_path=str(tmp_path / "d")))

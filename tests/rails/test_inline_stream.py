@@ -14,9 +14,9 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from rails_support import FramesUpstream, relay_raw
 
 from railcar.rails.guard import build_guard
-from rails_support import FramesUpstream, relay_raw
 from railcar.tools.replay_upstream import ReplayUpstream
 
 KEY = "ghp_" + "Zq81mXv2LpT0aRk7wYb4NcJd9sEu3HfGi6Ao"  # github_token shape, random body, not a placeholder

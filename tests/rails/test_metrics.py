@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, generate_latest
 
+from railcar.core.exchange import Exchange
 from railcar.rails.engine_local import LocalEngine
 from railcar.rails.guard import RailsGuard
 from railcar.rails.guardrails_config import load_guardrails_config
 from railcar.rails.settings import GuardrailsConfig
-from railcar.core.exchange import Exchange
 
 
 def val(name: str, labels: dict) -> float:

@@ -8,7 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from railcar.rails.scanner import Scanner, iter_strings
+from railcar.rails.inline import holdback_from_config
+from railcar.rails.redaction import redact_text
+from railcar.rails.scanner import Scanner, iter_strings, scanner_from_config
+from railcar.rails.settings import DetectionConfig, GuardrailsConfig, InlineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from planted_corpus import GENERATORS, generate  # noqa: E402
@@ -122,11 +125,6 @@ def test_recorded_traffic_has_no_secret_findings(scanner):
 def test_unconfigured_key_is_shared_by_every_scanner_in_the_process():
     # With no fingerprint key configured, the sidecar builds two scanners (the inline hold-back's, secrets only, and
     # the trace recorder's): an inline placeholder must carry the same fingerprint as the recorded redaction note.
-    from railcar.rails.inline import holdback_from_config
-    from railcar.rails.redaction import redact_text
-    from railcar.rails.scanner import scanner_from_config
-    from railcar.rails.settings import DetectionConfig, GuardrailsConfig, InlineConfig
-
     text = "deploy with AKIAZ3MHQWERTYXU4ABC today"
     recorder = scanner_from_config(DetectionConfig(), environ={})
     hold = holdback_from_config(GuardrailsConfig(config_path="default", inline=InlineConfig(action="redact")),

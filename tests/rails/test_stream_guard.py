@@ -11,15 +11,29 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as hst
+from rails_support import (
+    AWS_KEY,
+    RECORDED,
+    SECRET_PATTERN_YAML,
+    Sink,
+    chunk,
+    guard_for,
+    run_stream,
+    secret_guard,
+    split_secret,
+    stream_of,
+)
 
-from railcar.core.wire import blocked_frames
-from railcar.rails.guard import RailsGuard
 from railcar.core.exchange import Exchange
-from railcar.sidecar.sse import split_events
-
-from rails_support import (AWS_KEY, RECORDED, SECRET_PATTERN_YAML, Sink, chunk, guard_for, run_stream,
-                           secret_guard, split_secret, stream_of)
-
+from railcar.core.wire import blocked_frames
+from railcar.rails import detectors as det
+from railcar.rails.guard import RailsGuard
+from railcar.rails.inline import HoldBack
+from railcar.rails.scanner import Scanner
+from railcar.sidecar.sse import SSESplitter, split_events
 
 # --------------------------------------------------------------------------------------- recorded streams
 
@@ -219,10 +233,6 @@ _GUARDS: dict[tuple, RailsGuard] = {}
 def _batch_guard(first: bool, action: str | None) -> RailsGuard:
     key = (first, action)
     if key not in _GUARDS:
-        from railcar.rails import detectors as det
-        from railcar.rails.inline import HoldBack
-        from railcar.rails.scanner import Scanner
-
         g = secret_guard(3, 1, first)
         if action is not None:
             g.filter_factory = HoldBack(Scanner(det.select(["secret"]), b"k" * 32), action)
@@ -231,8 +241,6 @@ def _batch_guard(first: bool, action: str | None) -> RailsGuard:
 
 
 async def _drive(guard: RailsGuard, reads: list[bytes], batched: bool) -> tuple[bytes, dict, bool, list[int]]:
-    from railcar.sidecar.sse import SSESplitter
-
     ex = Exchange(body={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     sink = Sink()
     sg = guard.open_stream(ex, sink, abort=lambda: None)
@@ -263,7 +271,6 @@ async def _drive(guard: RailsGuard, reads: list[bytes], batched: bool) -> tuple[
     return sink.body, out, sg.stopped, counts
 
 
-from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as hst  # noqa: E402
 
 
 @hsettings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -309,9 +316,31 @@ async def test_on_events_fast_path_relays_bytes_and_cuts_chunks_like_on_event() 
     many = await _drive(guard, [b"".join(frames)], batched=True)
     assert many == one
     body, outcome, stopped, counts = many
-    assert stopped and outcome.blocked and outcome.blocked_rail
+    assert stopped and outcome["blocked"] and outcome["blocked_rail"]
     assert b"AKIA" not in body and b'"a "' in body and body.endswith(b"data: [DONE]\n\n")
     assert counts[0] < len(frames)  # blocked part-way through the read
     clean = stream_of([f"w{i} " for i in range(10)])
     body2, outcome2, stopped2, counts2 = await _drive(guard, [b"".join(clean)], batched=True)
     assert body2 == b"".join(clean) and not stopped2 and counts2 == [len(clean)]
+
+
+async def test_stream_redaction_notes_go_to_the_outcome() -> None:
+    """A stream the inline hold-back redacted (a key split over deltas, in content and in tool-call arguments)
+    leaves one RedactionNote per placeholder in ``exchange.outcome.redactions``, where the trace recorder reads
+    them; a clean stream leaves none."""
+    guard = secret_guard(50, 2, True)
+    guard.filter_factory = HoldBack(Scanner(det.select(["secret"]), b"k" * 32), "redact")
+    content = stream_of(["token ", GHP[:9], GHP[9:25], GHP[25:], " end"])[:-2]
+    calls = [chunk({"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                                    "function": {"name": "f", "arguments": '{"t": "' + GHP[:12]}}]}),
+             chunk({"tool_calls": [{"index": 0, "function": {"arguments": GHP[12:] + '"}'}}]}),
+             chunk({}, "stop"), b"data: [DONE]\n\n"]
+    sink, sg, ex = await run_stream(guard, content + calls)
+    assert not sg.stopped and GHP not in sink.body.decode()
+    notes = ex.outcome.redactions
+    assert [(n.detector, n.path) for n in notes] == [
+        ("github_token", "$.choices[0].delta.content"),
+        ("github_token", "$.choices[0].delta.tool_calls[0].function.arguments")]
+    assert f"[REDACTED:github_token:{notes[0].fingerprint[:8]}]" in sink.text()
+    _, _, clean = await run_stream(guard, stream_of(["nothing ", "to see"]))
+    assert clean.outcome.redactions == []

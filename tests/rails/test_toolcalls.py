@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from shared_fixtures import RECORDED_CHAT
 
 from railcar.rails.toolcalls import ToolCallAssembler
 from railcar.sidecar.sse import split_events
-from shared_fixtures import RECORDED_CHAT
 
 RECORDED = RECORDED_CHAT
 

@@ -10,8 +10,8 @@ import openai
 import orjson
 
 from railcar.core.exchange import Exchange
-
-from railcar.core.guard import GuardRejected, PassThrough, Refusal
+from railcar.core.guard import ClientGone, GuardRejected, PassThrough, Refusal
+from railcar.sidecar.app import _Sink
 from railcar.tools.replay_upstream import ReplayUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -48,20 +48,22 @@ class ScriptedGuard(PassThrough):
         body["choices"][0]["message"]["content"] = body["choices"][0]["message"]["content"].upper()
         return body
 
-    def open_stream(self, ex, sink, abort=None):
+    def open_stream(self, ex, sink, abort):
         guard = self
 
         class S:
             stopped = False
             n = 0
 
-            async def on_event(self, raw, data):
-                self.n += 1
-                if guard.stop_after is not None and self.n > guard.stop_after:
-                    await sink.send(b'data: {"error": {"message": "blocked"}}\n\ndata: [DONE]\n\n')
-                    self.stopped = True
-                    return
-                await sink.send(raw)
+            async def on_events(self, events):
+                for handled, (raw, _data) in enumerate(events, 1):
+                    self.n += 1
+                    if guard.stop_after is not None and self.n > guard.stop_after:
+                        await sink.send(b'data: {"error": {"message": "blocked"}}\n\ndata: [DONE]\n\n')
+                        self.stopped = True
+                        return handled
+                    await sink.send(raw)
+                return len(events)
 
             async def on_end(self):
                 guard.ended += 1
@@ -174,16 +176,18 @@ async def test_health_ready_metrics(replay_upstream, make_config, start_sidecar)
 
 async def test_guard_abort_between_events_closes_upstream(make_config, start_sidecar):
     class AbortingGuard(PassThrough):
-        def open_stream(self, ex, sink, abort=None):
+        def open_stream(self, ex, sink, abort):
             class S:
                 stopped = False
                 n = 0
 
-                async def on_event(self, raw, data):
-                    self.n += 1
-                    await sink.send(raw)
-                    if self.n == 2:  # a background check fails while the proxy waits for the next event
-                        asyncio.get_running_loop().call_later(0.02, lambda: asyncio.ensure_future(self.block()))
+                async def on_events(self, events):
+                    for raw, _data in events:
+                        self.n += 1
+                        await sink.send(raw)
+                        if self.n == 2:  # a background check fails while the proxy waits for the next event
+                            asyncio.get_running_loop().call_later(0.02, lambda: asyncio.ensure_future(self.block()))
+                    return len(events)
 
                 async def block(self):
                     await sink.send(b'data: {"error": {"message": "blocked"}}\n\ndata: [DONE]\n\n')
@@ -258,8 +262,6 @@ async def test_guarded_stream_writes_one_http_chunk_per_upstream_read(make_confi
 
 
 async def test_sink_holds_then_writes_once_and_passes_through_otherwise():
-    from railcar.sidecar.app import ClientGone, _Sink
-
     class Resp:
         def __init__(self):
             self.writes: list[bytes] = []

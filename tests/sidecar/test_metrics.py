@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from kafka_support import mock_cluster  # noqa: F401  (fixture)
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from kafka_support import mock_cluster  # noqa: F401  (fixture)
 from railcar.sidecar.metrics import Metrics
 from railcar.tools.replay_upstream import ReplayUpstream
+
 
 def _families(text: str) -> list[str]:
     return [f.name for f in text_string_to_metric_families(text)]

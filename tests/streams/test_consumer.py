@@ -7,12 +7,12 @@ import asyncio
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from kafka_support import delayed_sync_group, mock_cluster, read_topic  # noqa: F401  (fixture)
 from prometheus_client import CollectorRegistry
 
-from kafka_support import delayed_sync_group, mock_cluster, read_topic  # noqa: F401  (fixture)
-from railcar.rails.scanner import Scanner
-from railcar.core.config import RailcarConfig
 from railcar.core.exchange import Exchange
+from railcar.rails.scanner import Scanner
+from railcar.settings import RailcarConfig
 from railcar.streams import otlp
 from railcar.streams.consumer import ConsumerGroupWorker
 from railcar.streams.fileset import open_fileset
@@ -209,84 +209,3 @@ async def test_consume_command_serves_health_ready_and_metrics(mock_cluster, tmp
         assert _metric(text, "railcar_consumer_records_per_second") is not None
         assert (await get("/nope"))[0] == 404
     assert consume.stop(timeout_s=15) == 0
-
-
-def test_railcar_hashes_are_not_scanned_but_content_is(scanner, tmp_path) -> None:
-    # bench/pipeline.py's plain text gave 2 payment_card findings: a content ref (16 hex of SHA-256) that happened
-    # to be 16 decimal digits with a card prefix and a valid Luhn digit, scanned as the `ref` of its
-    # `railcar.content` event and inside `railcar.input.messages`. Find such a text, then record and consume it.
-    from railcar.streams.consumer import iter_findings
-    from railcar.streams.recorder import content_ref
-
-    text = next(t for t in (f"deploy rollback ledger {i}" for i in range(2_000_000))
-                if content_ref(t).isdigit() and scanner.scan_text(content_ref(t), "$"))
-    assert [m.detector for m in scanner.scan_text(content_ref(text), "$")] == ["payment_card"]
-    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id="agent-a"))
-    card = "4539 1488 0343 6467"  # a real PAN shape (Luhn-valid Visa) in the content is still found
-    values = []
-    for content in (text, f"pay with {card} please"):
-        ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": content}]})
-        values.append(rec.build(ex)[1])
-    assert content_ref(text).encode() in values[0]
-    found = iter_findings(values[:1], scanner, open_fileset(str(tmp_path / "a")), "w")
-    assert found == []
-    found = iter_findings(values, scanner, open_fileset(str(tmp_path / "b")), "w")
-    assert [f["detector"] for f in found] == ["payment_card"]
-
-
-def test_messages_rebuilds_a_deduped_conversation_and_lookups_do_not_evict(scanner, tmp_path) -> None:
-    # The recorder publishes each text once per trace and later spans reference earlier messages by a chain hash;
-    # SecurityProcessor.messages walks the chain back. Asking about an unknown trace used to create (and, at the
-    # LRU bound, evict a real trace for) an empty entry.
-    from railcar.streams.consumer import SecurityProcessor, consumer_metrics
-    from railcar.streams.recorder import chain_ref
-
-    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id="agent-a"))
-    # the trace id comes from the first two messages, as in a real agent's system + user opening
-    turn1 = [{"role": "system", "content": "You are a travel agent."}, {"role": "user", "content": "plan the trip"}]
-    turn2 = turn1 + [{"role": "assistant", "content": "where to?"}, {"role": "user", "content": "Lisbon"}]
-    values = []
-    for msgs, answer in ((turn1, "where to?"), (turn2, "booked")):
-        ex = Exchange(body={"model": "m", "messages": msgs})
-        ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {"content": answer}}]})
-        values.append(rec.build(ex))
-    assert values[0][0] == values[1][0]  # one conversation, one trace
-    proc = SecurityProcessor(scanner, open_fileset(str(tmp_path)), "w", max_traces=1,
-                             metrics=consumer_metrics(CollectorRegistry()))
-    for _, v in values:
-        proc.process(v)
-    (_, span), = otlp.iter_spans(otlp.decode(values[1][1]))
-    attrs = otlp.attributes_of(span.attributes)
-    assert "railcar.input.prefix" in attrs  # turn 2 only lists the messages after turn 1's
-    chain = attrs["railcar.input.prefix"]
-    for e in orjson.loads(attrs["railcar.input.messages"]):
-        chain = chain_ref(chain, e)
-    chain = chain_ref(chain, orjson.loads(attrs["railcar.output.message"]))
-    want = [(m["role"], m["content"]) for m in turn2] + [("assistant", "booked")]
-    assert [(m["role"], m["content"]) for m in proc.messages(span.trace_id, chain)] == want
-    assert proc.messages(b"\x01" * 16, chain) == []
-    assert [(m["role"], m["content"]) for m in proc.messages(span.trace_id, chain)] == want
-
-
-def test_content_memory_is_bounded_in_characters(scanner, tmp_path) -> None:
-    # Each trace's texts are kept to rebuild deduped conversations; a byte budget (not only a trace count) bounds
-    # them, forgetting the least recently seen traces first, and scanning still sees every text.
-    from railcar.streams.consumer import SecurityProcessor, consumer_metrics
-
-    rec = TraceRecorder(scanner, None, otlp.make_resource(agent_id="agent-a"))
-    proc = SecurityProcessor(scanner, open_fileset(str(tmp_path)), "w", max_text_chars=30_000,
-                             metrics=consumer_metrics(CollectorRegistry()))
-    traces = []
-    for i in range(6):
-        big = f"conversation {i} " + "lorem ipsum " * 1000  # ~12k characters per trace
-        ex = Exchange(body={"model": "m", "messages": [{"role": "system", "content": f"agent {i}"},
-                                                       {"role": "user", "content": big}]})
-        ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {
-            "content": "key AKIALALEMEL33243OLIB" if i == 0 else "ok"}}]})
-        key, value = rec.build(ex)
-        proc.process(value)
-        traces.append(next(iter(otlp.iter_spans(otlp.decode(value))))[1].trace_id)
-    assert proc.text_chars <= 30_000
-    assert proc.text_chars == sum(len(t) for tr in proc._traces._items.values() for t in tr.texts.values())
-    assert traces[0] not in proc._traces and traces[-1] in proc._traces  # oldest forgotten, newest kept
-    assert [f.detector for f in proc.agg.findings()] == ["aws_access_key_id"]  # scanned before it was forgotten

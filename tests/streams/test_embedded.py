@@ -1,4 +1,4 @@
-"""railcar.streams.embedded and railcar.streams.recorder.start_recording: the no-Kafka default writes the fileset in-process.
+"""railcar.streams.embedded: the no-Kafka default writes the fileset in-process.
 
 The headline test runs a real ``railcar serve`` subprocess with no ``[kafka]`` configured in front of the replay
 upstream (loopback), sends a recorded request with a planted secret through it, and reads the finding from the
@@ -13,16 +13,17 @@ import random
 import aiohttp
 import orjson
 import pytest
+from planted_corpus import GENERATORS
 from prometheus_client import CollectorRegistry
 
-from planted_corpus import GENERATORS
+from railcar.core.exchange import Exchange
 from railcar.rails.masking import fingerprint
 from railcar.rails.scanner import Scanner
-from railcar.core.exchange import Exchange
 from railcar.streams import otlp
 from railcar.streams.embedded import EmbeddedPipeline
 from railcar.streams.fileset import open_fileset
-from railcar.streams.recorder import TraceRecorder, start_recording
+from railcar.streams.recorder import TraceRecorder
+
 
 @pytest.fixture(scope="module")
 def scanner() -> Scanner:
@@ -106,24 +107,6 @@ async def test_pipeline_drops_beyond_queue_size_and_commits_on_close(make_config
     assert pipe.stats["processed"] == 4 and pipe.stats["commits"] == 1
     snap = open_fileset(str(tmp_path)).read_snapshot()
     assert snap["last_scan"]["records_scanned"] == 4
-
-
-async def test_start_recording_picks_the_sink(make_config, scanner, tmp_path) -> None:
-    off = make_config(telemetry={"enabled": False})
-    observer, close = start_recording(off, scanner=scanner)
-    assert observer is None
-    await close()
-    cfg = make_config(fileset={"root": str(tmp_path)})  # no [kafka]: the embedded consumer
-    observer, close = start_recording(cfg, scanner=scanner)
-    assert isinstance(observer, TraceRecorder)
-    assert getattr(observer.publish, "__self__", None).__class__ is EmbeddedPipeline
-    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    ex.response_body = b'{"model":"m","choices":[{"index":0,"message":{"content":"hello"}}]}'
-    observer.exchange_finished(ex)
-    await close()
-    snap = open_fileset(str(tmp_path)).read_snapshot()
-    assert snap["last_scan"]["records_scanned"] == 1
-    assert [p["model"] for p in snap["coverage"]["model_paths"]] == ["m"]
 
 
 async def test_railcar_serve_without_kafka_writes_the_local_fileset(records, replay_upstream, tmp_path,

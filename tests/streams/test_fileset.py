@@ -11,7 +11,7 @@ import time
 import pytest
 
 from railcar.rails.scanner import Scanner
-from railcar.streams.fileset import SNAPSHOT, SUGGESTIONS, LocalFileset, S3Fileset, open_fileset
+from railcar.streams.fileset import SNAPSHOT, SUGGESTIONS, FilesetError, LocalFileset, S3Fileset, open_fileset
 from railcar.streams.findings import FindingsAggregator
 
 KEY = b"fileset-key"
@@ -120,8 +120,8 @@ def test_sigkill_mid_write_leaves_old_or_new_snapshot(tmp_path):
 
 @pytest.fixture(scope="module")
 def moto_s3():
-    from moto.server import ThreadedMotoServer
     import boto3
+    from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
@@ -150,7 +150,6 @@ def test_s3_backend_dedups_and_locks(moto_s3):
     # a held lock blocks a second writer until it times out
     fs2 = S3Fileset("sec", "team-a", moto_s3, lock_timeout_s=0.3)
     with fs.lock():
-        from railcar.streams.fileset import FilesetError
         with pytest.raises(FilesetError, match="held by another writer"):
             with fs2.lock():
                 pass

@@ -1,6 +1,6 @@
 """Findings (stable ids, aggregation) and suggestions (data_safety, guardrails, deep_scan)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from railcar.rails.redaction import redact_text
 from railcar.rails.scanner import Scanner
@@ -29,7 +29,7 @@ def test_same_secret_same_location_same_id_across_runs():
 def test_count_and_first_last_seen():
     s = Scanner(key=KEY)
     agg = FindingsAggregator()
-    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
     for i in range(3):
         for m in s.scan_text("mail jane.roe@acme.io"):
             agg.add_match(m, {"agent": "bot"}, seen_at=t0 + timedelta(hours=i))

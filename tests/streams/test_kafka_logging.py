@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kafka_support import eventually, mock_cluster, publish_first  # noqa: F401  (mock_cluster: fixture)
 from prometheus_client import CollectorRegistry
 
-from kafka_support import eventually, mock_cluster, publish_first  # noqa: F401  (mock_cluster: fixture)
 from railcar.streams.kafka_logging import RepeatFilter, quiet_aiokafka
-from railcar.tools.mock_broker import MockCluster
 from railcar.streams.producer import Publisher
 from railcar.streams.settings import KafkaConfig, TelemetryConfig
+from railcar.tools.mock_broker import MockCluster
 
 
 def _record(msg: str, name: str = "aiokafka.conn", level: int = logging.ERROR) -> logging.LogRecord:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from railcar.streams import otlp
+from railcar.streams.otlp import CallSpan, build_span, encode, encode_call, make_resource
 
 
 def _call(**kw) -> otlp.CallSpan:
@@ -55,10 +58,6 @@ def test_traceparent() -> None:
 
 
 def test_direct_encoder_is_byte_identical_to_the_sdk_path() -> None:
-    import random
-
-    from railcar.streams.otlp import CallSpan, build_span, encode, encode_call, make_resource
-
     rng = random.Random(7)
     res = make_resource("railcar", "agent-é", "ns", environ={"POD_NAME": "p-1"})
     values = ["", "plain", "ünïcødé ✓ 🚀", "x" * 300, True, False, 0, 1, -1, 2**62, -(2**63), 0.0, 0.25, -1e300,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from kafka_support import eventually, mock_cluster, publish_first, read_topic  # noqa: F401  (mock_cluster: fixture)
 from prometheus_client import CollectorRegistry
 
-from kafka_support import eventually, mock_cluster, publish_first, read_topic  # noqa: F401  (mock_cluster: fixture)
-from railcar.tools.mock_broker import MockCluster
 from railcar.streams.producer import Publisher
 from railcar.streams.settings import KafkaConfig, TelemetryConfig
+from railcar.tools.mock_broker import MockCluster
 
 
 def _cfg(mc: MockCluster, **tel) -> tuple[KafkaConfig, TelemetryConfig]:

@@ -17,12 +17,12 @@ import time
 
 import aiohttp
 import pytest
-
 from kafka_support import mock_cluster, read_topic  # noqa: F401  (fixture)
-from railcar.tools.replay_upstream import ReplayUpstream
+
 from railcar.streams import otlp
-from railcar.tools.mock_broker import MockCluster
 from railcar.streams.spool import Spool
+from railcar.tools.mock_broker import MockCluster
+from railcar.tools.replay_upstream import ReplayUpstream
 
 TURN = re.compile(r"worker (\d+) turn (\d+)")
 # Fail over to the spool quickly when the broker is down.

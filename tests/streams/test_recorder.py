@@ -6,11 +6,12 @@ import time
 
 import orjson
 import pytest
+from kafka_support import RECORDED
 
-from railcar.rails.scanner import Scanner
 from railcar.core.exchange import Exchange, Outcome
+from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
-from railcar.streams.recorder import TraceRecorder, reassemble
+from railcar.streams.recorder import TraceRecorder
 
 AWS = "AKIAIOSFODNN7EXAMPLF"  # shape of an AWS access key id
 EMAIL = "jane.roe@example-corp.com"
@@ -30,25 +31,6 @@ def _span(value: bytes):
     td = otlp.decode(value)
     (res, sp), = list(otlp.iter_spans(td))
     return res, sp, otlp.attributes_of(sp.attributes)
-
-
-def test_reassembles_streamed_content_and_tool_calls() -> None:
-    ex = Exchange(body={"model": "m", "stream": True, "messages": []})
-    ex.stream_data = [
-        _chunk({"role": "assistant", "content": "Hel"}), _chunk({"content": "lo"}),
-        _chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": '{"a"'}}]}),
-        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": ': 1}'}}]}, finish="tool_calls"),
-        orjson.dumps({"id": "c1", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}),
-        b"[DONE]",
-    ]
-    ans = reassemble(ex)
-    assert ans["content"] == "Hello"
-    assert ans["tool_calls"] == [{"id": "call_1", "name": "get", "arguments": '{"a": 1}'}]
-    assert ans["finish_reasons"] == ["tool_calls"] and ans["usage"]["completion_tokens"] == 3
-    # Whole calls without ``index`` (some OpenAI-compatible providers) are separate calls, as the tool rails see them.
-    ex.stream_data = [_chunk({"tool_calls": [{"id": "c_a", "function": {"name": "f", "arguments": "{}"}},
-                                             {"id": "c_b", "function": {"name": "g", "arguments": '{"b": 2}'}}]})]
-    assert [c["id"] for c in reassemble(ex)["tool_calls"]] == ["c_a", "c_b"]
 
 
 def test_span_follows_genai_conventions_and_redacts(scanner: Scanner) -> None:
@@ -121,8 +103,6 @@ async def test_observer_never_blocks_and_records_in_background(scanner: Scanner)
 def test_inline_image_request_is_bounded_under_the_record_limit(scanner: Scanner) -> None:
     # The recorded Groq request with an inline base64 image (2.78 MB): its span must fit in a 1 MiB Kafka record,
     # and a secret beyond the kept prefix is still redacted (noted, never published).
-    from kafka_support import RECORDED
-
     with RECORDED.open("rb") as fh:
         rec_ = next(orjson.loads(line) for line in fh if b"image-as-binary-content-input" in line[:400])
     body = dict(rec_["request"])
@@ -151,17 +131,6 @@ def test_span_content_budget_caps_many_large_texts(scanner: Scanner) -> None:
     texts = [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.content"]
     assert sum(len(t["text"].encode()) for t in texts) <= 200_000
     assert all(t["truncated"] and t["original_length"] == 50_000 + len(f"{i} ") for i, t in enumerate(texts[:20]))
-
-
-def test_reassembly_skips_a_malformed_chunk_and_keeps_the_last_model() -> None:
-    ex = Exchange(body={"model": "m", "stream": True, "messages": []})
-    ex.stream_data = [_chunk({"content": "a"}), b"{not json", b": comment", _chunk({"content": "b"}),
-                      orjson.dumps({"id": "c2", "model": "m-final", "choices": [
-                          {"index": 0, "delta": {"content": "c"}, "finish_reason": "length"},
-                          {"index": 1, "delta": {"content": "other choice"}}]}), b"[DONE]"]
-    ans = reassemble(ex)
-    assert ans["content"] == "abc" and ans["finish_reasons"] == ["length"]
-    assert ans["model"] == "m-final" and ans["id"] == "c2"
 
 
 def test_text_known_clean_is_scanned_once(scanner: Scanner) -> None:

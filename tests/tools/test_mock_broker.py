@@ -9,9 +9,9 @@ import sys
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from kafka_support import mock_cluster, read_topic  # noqa: F401  (fixture)
 
 from railcar.tools.mock_broker import MockBrokerError, MockCluster
-from kafka_support import mock_cluster, read_topic  # noqa: F401  (fixture)
 
 
 async def test_produce_and_read_back(mock_cluster: MockCluster) -> None:

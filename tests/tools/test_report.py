@@ -13,13 +13,13 @@ import shutil
 import struct
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from railcar.rails.scanner import Scanner
 from railcar.cli import main as cli_main
+from railcar.rails.scanner import Scanner
 from railcar.streams.fileset import open_fileset
 from railcar.streams.findings import FindingsAggregator
 from railcar.tools.report import render_report
@@ -37,7 +37,7 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") !=
 def _fileset(root: Path) -> None:
     scanner = Scanner(key=b"report-test-key-0123456789abcdef")
     agg = FindingsAggregator(scanner.detectors, source="consume")
-    t0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+    t0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     texts = [("support-agent", f"deploy with aws_access_key_id={AWS} today", 0),
              ("billing-agent", f"customer record: {EMAIL}, ssn {SSN}", 40),
              (HOSTILE_AGENT, f"again {AWS}", 90)]

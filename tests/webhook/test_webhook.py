@@ -21,11 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from ports import free_port
 
 from railcar import webhook as inject
 from railcar.cli import main as cli_main
 from railcar.core.config import ConfigError
-from ports import free_port
 
 K8S = "1.30.0"
 
@@ -279,7 +279,7 @@ def test_cli_reports_bad_template_with_exit_2(tmp_path, capsys):
 def _self_signed(tmp_path: Path) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "railcar-inject.railcar.svc")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
@@ -356,7 +356,7 @@ def test_main_serves_until_sigterm(tmp_path):
     tpl_file = tmp_path / "sidecar.yaml"
     tpl_file.write_text(yaml.safe_dump(TEMPLATE))
     port = free_port()
-    code = ("import argparse, sys; from railcar.core.config import load_config; from railcar.webhook import main; "
+    code = ("import argparse, sys; from railcar.settings import load_config; from railcar.webhook import main; "
             f"a = argparse.Namespace(host='127.0.0.1', port={port}, tls_cert={cert!r}, tls_key={key!r}, "
             f"sidecar_template={str(tpl_file)!r}); sys.exit(main(a, load_config(None, {{}})))")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,427 @@
+"""The codec contract: what the policy path needs to know about one wire API, and nothing else.
+
+A codec is a small stateless object (one per wire API: :mod:`.openai_chat`, :mod:`.openai_responses`,
+:mod:`.anthropic_messages`, :mod:`.openai_completions`, :mod:`.embeddings`) that maps
+
+- a **request** body (parsed JSON ``dict``) to the turns the input and tool_output rails see
+  (:meth:`Codec.request_messages` -> :class:`Turn`) and to every string that goes to the model
+  (:meth:`Codec.request_strings` -> :class:`Piece`), after :meth:`Codec.validate` found its required fields;
+- a **response** (one parsed SSE ``data:`` payload, or the whole non-streamed body) to every string value it carries
+  with its JSON path (:meth:`Codec.stream_strings` / :meth:`Codec.body_strings` -> :class:`Piece`), the key of the
+  output stream a delta belongs to (so a value split across deltas is reassembled), the tool calls complete after an
+  event (:meth:`Codec.tool_calls_done`, with a per-stream :class:`StreamState`) and whether the event ends the stream
+  (:meth:`Codec.is_terminal`);
+- a **decision** to that API's own wire form: an error body or in-stream error frame
+  (:meth:`Codec.error_body`, :meth:`Codec.error_frame`), the frames a blocked stream ends with
+  (:meth:`Codec.blocked_frames`), and a normal answer whose text is a refusal (:meth:`Codec.refusal_body`,
+  :meth:`Codec.refusal_frames`);
+- a finished call to OpenTelemetry GenAI semantic-convention span attributes (:meth:`Codec.span_attributes`;
+  https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ and the OpenAI / Anthropic pages beside it).
+
+Strings are found by a plain recursive walk (:func:`walk_strings`), never by a list of fields: a field a provider
+adds tomorrow is still seen. A codec only *classifies* each string (stream key and kind).
+
+Paths: a path is a tuple of keys and list indexes (``("messages", 3, "content", 0, "text")``, the ``parts`` of a
+:class:`Turn` / :class:`Piece`), rendered as a JSONPath string by :func:`json_path`
+(``$.messages[3].content[0].text``; a key that is not an identifier is quoted: ``$["a b"]``).
+:func:`set_at` writes a replacement string back at a path (request-side redaction).
+
+Pure code: no I/O, imports :mod:`railcar.core` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import orjson
+
+from railcar.core import wire
+
+__all__ = ["PathPart", "Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
+           "walk_strings", "json_path", "set_at", "sse_event", "kind_of", "TurnKind", "PieceKind",
+           "BLOCKED_CODE", "VIOLATION_TYPE", "blocked_message", "mapping", "text",
+           "number", "stop_list", "content_turns", "require", "get_at"]
+
+PathPart = str | int
+Path = tuple[PathPart, ...]
+TurnKind = Literal["input", "tool_output"]
+PieceKind = Literal["text", "reasoning", "refusal", "tool_arguments", "tool_output", "input", "other"]
+
+BLOCKED_CODE = wire.BLOCKED_CODE      # "content_blocked"
+VIOLATION_TYPE = wire.VIOLATION_TYPE  # "guardrails_violation"
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def blocked_message(rail: str) -> str:
+    """The message every codec's block carries: ``"Blocked by <rail> rails."`` (as :func:`wire.blocked_error`)."""
+    return f"Blocked by {rail} rails."
+
+
+def json_path(parts: Path) -> str:
+    """``("messages", 3, "content")`` -> ``"$.messages[3].content"``; non-identifier keys as ``["..."]``."""
+    out = ["$"]
+    for p in parts:
+        if isinstance(p, int):
+            out.append(f"[{p}]")
+        elif _IDENT.match(p):
+            out.append("." + p)
+        else:
+            out.append("[" + orjson.dumps(p).decode() + "]")
+    return "".join(out)
+
+
+def walk_strings(obj: Any, prefix: Path = ()) -> Iterator[tuple[Path, str]]:
+    """Every string value under ``obj`` (dict values and list items, depth first, in document order) as
+    ``(path, text)``. Dict keys are not values and are not yielded."""
+    if isinstance(obj, str):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from walk_strings(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from walk_strings(v, prefix + (i,))
+
+
+def get_at(obj: Any, parts: Path) -> Any:
+    """The value at ``parts`` under ``obj``; raises ``KeyError`` / ``IndexError`` / ``TypeError`` if absent."""
+    for p in parts:
+        obj = obj[p]
+    return obj
+
+
+def set_at(obj: Any, parts: Path, value: Any) -> None:
+    """Replace the value at ``parts`` (non-empty) under ``obj`` in place; raises like :func:`get_at`."""
+    get_at(obj, parts[:-1])[parts[-1]] = value
+
+
+def sse_event(name: str, payload: Any) -> bytes:
+    """One named SSE event, ``event: <name>\\ndata: <compact JSON>\\n\\n`` (the Responses and Anthropic framing:
+    every recorded event line equals its payload's ``type``)."""
+    return b"event: " + name.encode() + b"\n" + wire.sse_frame(payload)
+
+
+_TOOL_TYPES = frozenset({"function_call", "custom_tool_call", "mcp_call", "tool_use", "server_tool_use",
+                         "mcp_tool_use", "function", "computer_call", "local_shell_call", "shell_call",
+                         "apply_patch_call", "code_interpreter_call"})
+_TOOL_KEYS = frozenset({"arguments", "input", "code", "action", "operation"})
+_REASONING_TYPES = frozenset({"reasoning", "reasoning_text", "summary_text", "thinking", "redacted_thinking"})
+_REASONING_KEYS = frozenset({"reasoning", "reasoning_content", "reasoning_details", "thinking", "summary"})
+_TEXT_KEYS = frozenset({"text", "content", "transcript", "output_text"})
+
+
+def _types_along(root: Any, parts: Path) -> list[str]:
+    """The ``type`` values of the dicts passed on the way from ``root`` down ``parts``, outermost first."""
+    types: list[str] = []
+    obj = root
+    for p in parts:
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+            types.append(obj["type"])
+        try:
+            obj = obj[p]
+        except (KeyError, IndexError, TypeError):
+            break
+    return types
+
+
+def kind_of(root: Any, parts: Path) -> PieceKind:
+    """Classify a whole string value of an answer by where it sits (shared by every codec):
+
+    ``refusal`` under a ``refusal`` key; ``tool_arguments`` under ``arguments`` / ``input`` / ``code`` of a tool call
+    (Chat ``tool_calls[].function``, Responses ``function_call`` / ``custom_tool_call`` / ``mcp_call`` items,
+    Anthropic ``tool_use`` blocks); ``reasoning`` inside a reasoning / thinking item or under a reasoning key;
+    ``text`` for the answer text (``text`` / ``content`` / ``transcript``); ``other`` for the rest (ids, model, ...).
+    """
+    keys = [p for p in parts if isinstance(p, str)]
+    if not keys:
+        return "other"
+    types = _types_along(root, parts)
+    if "refusal" in keys:
+        return "refusal"
+    if (_TOOL_KEYS & set(keys) and (_TOOL_TYPES & set(types) or "function_call" in keys or "function" in keys)):
+        return "tool_arguments"
+    if _REASONING_TYPES & set(types) or _REASONING_KEYS & set(keys):
+        return "reasoning"
+    if keys[-1] in _TEXT_KEYS or (keys[-1] == "delta" and types and types[-1].endswith("text.delta")):
+        return "text"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One text-bearing part of a request as the input / tool_output rails see it.
+
+    ``role``: ``system`` | ``developer`` | ``user`` | ``assistant`` | ``tool`` (as the request names it);
+    ``text``: the part's text; ``kind``: ``input`` (what the agent or its history says) or ``tool_output`` (a tool's
+    result handed to the model); ``parts``: the path of the string in the request (``path`` renders it).
+    """
+
+    role: str
+    text: str
+    kind: TurnKind
+    parts: Path
+
+    @property
+    def path(self) -> str:
+        """JSONPath of the string: ``$.messages[3].content[0].text``."""
+        return json_path(self.parts)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One string value of a request, an event or a body.
+
+    ``parts``: its path (``path`` renders it); ``text``: the value; ``stream_key``: a hashable tuple naming the
+    output stream a *delta* belongs to (equal keys concatenate to one value: ``("choices", 0, "delta", "content")``),
+    ``None`` for a string that is a whole value; ``kind``: ``text`` | ``reasoning`` | ``refusal`` |
+    ``tool_arguments`` | ``other`` for answers, ``input`` | ``tool_output`` | ``other`` for requests.
+    """
+
+    parts: Path
+    text: str
+    stream_key: tuple[Any, ...] | None
+    kind: PieceKind
+
+    @property
+    def path(self) -> str:
+        """JSONPath of the string: ``$.choices[0].delta.content``."""
+        return json_path(self.parts)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked the client to run, complete: ``key`` the stream key of its arguments (so the
+    caller can match pieces), ``id`` the call id (Chat ``id``, Responses ``call_id``, Anthropic ``id``), ``name``,
+    ``arguments`` the full JSON text of the arguments (as the API sends it)."""
+
+    key: tuple[Any, ...]
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class RequestProblem:
+    """Why a request is refused before it goes upstream: ``message`` (never request content), ``param`` the
+    field's name, ``code`` (``missing_required_parameter`` | ``invalid_type``), ``status`` (400)."""
+
+    message: str
+    param: str
+    code: str = "missing_required_parameter"
+    status: int = 400
+
+
+@dataclass
+class StreamState:
+    """Per-stream memory of a codec (one per streamed answer, from :meth:`Codec.new_stream_state`).
+
+    ``calls``: tool calls being assembled, by stream key -> ``{"id", "name", "arguments"}`` (arguments so far);
+    ``done``: keys of the calls already reported; ``sequence_number``: the last Responses ``sequence_number`` seen
+    (so a synthetic error event continues the sequence); ``extra``: codec-specific scratch (e.g. block types).
+    """
+
+    calls: dict[tuple[Any, ...], dict[str, str]] = field(default_factory=dict)
+    done: set[tuple[Any, ...]] = field(default_factory=set)
+    sequence_number: int = -1
+    extra: dict[Any, Any] = field(default_factory=dict)
+
+    def finish(self, key: tuple[Any, ...]) -> ToolCall | None:
+        """Report the call under ``key`` once: a :class:`ToolCall`, or ``None`` if unknown or already reported."""
+        call = self.calls.get(key)
+        if call is None or key in self.done:
+            return None
+        self.done.add(key)
+        return ToolCall(key, call.get("id", ""), call.get("name", ""), call.get("arguments", ""))
+
+
+class Codec:
+    """Base of every codec: class attributes name the route, methods map bodies and events.
+
+    Attributes: ``name`` (``openai_chat``...), ``path`` (canonical route, ``/v1/chat/completions``), ``method``
+    (``POST``), ``operation`` (``gen_ai.operation.name``), ``provider`` (default ``gen_ai.provider.name``),
+    ``api_type`` (``openai.api.type`` when the provider is OpenAI, else ``None``), ``streams`` (the API can stream),
+    ``terminal_data`` (the non-JSON ``data:`` payload that ends a stream, ``"[DONE]"``, or ``None``),
+    ``refusal_status`` (HTTP status of :meth:`refusal_body`: 200 for an answer, 400 where the API has no text
+    answer to refuse with).
+
+    Subclasses implement the abstract methods; the defaults here serve every API whose error body is OpenAI's.
+    """
+
+    name: ClassVar[str] = ""
+    path: ClassVar[str] = ""
+    method: ClassVar[str] = "POST"
+    operation: ClassVar[str] = "chat"
+    provider: ClassVar[str] = "openai"
+    api_type: ClassVar[str | None] = None
+    streams: ClassVar[bool] = True
+    terminal_data: ClassVar[str | None] = None
+    refusal_status: ClassVar[int] = 200
+
+    # -- request ---------------------------------------------------------------------------------------------
+    def validate(self, body: Any) -> RequestProblem | None:
+        """The first problem that makes ``body`` unanswerable (not a JSON object, a required field missing or of
+        the wrong type), or ``None``."""
+        raise NotImplementedError
+
+    def request_messages(self, body: dict[str, Any]) -> list[Turn]:
+        """Every text-bearing turn of the request, in request order (see :class:`Turn`)."""
+        raise NotImplementedError
+
+    def request_strings(self, body: dict[str, Any]) -> list[Piece]:
+        """Every string value of the request with its path (all of it goes to the provider), ``stream_key`` None;
+        ``kind`` is the :class:`Turn` kind for the strings :meth:`request_messages` returns, else ``other``."""
+        kinds = {t.parts: t.kind for t in self.request_messages(body)}
+        return [Piece(p, s, None, kinds.get(p, "other")) for p, s in walk_strings(body)]
+
+    # -- response --------------------------------------------------------------------------------------------
+    def stream_strings(self, obj: dict[str, Any]) -> list[Piece]:
+        """Every string value of one parsed SSE ``data:`` payload, classified (see :class:`Piece`)."""
+        return [self._piece(obj, p, s) for p, s in walk_strings(obj)]
+
+    def body_strings(self, obj: Any) -> list[Piece]:
+        """Every string value of a non-streamed answer (or error body), each a whole value (``stream_key`` None)."""
+        return [Piece(p, s, None, kind_of(obj, p)) for p, s in walk_strings(obj)]
+
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
+        """Classify one string of a stream event: the codec's stream key for deltas, else a whole value."""
+        return Piece(parts, text, None, kind_of(obj, parts))
+
+    def new_stream_state(self) -> StreamState:
+        """A fresh :class:`StreamState` for one streamed answer."""
+        return StreamState()
+
+    def tool_calls_done(self, obj: dict[str, Any], state: StreamState) -> list[ToolCall]:
+        """Feed one parsed event (in order); the tool calls complete after it, each reported once."""
+        return []
+
+    def flush_tool_calls(self, state: StreamState) -> list[ToolCall]:
+        """At the end of a stream: the calls still open (a stream that ended without closing them)."""
+        out = [state.finish(k) for k in list(state.calls)]
+        return [c for c in out if c is not None]
+
+    def body_tool_calls(self, obj: Any) -> list[ToolCall]:
+        """The tool calls of a non-streamed answer, complete."""
+        return []
+
+    def is_terminal(self, obj: dict[str, Any]) -> bool:
+        """The parsed event ends the answer (``[DONE]`` is not JSON: compare the raw data with
+        :attr:`terminal_data`)."""
+        return False
+
+    # -- decisions -------------------------------------------------------------------------------------------
+    def error_payload(self, status: int, message: str, type: str = "invalid_request_error",
+                      param: str | None = None, code: str | None = None) -> dict[str, Any]:
+        """The API's error object (default OpenAI's ``{"error": {message, type, param, code}}``)."""
+        return wire.error_payload(message, type, param, code)
+
+    def error_body(self, status: int, message: str, type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None) -> bytes:
+        """:meth:`error_payload` as JSON bytes, sent with HTTP ``status``."""
+        return orjson.dumps(self.error_payload(status, message, type, param, code))
+
+    def problem_body(self, problem: RequestProblem) -> bytes:
+        """The error body for a :class:`RequestProblem` (sent with ``problem.status``)."""
+        return self.error_body(problem.status, problem.message, "invalid_request_error", problem.param,
+                               problem.code)
+
+    def error_frame(self, message: str, type: str = "upstream_error", param: str | None = None,
+                    code: str | None = None, state: StreamState | None = None) -> bytes:
+        """How a stream that already sent its 200 reports a failure (default: ``data: {"error": {...}}``, which
+        the ``openai`` client raises as ``APIError``)."""
+        return wire.sse_frame(wire.error_payload(message, type, param, code))
+
+    def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
+        """The exact bytes a stream blocked by ``rail`` ends with."""
+        raise NotImplementedError
+
+    def blocked_body(self, rail: str) -> bytes:
+        """A non-streamed block by ``rail`` as the API's error body (status 400, ``guardrails_violation`` /
+        ``content_blocked``), for APIs or modes that answer a block with an error rather than a refusal."""
+        return self.error_body(400, blocked_message(rail), VIOLATION_TYPE, rail, BLOCKED_CODE)
+
+    def refusal_body(self, model: str, message: str, rail: str | None = None) -> dict[str, Any]:
+        """A normal non-streamed answer whose text is ``message`` (sent with :attr:`refusal_status`)."""
+        raise NotImplementedError
+
+    def refusal_frames(self, model: str, message: str) -> list[bytes]:
+        """The streamed equivalent of :meth:`refusal_body`: complete SSE frames, in order, terminator included."""
+        raise NotImplementedError
+
+    # -- telemetry -------------------------------------------------------------------------------------------
+    def span_attributes(self, body: dict[str, Any], response: Any = None) -> dict[str, Any]:
+        """GenAI semconv attributes of the call: request side from ``body``, response side from ``response`` (the
+        non-streamed body, or the final response object of a stream; ``None`` when there is none)."""
+        attrs: dict[str, Any] = {"gen_ai.provider.name": self.provider, "gen_ai.operation.name": self.operation}
+        if self.api_type is not None:
+            attrs["openai.api.type"] = self.api_type
+        attrs.update(self._request_attributes(body))
+        if isinstance(response, dict):  # the response side adds to the request side, never erases it
+            attrs.update({k: v for k, v in self._response_attributes(response).items() if v is not None})
+        return {k: v for k, v in attrs.items() if v is not None}
+
+    def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"gen_ai.request.model": text(body.get("model"))}
+
+    def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+def mapping(v: Any) -> dict[str, Any]:
+    """``v`` when it is a JSON object, else ``{}`` (so optional sub-objects read without checks)."""
+    return v if isinstance(v, dict) else {}
+
+
+def text(v: Any) -> str | None:
+    """``v`` when it is a string, else ``None``."""
+    return v if isinstance(v, str) else None
+
+
+def number(v: Any) -> int | float | None:
+    """``v`` when it is a JSON number (not a bool), else ``None`` (span attributes take no other types)."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def stop_list(v: Any) -> list[str] | None:
+    """A ``stop`` / ``stop_sequences`` value as a list of strings (``"x"`` -> ``["x"]``), or ``None``."""
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        return list(v)
+    return None
+
+
+def content_turns(role: str, kind: TurnKind, content: Any, prefix: Path) -> list[Turn]:
+    """Turns of one message ``content``: a string is one turn at ``prefix``; a list gives one turn per part that
+    has a string ``text`` (OpenAI ``text`` / ``input_text`` / ``output_text`` parts, Anthropic ``text`` blocks) at
+    ``prefix + (i, "text")``, or that is itself a string."""
+    if isinstance(content, str):
+        return [Turn(role, content, kind, prefix)]
+    out: list[Turn] = []
+    if isinstance(content, list):
+        for i, part in enumerate(content):
+            if isinstance(part, str):
+                out.append(Turn(role, part, kind, prefix + (i,)))
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append(Turn(role, part["text"], kind, prefix + (i, "text")))
+    return out
+
+
+def require(body: Any, fields: dict[str, tuple[type, ...]]) -> RequestProblem | None:
+    """Check ``body`` is an object with each ``field`` present and of one of its types; the first problem as a
+    :class:`RequestProblem` in OpenAI's wording (``Missing required parameter: 'messages'.``)."""
+    if not isinstance(body, dict):
+        return RequestProblem("The request body must be a JSON object.", "body", "invalid_type")
+    for name, types in fields.items():
+        if name not in body or body[name] is None:
+            return RequestProblem(f"Missing required parameter: '{name}'.", name)
+        if not isinstance(body[name], types) or isinstance(body[name], bool):
+            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            return RequestProblem(f"Invalid type for '{name}': expected {want}.", name, "invalid_type")
+    return None
+
+
+_TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", int: "an integer"}

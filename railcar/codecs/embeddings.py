@@ -1,0 +1,80 @@
+"""The OpenAI Embeddings codec: ``POST /v1/embeddings``.
+
+Formats (OpenAI API reference, "Embeddings"): request ``{"model", "input": str | [str] | [int] | [[int]],
+"encoding_format"?: "float" | "base64", "dimensions"?}``; answer ``{"object": "list", "data": [{"object":
+"embedding", "index", "embedding": [float] | base64 str}], "model", "usage": {"prompt_tokens", "total_tokens"}}``.
+
+Nothing streams. There is no text answer to refuse with, so a refusal is the blocked error
+(:attr:`refusal_status` 400, ``guardrails_violation`` / ``content_blocked``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from railcar.core import wire
+
+from .base import (
+    BLOCKED_CODE,
+    VIOLATION_TYPE,
+    Codec,
+    RequestProblem,
+    StreamState,
+    Turn,
+    blocked_message,
+    mapping,
+    number,
+    require,
+    text,
+)
+
+__all__ = ["EmbeddingsCodec"]
+
+
+class EmbeddingsCodec(Codec):
+    """``embeddings``: OpenAI-shaped embeddings (see module doc)."""
+
+    name = "embeddings"
+    path = "/v1/embeddings"
+    operation = "embeddings"
+    provider = "openai"
+    api_type = "embeddings"
+    streams = False
+    refusal_status = 400
+
+    def validate(self, body: Any) -> RequestProblem | None:
+        """``model`` (string) and ``input`` (string or array) are required."""
+        return require(body, {"model": (str,), "input": (str, list)})
+
+    def request_messages(self, body: dict[str, Any]) -> list[Turn]:
+        """``input`` (a string, or each string of a list) as user turns."""
+        inp = body.get("input")
+        if isinstance(inp, str):
+            return [Turn("user", inp, "input", ("input",))]
+        if isinstance(inp, list):
+            return [Turn("user", s, "input", ("input", i)) for i, s in enumerate(inp) if isinstance(s, str)]
+        return []
+
+    def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
+        """Embeddings never stream; the blocked error chunk + ``[DONE]`` for a caller that asks anyway."""
+        return wire.blocked_frames(rail)
+
+    def refusal_body(self, model: str, message: str, rail: str | None = None) -> dict[str, Any]:
+        """The blocked error object (sent with status 400): ``message`` when no rail is named."""
+        text = blocked_message(rail) if rail is not None else message
+        return wire.error_payload(text, VIOLATION_TYPE, rail, BLOCKED_CODE)
+
+    def refusal_frames(self, model: str, message: str) -> list[bytes]:
+        """Not streamed: the error object as one SSE frame + ``[DONE]``."""
+        return [wire.sse_frame(self.refusal_body(model, message)), wire.DONE_FRAME]
+
+    def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
+        fmt = body.get("encoding_format")
+        return {"gen_ai.request.model": text(body.get("model")),
+                "gen_ai.request.encoding_formats": [fmt] if isinstance(fmt, str) else None,
+                "gen_ai.embeddings.dimension.count": number(body.get("dimensions"))}
+
+    def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
+        usage = mapping(obj.get("usage"))
+        return {"gen_ai.response.model": text(obj.get("model")),
+                "gen_ai.usage.input_tokens": number(usage.get("prompt_tokens"))}

@@ -1,0 +1,240 @@
+"""The OpenAI Chat Completions codec: ``POST /v1/chat/completions`` (today's guarded route).
+
+Formats (OpenAI API reference, "Chat Completions": the request, the ``chat.completion`` object and the streamed
+``chat.completion.chunk`` objects, ``data: [DONE]``-terminated; the extensions seen in recorded provider traffic):
+
+- request ``messages[i]``: ``{"role": "system" | "developer" | "user" | "assistant" | "tool" | "function",
+  "content": str | [{"type": "text", "text": ...} | {"type": "image_url", ...}, ...] | null, ...}``; ``tool`` and
+  legacy ``function`` messages are tool results (``tool_output``), the rest ``input``;
+- chunk ``choices[i].delta``: ``content``, ``refusal``, ``reasoning_content`` (DeepSeek, vLLM), ``reasoning``
+  (OpenRouter, Groq), ``reasoning_details[k].text|summary`` (OpenRouter), ``audio.transcript``,
+  ``tool_calls[k] = {"index", "id", "function": {"name", "arguments"}}``, legacy ``function_call.{name,arguments}``;
+  ``choices[i].logprobs.content[k].token`` / ``.refusal[k].token``; ``choices[i].finish_reason``.
+
+Stream keys: ``("choices", i, "delta", <field>)`` for ``content`` / ``refusal`` / ``reasoning_content`` /
+``reasoning`` / ``audio.transcript`` (``("choices", i, "delta", "audio", "transcript")``), content given as parts
+(joined into the ``content`` stream; Mistral's ``thinking`` parts into ``("choices", i, "delta", "content",
+"thinking")``), ``("choices", i, "delta", "reasoning_details", <field>)``,
+``("choices", i, "tool_calls", <index>, "arguments")`` and ``("choices", i, "function_call", "arguments")``,
+``("choices", i, "logprobs", <content|refusal>, "token")``. Everything else is a whole value.
+
+Decisions use :mod:`railcar.core.wire` unchanged (byte-faithful with today's path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from railcar.core import wire
+
+from .base import (
+    Codec,
+    Path,
+    Piece,
+    PieceKind,
+    RequestProblem,
+    StreamState,
+    ToolCall,
+    Turn,
+    TurnKind,
+    content_turns,
+    kind_of,
+    mapping,
+    number,
+    require,
+    stop_list,
+    text,
+)
+
+__all__ = ["OpenAIChatCodec", "chat_request_turns", "openai_request_attributes"]
+
+_DELTA_KINDS: dict[str, PieceKind] = {"content": "text", "refusal": "refusal", "reasoning_content": "reasoning",
+                                      "reasoning": "reasoning", "reasoning_details": "reasoning", "audio": "text"}
+_TOOL_ROLES = frozenset({"tool", "function"})
+
+
+def chat_request_turns(messages: Any, field: str = "messages") -> list[Turn]:
+    """Turns of a Chat Completions ``messages`` list (also the shape of Responses' easy input messages)."""
+    out: list[Turn] = []
+    if not isinstance(messages, list):
+        return out
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            continue
+        role = str(msg.get("role", "user"))
+        kind: TurnKind = "tool_output" if role in _TOOL_ROLES else "input"
+        out.extend(content_turns(role, kind, msg.get("content"), (field, i, "content")))
+    return out
+
+
+def openai_request_attributes(body: dict[str, Any], max_tokens_fields: tuple[str, ...]) -> dict[str, Any]:
+    """Request-side GenAI attributes shared by the OpenAI codecs (``gen_ai.request.*``, ``openai.request.*``)."""
+    max_tokens = next((number(body[f]) for f in max_tokens_fields if number(body.get(f)) is not None), None)
+    return {
+        "gen_ai.request.model": text(body.get("model")),
+        "gen_ai.request.max_tokens": max_tokens,
+        "gen_ai.request.temperature": number(body.get("temperature")),
+        "gen_ai.request.top_p": number(body.get("top_p")),
+        "gen_ai.request.seed": number(body.get("seed")),
+        "gen_ai.request.frequency_penalty": number(body.get("frequency_penalty")),
+        "gen_ai.request.presence_penalty": number(body.get("presence_penalty")),
+        "gen_ai.request.stop_sequences": stop_list(body.get("stop")),
+        "gen_ai.request.choice.count": number(body.get("n")) if body.get("n") not in (None, 1) else None,
+        "openai.request.service_tier": text(body.get("service_tier")),
+    }
+
+
+def openai_response_attributes(obj: dict[str, Any]) -> dict[str, Any]:
+    """Response-side GenAI attributes of a ``chat.completion`` / ``text_completion`` (or a chunk)."""
+    usage = mapping(obj.get("usage"))
+    reasons = [c.get("finish_reason") for c in obj.get("choices") or [] if isinstance(c, dict)]
+    return {
+        "gen_ai.response.id": text(obj.get("id")),
+        "gen_ai.response.model": text(obj.get("model")),
+        "gen_ai.response.finish_reasons": [r for r in reasons if isinstance(r, str)] or None,
+        "gen_ai.usage.input_tokens": number(usage.get("prompt_tokens")),
+        "gen_ai.usage.output_tokens": number(usage.get("completion_tokens")),
+        "openai.response.service_tier": text(obj.get("service_tier")),
+        "openai.response.system_fingerprint": text(obj.get("system_fingerprint")),
+    }
+
+
+def _delta_key(parts: Path, choice: dict[str, Any]) -> tuple[tuple[Any, ...] | None, PieceKind]:
+    """Stream key of a string at ``parts`` = ``("choices", pos, "delta", ...)``; keys use the choice's own
+    ``index`` (with ``n > 1`` each chunk may carry one choice whose ``index`` differs from its position)."""
+    i, rest = choice.get("index", parts[1]), parts[3:]
+    head = rest[0] if rest else None
+    if head == "tool_calls" and len(rest) == 4 and rest[2:] == ("function", "arguments"):
+        calls = choice["delta"]["tool_calls"]
+        index = calls[rest[1]].get("index", rest[1]) if isinstance(calls[rest[1]], dict) else rest[1]
+        return ("choices", i, "tool_calls", index, "arguments"), "tool_arguments"
+    if rest == ("function_call", "arguments"):
+        return ("choices", i, "function_call", "arguments"), "tool_arguments"
+    if head == "content" and (len(rest) == 1 or rest[-1] == "text"):
+        if "thinking" in rest:  # Mistral streams reasoning as content parts {"type": "thinking", "thinking": [..]}
+            return ("choices", i, "delta", "content", "thinking"), "reasoning"
+        return ("choices", i, "delta", "content"), "text"
+    if head in ("refusal", "reasoning_content", "reasoning") and len(rest) == 1:
+        return ("choices", i, "delta", head), _DELTA_KINDS[head]
+    if rest == ("audio", "transcript"):
+        return ("choices", i, "delta", "audio", "transcript"), "text"
+    if head == "reasoning_details" and len(rest) == 3 and rest[2] in ("text", "summary"):
+        return ("choices", i, "delta", "reasoning_details", rest[2]), "reasoning"
+    return None, _DELTA_KINDS.get(str(head), "other")
+
+
+def chunk_piece(obj: dict[str, Any], parts: Path, text: str) -> Piece:
+    """Classify one string of a ``chat.completion.chunk`` / streamed ``text_completion`` (see module doc)."""
+    if len(parts) >= 4 and parts[0] == "choices" and isinstance(parts[1], int):
+        choice = mapping(obj["choices"][parts[1]])
+        if parts[2] == "delta":
+            key, kind = _delta_key(parts, choice)
+            return Piece(parts, text, key, kind)
+        if parts[2] == "logprobs" and parts[3] in ("content", "refusal") and parts[-1] == "token" and len(parts) == 6:
+            return Piece(parts, text, ("choices", choice.get("index", parts[1]), "logprobs", parts[3], "token"),
+                         "other")
+    if len(parts) == 3 and parts[0] == "choices" and parts[2] == "text":  # legacy completions chunk
+        return Piece(parts, text, ("choices", mapping(obj["choices"][parts[1]]).get("index", parts[1]), "text"),
+                     "text")
+    return Piece(parts, text, None, kind_of(obj, parts))
+
+
+class OpenAIChatCodec(Codec):
+    """``openai_chat``: Chat Completions (see the module doc for the shapes and stream keys)."""
+
+    name = "openai_chat"
+    path = "/v1/chat/completions"
+    operation = "chat"
+    provider = "openai"
+    api_type = "chat_completions"
+    terminal_data = "[DONE]"
+
+    def validate(self, body: Any) -> RequestProblem | None:
+        """``model`` (string) and ``messages`` (array) are required."""
+        return require(body, {"model": (str,), "messages": (list,)})
+
+    def request_messages(self, body: dict[str, Any]) -> list[Turn]:
+        """Every message's text (string content or text parts); ``tool`` / ``function`` roles are tool output."""
+        return chat_request_turns(body.get("messages"))
+
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
+        return chunk_piece(obj, parts, text)
+
+    def tool_calls_done(self, obj: dict[str, Any], state: StreamState) -> list[ToolCall]:
+        """A choice's tool call is complete when a higher ``index`` starts in that choice or the choice has a
+        ``finish_reason``; legacy ``function_call`` at ``finish_reason``."""
+        out: list[ToolCall] = []
+        for ci, choice in enumerate(obj.get("choices") or []):
+            if not isinstance(choice, dict):
+                continue
+            i = choice.get("index", ci)
+            delta = mapping(choice.get("delta"))
+            for k, call in enumerate(delta.get("tool_calls") or []):
+                if isinstance(call, dict):
+                    out.extend(self._tool_delta(state, i, call.get("index", k), call))
+            if isinstance(delta.get("function_call"), dict):
+                _accumulate(state, ("choices", i, "function_call", "arguments"), None, delta["function_call"])
+            if choice.get("finish_reason"):
+                out.extend(c for c in (state.finish(key) for key in list(state.calls) if key[1] == i) if c)
+        return out
+
+    def _tool_delta(self, state: StreamState, i: Any, index: Any, call: dict[str, Any]) -> list[ToolCall]:
+        key = ("choices", i, "tool_calls", index, "arguments")
+        out = []
+        if key not in state.calls:  # a new call in this choice closes the earlier ones
+            earlier = [k for k in state.calls if k[1] == i and k[2] == "tool_calls"]
+            out = [c for c in (state.finish(k) for k in earlier) if c]
+        _accumulate(state, key, call.get("id"), mapping(call.get("function")))
+        return out
+
+    def body_tool_calls(self, obj: Any) -> list[ToolCall]:
+        """``choices[i].message.tool_calls[k]`` (and legacy ``function_call``) of a ``chat.completion``."""
+        out: list[ToolCall] = []
+        for ci, choice in enumerate(mapping(obj).get("choices") or []):
+            if isinstance(choice, dict):
+                out.extend(_message_calls(choice.get("index", ci), mapping(choice.get("message"))))
+        return out
+
+    def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
+        """The blocked-content error chunk + ``data: [DONE]`` (:func:`railcar.core.wire.blocked_frames`)."""
+        return wire.blocked_frames(rail)
+
+    def refusal_body(self, model: str, message: str, rail: str | None = None) -> dict[str, Any]:
+        """:func:`railcar.core.wire.refusal_completion`."""
+        return wire.refusal_completion(model, message, rail=rail)
+
+    def refusal_frames(self, model: str, message: str) -> list[bytes]:
+        """:func:`railcar.core.wire.refusal_chunks`."""
+        return wire.refusal_chunks(model, message)
+
+    def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
+        return openai_request_attributes(body, ("max_completion_tokens", "max_tokens"))
+
+    def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return openai_response_attributes(obj)
+
+
+def _message_calls(i: Any, msg: dict[str, Any]) -> list[ToolCall]:
+    """The complete tool calls of one non-streamed assistant message (choice ``i``)."""
+    out: list[ToolCall] = []
+    for k, call in enumerate(msg.get("tool_calls") or []):
+        fn = mapping(mapping(call).get("function"))
+        if fn:
+            out.append(ToolCall(("choices", i, "tool_calls", call.get("index", k), "arguments"),
+                                str(call.get("id") or ""), str(fn.get("name") or ""), str(fn.get("arguments") or "")))
+    fc = mapping(msg.get("function_call"))
+    if fc.get("name") or fc.get("arguments"):  # Snowflake sends an empty {"name": "", "arguments": ""}
+        out.append(ToolCall(("choices", i, "function_call", "arguments"), "", str(fc.get("name") or ""),
+                            str(fc.get("arguments") or "")))
+    return out
+
+
+def _accumulate(state: StreamState, key: tuple[Any, ...], call_id: Any, fn: dict[str, Any]) -> None:
+    """Add one delta of a call (``id``, ``name`` once; ``arguments`` appended) to ``state.calls[key]``."""
+    call = state.calls.setdefault(key, {"id": "", "name": "", "arguments": ""})
+    if isinstance(call_id, str) and call_id:
+        call["id"] = call_id
+    if isinstance(fn.get("name"), str) and fn["name"]:
+        call["name"] = fn["name"]
+    if isinstance(fn.get("arguments"), str):
+        call["arguments"] += fn["arguments"]

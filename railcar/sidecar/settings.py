@@ -1,0 +1,96 @@
+"""Config sections owned by ``sidecar/``: ``[server]`` (where the proxy listens, how it stops) and ``[upstream]``
+(the real model endpoint and its credential).
+
+The loader is :func:`railcar.settings.load_config`; :class:`SidecarSettings` is what this room reads of the root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from railcar.core.config import ConfigError, Problem, opt
+
+
+@dataclass
+class ServerConfig:
+    """``[server]``: where the sidecar listens and how it stops."""
+
+    host: str = opt("127.0.0.1", "Address to bind. Loopback by default: only the agent in the same pod can call it.")
+    port: int = opt(8787, "TCP port of the OpenAI-compatible endpoint (agents use http://127.0.0.1:<port>/v1).")
+    max_body_bytes: int = opt(8 * 1024 * 1024, "Largest accepted request body in bytes; larger gets HTTP 413.")
+    grace_period_s: float = opt(30.0, "On SIGTERM: seconds in-flight streams may take to finish before exit.")
+    log_level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_content: bool = opt(False, "Let NeMo Guardrails log at INFO (its records can quote content); off: no content in logs.")
+
+    def validate(self) -> list[Problem]:
+        """Problems of ``server.port`` (not 1-65535), ``server.max_body_bytes`` (<= 0), ``server.grace_period_s`` (< 0)."""
+        out = []
+        if not 0 < self.port < 65536:
+            out.append(Problem("server.port", f"{self.port} is not a TCP port (1-65535)"))
+        if self.max_body_bytes <= 0:
+            out.append(Problem("server.max_body_bytes", "must be > 0"))
+        if self.grace_period_s < 0:
+            out.append(Problem("server.grace_period_s", "must be >= 0"))
+        return out
+
+
+@dataclass
+class UpstreamConfig:
+    """``[upstream]``: the real model endpoint. The credential is never written in the config file."""
+
+    base_url: str = opt("", "Base URL of the real OpenAI-compatible endpoint, e.g. https://api.openai.com/v1.")
+    api_key_env: str = opt(
+        "RAILCAR_UPSTREAM_API_KEY", "Name of the environment variable holding the upstream API key."
+    )
+    api_key_file: str = opt("", "File holding the upstream API key (e.g. a mounted Kubernetes Secret).")
+    pass_client_authorization: bool = opt(
+        False, "Forward the agent's own Authorization header instead of the configured credential."
+    )
+    connect_timeout_s: float = opt(10.0, "Seconds to establish the upstream connection (then HTTP 502).")
+    read_timeout_s: float = opt(300.0, "Seconds of upstream silence tolerated (then HTTP 504 or a closed stream).")
+    max_connections: int = opt(1024, "Pooled upstream connections (one ClientSession per process).")
+    default_headers: dict = opt({}, "Static headers added to every upstream request (request headers win).")
+
+    def validate(self) -> list[Problem]:
+        """Problems of ``upstream.base_url`` (not http(s)://), the timeouts and ``max_connections`` (<= 0), and
+        ``upstream.api_key_file`` (set but unreadable)."""
+        out = []
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            out.append(Problem("upstream.base_url", f"{self.base_url!r} must start with http:// or https://"))
+        for name in ("connect_timeout_s", "read_timeout_s"):
+            if getattr(self, name) <= 0:
+                out.append(Problem(f"upstream.{name}", "must be > 0"))
+        if self.max_connections <= 0:
+            out.append(Problem("upstream.max_connections", "must be > 0"))
+        if self.api_key_file:
+            try:
+                with open(self.api_key_file, "rb"):  # readable; the key itself is read by api_key()
+                    pass
+            except OSError as exc:
+                out.append(Problem("upstream.api_key_file", f"cannot read {self.api_key_file!r}: {exc.strerror}"))
+        return out
+
+    def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The upstream credential from ``api_key_file`` (stripped) or the ``api_key_env`` variable; None if unset.
+
+        Raises :class:`ConfigError` naming ``upstream.api_key_file`` when the file cannot be read.
+        """
+        environ = os.environ if environ is None else environ
+        if self.api_key_file:
+            try:
+                return Path(self.api_key_file).read_text().strip() or None
+            except OSError as exc:
+                raise ConfigError(f"upstream.api_key_file: cannot read {self.api_key_file!r}: {exc.strerror}") from None
+        return environ.get(self.api_key_env) or None
+
+
+class SidecarSettings(Protocol):
+    """The sections ``sidecar`` reads from the root config (:class:`railcar.settings.RailcarConfig` has them), so
+    this room types its entry points without importing the composition root."""
+
+    server: ServerConfig
+    upstream: UpstreamConfig
