@@ -442,11 +442,20 @@ class InlineFilter:
         self.scanned += n
         out: list[str] = []
         pos = off
+        open_at = -1  # earliest start of a still-open candidate, looked up at the first complete match
         for m in hb.scanner.scan_text(window):
             if m.start < off:
                 continue  # in released context (judged already)
             if not final and not hb.settled(m.detector, window[m.start:]):
                 continue  # not settled: more text could extend the value (".co" -> ".co.uk") or void it
+            if not final:
+                if open_at < 0:
+                    self.scanned += n
+                    open_at = hb.hold_start(window, pos)[0]
+                if open_at <= m.start:
+                    # a longer candidate that starts first is still open (an IBAN around a card-like digit run):
+                    # the whole-text scan would report it instead, so hold both until it settles
+                    break
             if hb.action == "block":
                 self.blocked = True
                 self.held = ""
