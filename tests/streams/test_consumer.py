@@ -192,8 +192,10 @@ async def test_consume_command_serves_health_ready_and_metrics(mock_cluster, tmp
         text = ""
         for _ in range(200):
             code, text = await get("/metrics")
+            # findings are counted when the fileset batch commits, after the records: wait for both
             if (_metric(text, "railcar_consumer_records_total") or 0) >= 9 \
-                    and _metric(text, "railcar_consumer_dead_lettered_total"):
+                    and _metric(text, "railcar_consumer_dead_lettered_total") \
+                    and _metric(text, "railcar_consumer_findings_total", type="leaked_secret"):
                 break
             await asyncio.sleep(0.1)
         assert code == 200
