@@ -176,10 +176,9 @@ def wants_injection(pod: dict) -> bool:
     return str(((pod.get("metadata") or {}).get("labels") or {}).get(INJECT_LABEL, "")).lower() == "true"
 
 
-def _check_pod(pod: dict, tpl: SidecarTemplate) -> tuple[dict, list[dict]]:
-    """``(spec, containers)`` of a pod that can take the sidecar; :class:`InjectError` for malformed
+def _check_pod(spec: dict, tpl: SidecarTemplate) -> list[dict]:
+    """The agent containers of a pod ``spec`` that can take the sidecar; :class:`InjectError` for malformed
     ``spec.containers``, ``hostNetwork`` or a port clash with the sidecar (see :func:`build_patch`)."""
-    spec = pod["spec"]
     containers = spec.get("containers")
     if not isinstance(containers, list) or not containers or not all(isinstance(c, dict) for c in containers):
         raise InjectError("pod: spec.containers: expected a non-empty list of containers")
@@ -190,7 +189,7 @@ def _check_pod(pod: dict, tpl: SidecarTemplate) -> tuple[dict, list[dict]]:
         clash = _container_ports(c, f"pod: container {c.get('name')!r}") & tpl.ports
         if clash:
             raise InjectError(f"pod: container {c.get('name')!r} already uses port {min(clash)} of the sidecar")
-    return spec, containers
+    return containers
 
 
 def _sidecar_op(spec: dict, tpl: SidecarTemplate, root: str) -> dict:
@@ -198,7 +197,7 @@ def _sidecar_op(spec: dict, tpl: SidecarTemplate, root: str) -> dict:
     the model), last container otherwise."""
     if not tpl.native:
         return {"op": "add", "path": root + _ptr("spec", "containers", "-"), "value": tpl.container}
-    if "initContainers" in spec and isinstance(spec["initContainers"], list) and spec["initContainers"]:
+    if isinstance(spec.get("initContainers"), list) and spec["initContainers"]:
         return {"op": "add", "path": root + _ptr("spec", "initContainers", 0), "value": tpl.container}
     return {"op": "add", "path": root + _ptr("spec", "initContainers"), "value": [tpl.container]}
 
@@ -221,7 +220,8 @@ def _volume_ops(spec: dict, tpl: SidecarTemplate, root: str) -> list[dict]:
 
 
 def _base_url_ops(containers: list[dict], tpl: SidecarTemplate, root: str) -> list[dict]:
-    """``OPENAI_BASE_URL`` pointing at the sidecar on every agent container (added, or replacing another value)."""
+    """``OPENAI_BASE_URL`` pointing at the sidecar on every agent container (added, or replacing every other value:
+    with the name listed twice the kubelet keeps the last one)."""
     entry = {"name": BASE_URL_ENV, "value": tpl.base_url}
     ops: list[dict] = []
     for i, c in enumerate(containers):
@@ -229,12 +229,12 @@ def _base_url_ops(containers: list[dict], tpl: SidecarTemplate, root: str) -> li
         if not env:
             ops.append({"op": "add", "path": root + _ptr("spec", "containers", i, "env"), "value": [entry]})
             continue
-        idx = next((j for j, e in enumerate(env) if isinstance(e, dict) and e.get("name") == BASE_URL_ENV), None)
-        if idx is None:
+        found = [j for j, e in enumerate(env) if isinstance(e, dict) and e.get("name") == BASE_URL_ENV]
+        if not found:
             ops.append({"op": "add", "path": root + _ptr("spec", "containers", i, "env", "-"), "value": entry})
-        elif env[idx] != entry:
-            # The pod asked for the guard: an agent pointed elsewhere would bypass it.
-            ops.append({"op": "replace", "path": root + _ptr("spec", "containers", i, "env", idx), "value": entry})
+        # The pod asked for the guard: an agent pointed elsewhere would bypass it.
+        ops += [{"op": "replace", "path": root + _ptr("spec", "containers", i, "env", j), "value": entry}
+                for j in found if env[j] != entry]
     return ops
 
 
@@ -267,7 +267,8 @@ def build_patch(pod: dict, template: dict | SidecarTemplate, *, root: str = "") 
         raise InjectError("pod: spec: expected an object")
     if is_injected(pod, tpl.name):
         return []
-    spec, containers = _check_pod(pod, tpl)
+    spec = pod["spec"]
+    containers = _check_pod(spec, tpl)
     return [_sidecar_op(spec, tpl, root), *_volume_ops(spec, tpl, root), *_base_url_ops(containers, tpl, root),
             _status_op(pod, root)]
 

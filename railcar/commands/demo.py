@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import dataclasses
 import hashlib
 import inspect
 import logging
@@ -56,16 +55,18 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from railcar.core.exchange import Exchange
+from railcar.core.exchange import Exchange, Outcome
 from railcar.core.guard import PassThrough
+from railcar.core.wire import BLOCKED_CODE, VIOLATION_TYPE
 from railcar.rails.guard import RailsGuard, build_guard
 from railcar.rails.scanner import Scanner
 from railcar.settings import RailcarConfig
 from railcar.sidecar.app import create_app
+from railcar.sidecar.sse import split_events
 from railcar.streams import otlp
 from railcar.streams.consumer import ConsumerGroupWorker
-from railcar.streams.fileset import FILESET, open_fileset
-from railcar.streams.pipeline import build_scanner
+from railcar.streams.fileset import FILESET
+from railcar.streams.pipeline import build_scanner, configured_fileset
 from railcar.streams.producer import Publisher
 from railcar.streams.recorder import TraceRecorder
 from railcar.tools.demo_data.leaks import Leak, build_leaks
@@ -213,18 +214,26 @@ class _TapTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+@dataclass
+class _Decision:
+    """What the guard decided for one call: its outcome, the status sent, whether the upstream was called."""
+
+    outcome: Outcome
+    status: int | None
+    upstream_called: bool
+
+
 class _Outcomes:
     """An :class:`railcar.core.guard.ExchangeObserver` keeping what the guard decided, by ``x-demo-call`` header."""
 
     def __init__(self) -> None:
-        self.by_call: dict[str, dict[str, Any]] = {}
+        self.by_call: dict[str, _Decision] = {}
 
     def exchange_finished(self, exchange: Exchange) -> None:
         call = exchange.headers.get("x-demo-call")
         if call:
-            self.by_call[call] = {"outcome": dataclasses.asdict(exchange.outcome), "status": exchange.status,
-                                  "upstream_called": exchange.response_body is not None or bool(exchange.stream_data),
-                                  "error": exchange.error}
+            self.by_call[call] = _Decision(exchange.outcome, exchange.status,
+                                           exchange.response_body is not None or bool(exchange.stream_data))
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -252,12 +261,7 @@ class CallResult:
 
 
 def _sse_datas(raw: bytes) -> list[str]:
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = [ln[5:].lstrip() for ln in block.split(b"\n") if ln.startswith(b"data:")]
-        if data:
-            out.append(b"\n".join(data).decode("utf-8", "replace"))
-    return out
+    return [data.decode("utf-8", "replace") for _, data in split_events(raw) if data is not None]
 
 
 def _ends_with_error_chunk(datas: list[str]) -> bool:
@@ -267,7 +271,7 @@ def _ends_with_error_chunk(datas: list[str]) -> bool:
         err = orjson.loads(datas[-2]).get("error") or {}
     except (orjson.JSONDecodeError, AttributeError):
         return False
-    return err.get("type") == "guardrails_violation" and err.get("code") == "content_blocked"
+    return err.get("type") == VIOLATION_TYPE and err.get("code") == BLOCKED_CODE
 
 
 _CREATE_PARAMS: set[str] | None = None
@@ -321,7 +325,7 @@ async def _send(client: openai.AsyncOpenAI, request: dict[str, Any], headers: di
         res.result, res.status, res.detail = "upstream_error", exc.status_code, type(exc).__name__
     except openai.APIError as exc:  # an in-band error event in a 200 stream
         error_body = exc.body if isinstance(exc.body, dict) else {}
-        if error_body.get("code") == "content_blocked":
+        if error_body.get("code") == BLOCKED_CODE:
             res.result, res.rail = "blocked_stream", str(error_body.get("param") or "")
         else:
             res.result, res.detail = "upstream_error", f"{type(exc).__name__}: {exc}"[:200]
@@ -329,22 +333,23 @@ async def _send(client: openai.AsyncOpenAI, request: dict[str, Any], headers: di
         res.result, res.detail = "client_error", type(exc).__name__
 
 
-def _apply_decision(res: CallResult, seen: dict[str, Any]) -> None:
-    """Complete ``res`` with the guard's decision (``seen``: an :class:`_Outcomes` entry): the status the client
+def _apply_decision(res: CallResult, seen: _Decision | None) -> None:
+    """Complete ``res`` with the guard's decision (``None`` when the sidecar reported none): the status the client
     did not see, and a block the client could not tell from a normal answer (where it happened: before the
     upstream was called, in a stream, or in a whole answer)."""
-    if res.status is None:
-        res.status = seen.get("status")
-    out = seen.get("outcome") or {}
-    if not out.get("blocked") or res.result not in ("ok", "blocked_input", "blocked_output"):
+    if seen is None:
         return
-    if not seen.get("upstream_called"):
+    if res.status is None:
+        res.status = seen.status
+    if not seen.outcome.blocked or res.result not in ("ok", "blocked_input", "blocked_output"):
+        return
+    if not seen.upstream_called:
         res.result = "blocked_input"
     elif res.stream:
         res.result = "blocked_stream"
     else:
         res.result = "blocked_output"
-    res.rail = res.rail or str(out.get("blocked_rail") or "")
+    res.rail = res.rail or (seen.outcome.blocked_rail or "")
 
 
 def _apply_tap(res: CallResult, tap: _Tap | None) -> None:
@@ -363,7 +368,7 @@ async def _drive_call(client: openai.AsyncOpenAI, session: Session, idx: int, re
     headers = {"x-replay-id": record_id, "x-demo-call": call,
                "traceparent": f"00-{session.trace_id}-{random.getrandbits(64) or 1:016x}-01"}
     await _send(client, request, headers, res)
-    _apply_decision(res, outcomes.by_call.get(call) or {})
+    _apply_decision(res, outcomes.by_call.pop(call, None))
     _apply_tap(res, taps.pop(call, None))
     return res
 
@@ -417,8 +422,8 @@ class _Run:
     scanner: Scanner
     worker: ConsumerGroupWorker
     pub: Publisher
-    guard: RailsGuard | None = None
-    consume_task: asyncio.Task[None] | None = None
+    guard: RailsGuard | None
+    consume_task: asyncio.Task[None]
     runners: list[web.AppRunner] = field(default_factory=list)
     recorders: dict[str, TraceRecorder] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
@@ -448,9 +453,9 @@ async def _start(cfg: RailcarConfig, say: Callable[[str], None], runners: list[w
     guard = await build_guard(cfg)
     say(f"guardrails loaded: {cfg.guardrails.config_path or 'inline'}")
     pub = Publisher(cfg.kafka, cfg.telemetry, registry=CollectorRegistry())
-    run = _Run(cfg, scanner, worker, pub, guard, runners=runners)
     await pub.start()
-    run.consume_task = asyncio.create_task(worker.run(), name="railcar-demo-consumer")
+    run = _Run(cfg, scanner, worker, pub, guard, asyncio.create_task(worker.run(), name="railcar-demo-consumer"),
+               runners=runners)
     for agent in AGENTS:
         await _start_sidecar(run, agent)
     say("sidecars: " + ", ".join(f"{a} {u}" for a, u in run.urls.items()))
@@ -492,11 +497,10 @@ async def _stop(run: _Run) -> None:
     run.published = run.pub.stats["published"]
     deadline = time.monotonic() + 30.0
     task = run.consume_task
-    while run.worker.proc.records < run.published and time.monotonic() < deadline and not (task and task.done()):
+    while run.worker.proc.records < run.published and time.monotonic() < deadline and not task.done():
         await asyncio.sleep(0.05)
     run.worker.stop()
-    if task is not None:
-        await task
+    await task
     if run.guard is not None:
         await run.guard.close()
 
@@ -544,7 +548,7 @@ def _events(run: _Run) -> dict[str, Any]:
 def _write_outputs(inputs: _Inputs, out: Path, run: _Run, per_session: list[list[CallResult]],
                    t_start: float) -> dict[str, Any]:
     """Write ``report.html`` and ``demo-summary.json`` from the fileset and the calls; returns the summary."""
-    fs = open_fileset(str(out))
+    fs = configured_fileset(run.cfg)
     snapshot = fs.read_snapshot() or {}
     suggestions = fs.read_suggestions()
     report_path = out / "report.html"

@@ -52,7 +52,8 @@ from railcar.core.wire import DONE_FRAME, sse_frame
 from railcar.sidecar.errors import error_response
 from railcar.sidecar.sse import split_events
 
-__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "synthetic_frames", "split_text"]
+__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "chunk_frames", "synthetic_frames",
+           "split_text"]
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
@@ -84,27 +85,34 @@ def split_text(text: str, chunk_chars: int = 4) -> list[str]:
     return [text[i:i + chunk_chars] for i in range(0, len(text), chunk_chars)]
 
 
-def synthetic_frames(tokens: int, model: str = "synthetic-model", deltas: list[str] | None = None) -> list[bytes]:
-    """SSE frames of a synthetic stream: a role chunk carrying the first token, ``tokens - 1`` content chunks,
-    a finish chunk (``finish_reason: stop``, with ``usage``) and ``data: [DONE]``; each token is ``"tok "``.
-    With ``deltas`` (e.g. :func:`split_text` of a given text) the content chunks carry those strings instead and
-    ``tokens`` is ignored (``len(deltas)`` tokens)."""
-    if deltas is not None:
-        tokens = len(deltas)
-    created = int(time.time())
-    head = {"id": "chatcmpl-synthetic", "object": "chat.completion.chunk", "created": created, "model": model}
+def chunk_frames(head: dict[str, Any], texts: list[str], finish: str = "stop", **extra: Any) -> list[bytes]:
+    """SSE frames of a streamed answer, each a ``chat.completion.chunk`` with ``head``'s keys (``id``, ``object``,
+    ``created``, ``model``, ...): a role chunk carrying ``texts[0]`` (none when ``texts`` is empty), one content
+    chunk per further text, a finish chunk (``finish_reason: finish``, plus ``extra`` keys such as ``usage``) and
+    ``data: [DONE]``. The one chunk builder of the synthetic stream and the demo's leaking streams."""
 
-    def frame(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-        obj = dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra)
-        return sse_frame(obj)
+    def frame(delta: dict[str, Any], fin: str | None, **more: Any) -> bytes:
+        return sse_frame(dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}],
+                              **more))
 
-    texts = deltas if deltas is not None else ["tok "] * tokens
-    frames = [frame({"role": "assistant", "content": texts[0]}, None)] if tokens > 0 else []
+    frames = [frame({"role": "assistant", "content": texts[0]}, None)] if texts else []
     frames += [frame({"content": t}, None) for t in texts[1:]]
-    frames.append(frame({}, "stop", usage={"prompt_tokens": 8, "completion_tokens": tokens,
-                                           "total_tokens": tokens + 8}))
+    frames.append(frame({}, finish, **extra))
     frames.append(DONE_FRAME)
     return frames
+
+
+def synthetic_frames(tokens: int, model: str = "synthetic-model", deltas: list[str] | None = None) -> list[bytes]:
+    """SSE frames of a synthetic stream (:func:`chunk_frames`): a role chunk carrying the first token, ``tokens - 1``
+    content chunks, a finish chunk (``finish_reason: stop``, with ``usage``) and ``data: [DONE]``; each token is
+    ``"tok "``. With ``deltas`` (e.g. :func:`split_text` of a given text) the content chunks carry those strings
+    instead and ``tokens`` is ignored (``len(deltas)`` tokens)."""
+    if deltas is not None:
+        tokens = len(deltas)
+    head = {"id": "chatcmpl-synthetic", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    texts = deltas if deltas is not None else ["tok "] * tokens
+    return chunk_frames(head, texts, "stop",
+                        usage={"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": tokens + 8})
 
 
 @dataclass
@@ -313,7 +321,7 @@ class ReplayUpstream:
             except ValueError:
                 return _error(400, f"?stream={request.query['stream']!r}: expected a number of events",
                               "invalid_query")
-            pieces = [b"data: " + orjson.dumps({"path": rec.path, "i": i}) + b"\n\n" for i in range(n)]
+            pieces = [sse_frame({"path": rec.path, "i": i}) for i in range(n)]
             return await self._stream(request, rec, 200, "text/event-stream", pieces + [DONE_FRAME],
                                       self.delay_s, "")
         return web.json_response({"method": rec.method, "path": rec.path, "query": rec.query,

@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from railcar.streams.fileset import FILESET, FilesetError, open_fileset
+from railcar.streams.fileset import FILESET, FilesetError
+from railcar.streams.pipeline import configured_fileset
 from railcar.streams.settings import StreamsSettings
 
 __all__ = ["render_report", "main"]
@@ -248,10 +249,10 @@ def _suggestions(suggestions: list[Mapping[str, Any]]) -> str:
     return "".join(out)
 
 
-def _coverage_state(ps: list[Mapping[str, Any]]) -> str:
-    """The badge of one agent: guarded (every model path), unguarded (none) or partly guarded."""
-    guarded = sum(1 for p in ps if p.get("guarded"))
-    if guarded == len(ps):
+def _coverage_state(guarded: int, paths: int) -> str:
+    """The badge of one agent with ``guarded`` of its ``paths`` model paths guarded: guarded (every one),
+    unguarded (none) or partly guarded."""
+    if guarded == paths:
         return _badge("guarded", "#15803d")
     if guarded == 0:
         return _badge("unguarded", "#b45309")
@@ -265,8 +266,8 @@ def _coverage_row(agent: str, paths: list[Mapping[str, Any]]) -> str:
     rails = sorted({str(r) for p in ps for r in p.get("rails") or ()})
     models = ", ".join(f'<span class="chip{" chip-ok" if p.get("guarded") else ""}">{_e(p.get("model"))}</span>'
                        for p in ps)
-    return (f"<tr><td><strong>{_e(agent)}</strong></td><td>{_coverage_state(ps)}<div class='small muted'>{guarded} of "
-            f"{len(ps)} model paths</div></td><td>{models}</td><td class='small'>"
+    return (f"<tr><td><strong>{_e(agent)}</strong></td><td>{_coverage_state(guarded, len(ps))}"
+            f"<div class='small muted'>{guarded} of {len(ps)} model paths</div></td><td>{models}</td><td class='small'>"
             f"{_e(', '.join(rails) or 'none')}</td></tr>")
 
 
@@ -366,9 +367,8 @@ def main(args: argparse.Namespace, config: StreamsSettings) -> int:
     snapshot = None
     # A local fileset is opened only when it exists: opening one creates its directories, a reader must not.
     if root.startswith("s3://") or (Path(root) / FILESET).is_dir():
-        s3 = config.fileset.s3_endpoint_url or ""
         try:
-            fs = open_fileset(root, s3)
+            fs = configured_fileset(config, root)
             snapshot = fs.read_snapshot()
         except (FilesetError, OSError, ValueError) as exc:  # ValueError: a snapshot that is not JSON
             print(f"railcar report: --fileset-root: cannot read the fileset under {root!r}: {exc}",

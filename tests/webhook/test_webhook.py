@@ -391,3 +391,16 @@ def test_non_numeric_container_port_fails_open_with_warning():
     bad["container"]["ports"] = [{"containerPort": "x"}]
     with pytest.raises(inject.InjectError, match="sidecar template: container: ports.containerPort"):
         inject.SidecarTemplate.from_dict(bad)
+
+
+def test_every_listed_base_url_is_replaced():
+    # With OPENAI_BASE_URL listed twice the kubelet keeps the last entry: replacing only the first would leave the
+    # agent pointed past the guard.
+    pod = copy.deepcopy(SINGLE)
+    pod["spec"]["containers"][0]["env"] = [{"name": "OPENAI_BASE_URL", "value": "https://api.openai.com/v1"},
+                                           {"name": "LOG_LEVEL", "value": "info"},
+                                           {"name": "OPENAI_BASE_URL", "value": "https://elsewhere.example/v1"}]
+    out = apply(pod, inject.build_patch(pod, TEMPLATE))
+    env = out["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == "OPENAI_BASE_URL"] == ["http://127.0.0.1:8787/v1"] * 2
+    assert env[1] == {"name": "LOG_LEVEL", "value": "info"}

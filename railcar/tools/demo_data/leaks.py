@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from railcar.core.wire import DONE_FRAME, sse_frame
+from railcar.sidecar.sse import split_events
+from railcar.tools.replay_upstream import chunk_frames
 
 __all__ = ["Leak", "build_leaks", "sse_body"]
 
@@ -57,31 +58,23 @@ class Leak:
 
 def sse_body(template: dict[str, Any], deltas: list[str], finish: str = "stop") -> str:
     """An SSE body in the shape of ``template`` (one recorded ``chat.completion.chunk`` dict: its ``id``,
-    ``model``, ``created`` and extra keys are kept): a role chunk, one chunk per content delta, a finish chunk,
-    then ``data: [DONE]`` (OpenAI Chat Completions streaming format)."""
+    ``model``, ``created`` and extra keys are kept): an empty role chunk, one chunk per content delta, a finish
+    chunk, then ``data: [DONE]`` (:func:`railcar.tools.replay_upstream.chunk_frames`)."""
     head = {k: v for k, v in template.items() if k not in ("choices", "usage")}
-
-    def frame(delta: dict[str, Any], fin: str | None) -> str:
-        obj = dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}])
-        return sse_frame(obj).decode()
-
-    out = [frame({"role": "assistant", "content": ""}, None)]
-    out += [frame({"content": d}, None) for d in deltas]
-    out.append(frame({}, finish))
-    out.append(DONE_FRAME.decode())
-    return "".join(out)
+    return b"".join(chunk_frames(head, ["", *deltas], finish)).decode()
 
 
 def _first_chunk(record: dict[str, Any]) -> dict[str, Any] | None:
-    for block in record.get("response_body", "").split("\n\n"):
-        for line in block.splitlines():
-            if line.startswith("data:") and "[DONE]" not in line:
-                try:
-                    obj = orjson.loads(line[5:].strip())
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(obj, dict) and obj.get("choices"):
-                    return obj
+    """The first recorded ``chat.completion.chunk`` with choices in ``record``'s SSE body, or ``None``."""
+    for _, data in split_events(record.get("response_body", "").encode()):
+        if data is None or data == b"[DONE]":
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and obj.get("choices"):
+            return obj
     return None
 
 
