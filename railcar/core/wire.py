@@ -31,7 +31,7 @@ import orjson
 
 __all__ = ["DONE_FRAME", "VIOLATION_TYPE", "BLOCKED_CODE", "sse_frame", "error_payload", "error_body",
            "sse_error_frame", "blocked_error", "blocked_frames", "completion_id", "refusal_completion",
-           "refusal_chunks"]
+           "refusal_chunks", "chunk_frames"]
 
 DONE_FRAME = b"data: [DONE]\n\n"
 VIOLATION_TYPE = "guardrails_violation"
@@ -97,15 +97,27 @@ def refusal_completion(model: str, message: str, *, id: str | None = None, creat
     return out
 
 
+def chunk_frames(head: dict[str, Any], texts: list[str], finish: str = "stop", **extra: Any) -> list[bytes]:
+    """SSE frames of a streamed answer, each a ``chat.completion.chunk`` with ``head``'s keys (``id``, ``object``,
+    ``created``, ``model``, ...): a role chunk carrying ``texts[0]`` (none when ``texts`` is empty), one content
+    chunk per further text, a finish chunk (``finish_reason: finish``, plus ``extra`` keys such as ``usage``) and
+    ``data: [DONE]``. The one ``chat.completion.chunk`` builder (refusals, the synthetic stream, the demo's leaks)."""
+
+    def frame(delta: dict[str, Any], fin: str | None, **more: Any) -> bytes:
+        return sse_frame(dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}],
+                              **more))
+
+    frames = [frame({"role": "assistant", "content": texts[0]}, None)] if texts else []
+    frames += [frame({"content": t}, None) for t in texts[1:]]
+    frames.append(frame({}, finish, **extra))
+    frames.append(DONE_FRAME)
+    return frames
+
+
 def refusal_chunks(model: str, message: str, *, id: str | None = None, created: int | None = None) -> list[bytes]:
-    """The streamed equivalent of :func:`refusal_completion`: SSE frames (bytes, ``\\n\\n``-ended) for a role
-    chunk, a content chunk, a final chunk with ``finish_reason: content_filter``, then ``data: [DONE]``."""
-    id = id or completion_id()
-    created = int(time.time()) if created is None else created
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-        return sse_frame({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
-
-    return [chunk({"role": "assistant", "content": ""}, None), chunk({"content": message}, None),
-            chunk({}, "content_filter"), DONE_FRAME]
+    """The streamed equivalent of :func:`refusal_completion` (:func:`chunk_frames`): SSE frames (bytes,
+    ``\\n\\n``-ended) for a role chunk, a content chunk, a final chunk with ``finish_reason: content_filter``, then
+    ``data: [DONE]``."""
+    head = {"id": id or completion_id(), "object": "chat.completion.chunk",
+            "created": int(time.time()) if created is None else created, "model": model}
+    return chunk_frames(head, ["", message], "content_filter")

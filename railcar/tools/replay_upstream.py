@@ -48,11 +48,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from railcar.core.wire import DONE_FRAME, sse_frame
+from railcar.core.wire import DONE_FRAME, chunk_frames, sse_frame
 from railcar.sidecar.errors import error_response
 from railcar.sidecar.sse import split_events
 
-__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "chunk_frames", "synthetic_frames",
+__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "synthetic_frames",
            "split_text"]
 
 
@@ -83,23 +83,6 @@ def split_text(text: str, chunk_chars: int = 4) -> list[str]:
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars: must be >= 1, got {chunk_chars}")
     return [text[i:i + chunk_chars] for i in range(0, len(text), chunk_chars)]
-
-
-def chunk_frames(head: dict[str, Any], texts: list[str], finish: str = "stop", **extra: Any) -> list[bytes]:
-    """SSE frames of a streamed answer, each a ``chat.completion.chunk`` with ``head``'s keys (``id``, ``object``,
-    ``created``, ``model``, ...): a role chunk carrying ``texts[0]`` (none when ``texts`` is empty), one content
-    chunk per further text, a finish chunk (``finish_reason: finish``, plus ``extra`` keys such as ``usage``) and
-    ``data: [DONE]``. The one chunk builder of the synthetic stream and the demo's leaking streams."""
-
-    def frame(delta: dict[str, Any], fin: str | None, **more: Any) -> bytes:
-        return sse_frame(dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}],
-                              **more))
-
-    frames = [frame({"role": "assistant", "content": texts[0]}, None)] if texts else []
-    frames += [frame({"content": t}, None) for t in texts[1:]]
-    frames.append(frame({}, finish, **extra))
-    frames.append(DONE_FRAME)
-    return frames
 
 
 def synthetic_frames(tokens: int, model: str = "synthetic-model", deltas: list[str] | None = None) -> list[bytes]:

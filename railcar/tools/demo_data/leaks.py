@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
+from railcar.core.wire import chunk_frames
 from railcar.sidecar.sse import split_events
-from railcar.tools.replay_upstream import chunk_frames
 
 __all__ = ["Leak", "build_leaks", "sse_body"]
 
@@ -59,7 +59,7 @@ class Leak:
 def sse_body(template: dict[str, Any], deltas: list[str], finish: str = "stop") -> str:
     """An SSE body in the shape of ``template`` (one recorded ``chat.completion.chunk`` dict: its ``id``,
     ``model``, ``created`` and extra keys are kept): an empty role chunk, one chunk per content delta, a finish
-    chunk, then ``data: [DONE]`` (:func:`railcar.tools.replay_upstream.chunk_frames`)."""
+    chunk, then ``data: [DONE]`` (:func:`railcar.core.wire.chunk_frames`)."""
     head = {k: v for k, v in template.items() if k not in ("choices", "usage")}
     return b"".join(chunk_frames(head, ["", *deltas], finish)).decode()
 
