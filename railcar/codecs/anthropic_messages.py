@@ -35,26 +35,24 @@ from typing import Any
 
 import orjson
 
+from railcar.core import wire
+
 from .base import (
-    BLOCKED_CODE,
-    VIOLATION_TYPE,
     Codec,
     Path,
     Piece,
     PieceKind,
-    RequestProblem,
     StreamState,
     ToolCall,
     Turn,
-    blocked_message,
-    content_turns,
     kind_of,
     mapping,
     number,
-    require,
     sse_event,
     stop_list,
     text,
+    text_turns,
+    with_rail,
 )
 
 __all__ = ["AnthropicMessagesCodec", "ANTHROPIC_ERROR_TYPES"]
@@ -67,28 +65,21 @@ _STATUS_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not
                  413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
 
 
+_CALL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
+
 def _block_turns(role: str, block: Any, prefix: Path) -> list[Turn]:
-    """Turns of one content block at ``prefix`` (see module doc)."""
+    """Turns of one content block at ``prefix`` (:func:`railcar.codecs.base.text_turns` of the block): every
+    string of a ``*tool_result``'s ``content`` at any depth is tool output (text blocks, a fetched page's document
+    ``source.data``, search results, ``stdout`` / ``stderr``); the text of other blocks (``text``, ``thinking``,
+    a text ``document``'s ``source.data`` / ``title`` / ``context``, ``search_result`` content, ``compaction``) is
+    input. ``tool_use`` blocks (the model's arguments) are not turns."""
     if not isinstance(block, dict):
         return []
     btype = str(block.get("type", ""))
     if btype.endswith("tool_result"):
-        content = block.get("content")
-        if isinstance(content, dict):  # server tool results carry one object, e.g. {"type": ..., "text": ...}
-            text = content.get("text")
-            return [Turn("tool", text, "tool_output", prefix + ("content", "text"))] if isinstance(text, str) else []
-        return content_turns("tool", "tool_output", content, prefix + ("content",))
-    if isinstance(block.get("text"), str):
-        return [Turn(role, block["text"], "input", prefix + ("text",))]
-    if btype == "thinking" and isinstance(block.get("thinking"), str):
-        return [Turn(role, block["thinking"], "input", prefix + ("thinking",))]
-    source = block.get("source")
-    if btype == "document" and isinstance(source, dict) and isinstance(source.get("data"), str) \
-            and source.get("type") == "text":
-        return [Turn(role, source["data"], "input", prefix + ("source", "data"))]
-    if btype == "compaction" and isinstance(block.get("content"), str):
-        return [Turn(role, block["content"], "input", prefix + ("content",))]
-    return []
+        return text_turns("tool", "tool_output", block.get("content"), prefix + ("content",))
+    return [] if btype in _CALL_BLOCKS else text_turns(role, "input", block, prefix)
 
 
 class AnthropicMessagesCodec(Codec):
@@ -98,14 +89,11 @@ class AnthropicMessagesCodec(Codec):
     path = "/v1/messages"
     operation = "chat"
     provider = "anthropic"
-
-    def validate(self, body: Any) -> RequestProblem | None:
-        """``model`` (string), ``max_tokens`` (integer) and ``messages`` (array) are required."""
-        return require(body, {"model": (str,), "max_tokens": (int,), "messages": (list,)})
+    required = {"model": (str,), "max_tokens": (int,), "messages": (list,)}
 
     def request_messages(self, body: dict[str, Any]) -> list[Turn]:
         """``system`` (string or text blocks), then every message's text, thinking, documents and tool results."""
-        out = content_turns("system", "input", body.get("system"), ("system",))
+        out = text_turns("system", "input", body.get("system"), ("system",))
         for i, msg in enumerate(body.get("messages") or []):
             if not isinstance(msg, dict):
                 continue
@@ -181,16 +169,13 @@ class AnthropicMessagesCodec(Codec):
     def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
         """``event: error`` with ``{"type": "error", "error": {"type": "guardrails_violation", "message":
         "Blocked by <rail> rails.", "code": "content_blocked", "param": <rail>}}``."""
-        return self.error_frame(blocked_message(rail), VIOLATION_TYPE, rail, BLOCKED_CODE)
+        return self.error_frame(**wire.blocked_error(rail)["error"])
 
     def refusal_body(self, model: str, message: str, rail: str | None = None, *,
                      id: str | None = None) -> dict[str, Any]:
         """A ``message`` with one ``text`` block and ``stop_reason: "refusal"`` (Anthropic's value for a
         declined answer); ``guardrails_data.blocked_rail`` names the rail; usage is zero."""
-        out = _message(id or _new_id(), model, [{"type": "text", "text": message}], "refusal")
-        if rail is not None:
-            out["guardrails_data"] = {"blocked_rail": rail}
-        return out
+        return with_rail(_message(id or _new_id(), model, [{"type": "text", "text": message}], "refusal"), rail)
 
     def refusal_frames(self, model: str, message: str) -> list[bytes]:
         """``message_start``, ``content_block_start`` (empty text), one ``text_delta``, ``content_block_stop``,

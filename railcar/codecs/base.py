@@ -31,7 +31,6 @@ Pure code: no I/O, imports :mod:`railcar.core` only.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -41,33 +40,22 @@ import orjson
 from railcar.core import wire
 
 __all__ = ["PathPart", "Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
-           "walk_strings", "json_path", "set_at", "sse_event", "kind_of", "TurnKind", "PieceKind",
-           "BLOCKED_CODE", "VIOLATION_TYPE", "blocked_message", "mapping", "text",
-           "number", "stop_list", "content_turns", "require", "get_at"]
+           "walk_strings", "json_path", "set_at", "sse_event", "kind_of", "TurnKind", "PieceKind", "mapping", "text",
+           "number", "stop_list", "text_turns", "string_turns", "with_rail", "require", "get_at"]
 
 PathPart = str | int
 Path = tuple[PathPart, ...]
 TurnKind = Literal["input", "tool_output"]
 PieceKind = Literal["text", "reasoning", "refusal", "tool_arguments", "tool_output", "input", "other"]
 
-BLOCKED_CODE = wire.BLOCKED_CODE      # "content_blocked"
-VIOLATION_TYPE = wire.VIOLATION_TYPE  # "guardrails_violation"
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def blocked_message(rail: str) -> str:
-    """The message every codec's block carries: ``"Blocked by <rail> rails."`` (as :func:`wire.blocked_error`)."""
-    return f"Blocked by {rail} rails."
-
-
 def json_path(parts: Path) -> str:
-    """``("messages", 3, "content")`` -> ``"$.messages[3].content"``; non-identifier keys as ``["..."]``."""
+    """``("messages", 3, "content")`` -> ``"$.messages[3].content"``; non-identifier keys as ``["..."]`` (the
+    rendering of :func:`railcar.rails.scanner.iter_strings`, so a finding's ``json_path`` is the same either way)."""
     out = ["$"]
     for p in parts:
         if isinstance(p, int):
             out.append(f"[{p}]")
-        elif _IDENT.match(p):
+        elif p.isidentifier():
             out.append("." + p)
         else:
             out.append("[" + orjson.dumps(p).decode() + "]")
@@ -151,8 +139,19 @@ def kind_of(root: Any, parts: Path) -> PieceKind:
     return "other"
 
 
+class _AtPath:
+    """The ``path`` of a string located by ``parts`` (shared by :class:`Turn` and :class:`Piece`)."""
+
+    parts: Path
+
+    @property
+    def path(self) -> str:
+        """JSONPath of the string: ``$.messages[3].content[0].text``."""
+        return json_path(self.parts)
+
+
 @dataclass(frozen=True)
-class Turn:
+class Turn(_AtPath):
     """One text-bearing part of a request as the input / tool_output rails see it.
 
     ``role``: ``system`` | ``developer`` | ``user`` | ``assistant`` | ``tool`` (as the request names it);
@@ -165,14 +164,9 @@ class Turn:
     kind: TurnKind
     parts: Path
 
-    @property
-    def path(self) -> str:
-        """JSONPath of the string: ``$.messages[3].content[0].text``."""
-        return json_path(self.parts)
-
 
 @dataclass(frozen=True)
-class Piece:
+class Piece(_AtPath):
     """One string value of a request, an event or a body.
 
     ``parts``: its path (``path`` renders it); ``text``: the value; ``stream_key``: a hashable tuple naming the
@@ -185,11 +179,6 @@ class Piece:
     text: str
     stream_key: tuple[Any, ...] | None
     kind: PieceKind
-
-    @property
-    def path(self) -> str:
-        """JSONPath of the string: ``$.choices[0].delta.content``."""
-        return json_path(self.parts)
 
 
 @dataclass(frozen=True)
@@ -246,7 +235,7 @@ class Codec:
     ``api_type`` (``openai.api.type`` when the provider is OpenAI, else ``None``), ``streams`` (the API can stream),
     ``terminal_data`` (the non-JSON ``data:`` payload that ends a stream, ``"[DONE]"``, or ``None``),
     ``refusal_status`` (HTTP status of :meth:`refusal_body`: 200 for an answer, 400 where the API has no text
-    answer to refuse with).
+    answer to refuse with), ``required`` (the request fields :meth:`validate` requires, with their JSON types).
 
     Subclasses implement the abstract methods; the defaults here serve every API whose error body is OpenAI's.
     """
@@ -260,12 +249,13 @@ class Codec:
     streams: ClassVar[bool] = True
     terminal_data: ClassVar[str | None] = None
     refusal_status: ClassVar[int] = 200
+    required: ClassVar[dict[str, tuple[type, ...]]] = {}
 
     # -- request ---------------------------------------------------------------------------------------------
     def validate(self, body: Any) -> RequestProblem | None:
-        """The first problem that makes ``body`` unanswerable (not a JSON object, a required field missing or of
-        the wrong type), or ``None``."""
-        raise NotImplementedError
+        """The first problem that makes ``body`` unanswerable (not a JSON object, a :attr:`required` field missing
+        or of the wrong type), or ``None``."""
+        return require(body, self.required)
 
     def request_messages(self, body: dict[str, Any]) -> list[Turn]:
         """Every text-bearing turn of the request, in request order (see :class:`Turn`)."""
@@ -335,13 +325,15 @@ class Codec:
         return wire.sse_frame(wire.error_payload(message, type, param, code))
 
     def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
-        """The exact bytes a stream blocked by ``rail`` ends with."""
-        raise NotImplementedError
+        """The exact bytes a stream blocked by ``rail`` ends with (default: OpenAI's blocked-content error chunk +
+        ``data: [DONE]``, :func:`railcar.core.wire.blocked_frames`)."""
+        return wire.blocked_frames(rail)
 
     def blocked_body(self, rail: str) -> bytes:
         """A non-streamed block by ``rail`` as the API's error body (status 400, ``guardrails_violation`` /
-        ``content_blocked``), for APIs or modes that answer a block with an error rather than a refusal."""
-        return self.error_body(400, blocked_message(rail), VIOLATION_TYPE, rail, BLOCKED_CODE)
+        ``content_blocked``, the fields of :func:`railcar.core.wire.blocked_error`), for APIs or modes that answer
+        a block with an error rather than a refusal."""
+        return self.error_body(400, **wire.blocked_error(rail)["error"])
 
     def refusal_body(self, model: str, message: str, rail: str | None = None) -> dict[str, Any]:
         """A normal non-streamed answer whose text is ``message`` (sent with :attr:`refusal_status`)."""
@@ -394,20 +386,53 @@ def stop_list(v: Any) -> list[str] | None:
     return None
 
 
-def content_turns(role: str, kind: TurnKind, content: Any, prefix: Path) -> list[Turn]:
-    """Turns of one message ``content``: a string is one turn at ``prefix``; a list gives one turn per part that
-    has a string ``text`` (OpenAI ``text`` / ``input_text`` / ``output_text`` parts, Anthropic ``text`` blocks) at
-    ``prefix + (i, "text")``, or that is itself a string."""
-    if isinstance(content, str):
-        return [Turn(role, content, kind, prefix)]
+# the keys whose string values are text the model reads (at any depth, a list's items included); everything else
+# (ids, types, urls, media types, signatures, encrypted or base64 payloads, tool-call arguments) is not a turn
+_TURN_KEYS = frozenset({"text", "content", "output", "thinking", "reasoning", "reasoning_content", "refusal",
+                        "summary", "transcript", "stdout", "stderr", "logs", "title", "context"})
+
+
+def text_turns(role: str, kind: TurnKind, obj: Any, prefix: Path) -> list[Turn]:
+    """Turns of every text-bearing string under ``obj`` (a message, an item, a block or its ``content``), in
+    document order, at ``prefix + <path under obj>``: a string ``obj`` (or a string item of a list ``obj``) is a
+    turn; below it, strings under a text key (:data:`_TURN_KEYS`: OpenAI ``text`` / ``input_text`` parts,
+    Anthropic ``text`` / ``thinking`` blocks, ``tool_result`` contents nested at any depth, shell ``stdout`` /
+    ``stderr``...), a list's items taking the list's key, and the ``data`` of a ``{"type": "text"}`` source
+    (Anthropic text documents; base64 sources are not text). The walk is generic so a container a provider nests
+    tomorrow is still read."""
     out: list[Turn] = []
-    if isinstance(content, list):
-        for i, part in enumerate(content):
-            if isinstance(part, str):
-                out.append(Turn(role, part, kind, prefix + (i,)))
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                out.append(Turn(role, part["text"], kind, prefix + (i, "text")))
+
+    def walk(o: Any, parts: Path, key: str | None, parent: dict[str, Any]) -> None:
+        if isinstance(o, str):
+            if key is None or key in _TURN_KEYS or (key == "data" and parent.get("type") == "text"):
+                out.append(Turn(role, o, kind, parts))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, parts + (k,), k, o)
+        elif isinstance(o, list):
+            for i, v in enumerate(o):
+                walk(v, parts + (i,), key, parent)
+
+    walk(obj, prefix, None, {})
     return out
+
+
+def string_turns(body: dict[str, Any], name: str) -> list[Turn]:
+    """User turns of a plain ``body[name]``: a string, or each string of a list (token arrays carry no text)."""
+    value = body.get(name)
+    if isinstance(value, str):
+        return [Turn("user", value, "input", (name,))]
+    if isinstance(value, list):
+        return [Turn("user", v, "input", (name, i)) for i, v in enumerate(value) if isinstance(v, str)]
+    return []
+
+
+def with_rail(answer: dict[str, Any], rail: str | None) -> dict[str, Any]:
+    """``answer`` with ``guardrails_data.blocked_rail`` naming ``rail`` (as
+    :func:`railcar.core.wire.refusal_completion` does), unchanged when ``rail`` is ``None``."""
+    if rail is not None:
+        answer["guardrails_data"] = {"blocked_rail": rail}
+    return answer
 
 
 def require(body: Any, fields: dict[str, tuple[type, ...]]) -> RequestProblem | None:

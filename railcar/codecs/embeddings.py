@@ -14,19 +14,7 @@ from typing import Any
 
 from railcar.core import wire
 
-from .base import (
-    BLOCKED_CODE,
-    VIOLATION_TYPE,
-    Codec,
-    RequestProblem,
-    StreamState,
-    Turn,
-    blocked_message,
-    mapping,
-    number,
-    require,
-    text,
-)
+from .base import Codec, Turn, mapping, number, string_turns, text
 
 __all__ = ["EmbeddingsCodec"]
 
@@ -41,28 +29,18 @@ class EmbeddingsCodec(Codec):
     api_type = "embeddings"
     streams = False
     refusal_status = 400
-
-    def validate(self, body: Any) -> RequestProblem | None:
-        """``model`` (string) and ``input`` (string or array) are required."""
-        return require(body, {"model": (str,), "input": (str, list)})
+    required = {"model": (str,), "input": (str, list)}
 
     def request_messages(self, body: dict[str, Any]) -> list[Turn]:
         """``input`` (a string, or each string of a list) as user turns."""
-        inp = body.get("input")
-        if isinstance(inp, str):
-            return [Turn("user", inp, "input", ("input",))]
-        if isinstance(inp, list):
-            return [Turn("user", s, "input", ("input", i)) for i, s in enumerate(inp) if isinstance(s, str)]
-        return []
-
-    def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
-        """Embeddings never stream; the blocked error chunk + ``[DONE]`` for a caller that asks anyway."""
-        return wire.blocked_frames(rail)
+        return string_turns(body, "input")
 
     def refusal_body(self, model: str, message: str, rail: str | None = None) -> dict[str, Any]:
-        """The blocked error object (sent with status 400): ``message`` when no rail is named."""
-        text = blocked_message(rail) if rail is not None else message
-        return wire.error_payload(text, VIOLATION_TYPE, rail, BLOCKED_CODE)
+        """The blocked error object (sent with status 400, :func:`railcar.core.wire.blocked_error`); ``message``
+        when no rail is named."""
+        if rail is not None:
+            return wire.blocked_error(rail)
+        return wire.error_payload(message, wire.VIOLATION_TYPE, None, wire.BLOCKED_CODE)
 
     def refusal_frames(self, model: str, message: str) -> list[bytes]:
         """Not streamed: the error object as one SSE frame + ``[DONE]``."""

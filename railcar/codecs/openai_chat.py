@@ -11,12 +11,15 @@ Formats (OpenAI API reference, "Chat Completions": the request, the ``chat.compl
   ``tool_calls[k] = {"index", "id", "function": {"name", "arguments"}}``, legacy ``function_call.{name,arguments}``;
   ``choices[i].logprobs.content[k].token`` / ``.refusal[k].token``; ``choices[i].finish_reason``.
 
-Stream keys: ``("choices", i, "delta", <field>)`` for ``content`` / ``refusal`` / ``reasoning_content`` /
-``reasoning`` / ``audio.transcript`` (``("choices", i, "delta", "audio", "transcript")``), content given as parts
-(joined into the ``content`` stream; Mistral's ``thinking`` parts into ``("choices", i, "delta", "content",
-"thinking")``), ``("choices", i, "delta", "reasoning_details", <field>)``,
-``("choices", i, "tool_calls", <index>, "arguments")`` and ``("choices", i, "function_call", "arguments")``,
-``("choices", i, "logprobs", <content|refusal>, "token")``. Everything else is a whole value.
+Stream keys: every string under ``delta`` streams under ``("choices", i, "delta", <its field path>)`` with list
+positions dropped (``refusal``, ``reasoning_content``, ``reasoning``, ``audio.transcript``,
+``reasoning_details.text``, and any field a provider adds), except: string content and text parts join into
+``("choices", i, "delta", "content")`` (Mistral's ``thinking`` parts into ``(..., "content", "thinking")``);
+function arguments key by the call's own ``index``, ``("choices", i, "tool_calls", <index>, "arguments")`` (other
+fields of a call: ``("choices", i, "delta", "tool_calls", <index>, ...)``) and ``("choices", i, "function_call",
+"arguments")``; identifiers (``id``, ``type``, ``role``, ``name``, ``format``, ``signature``, ``data``) are whole
+values. Outside ``delta``: ``("choices", i, "logprobs", <content|refusal>, "token")``; everything else is a whole
+value.
 
 Decisions use :mod:`railcar.core.wire` unchanged (byte-faithful with today's path).
 """
@@ -32,39 +35,24 @@ from .base import (
     Path,
     Piece,
     PieceKind,
-    RequestProblem,
     StreamState,
     ToolCall,
     Turn,
-    TurnKind,
-    content_turns,
     kind_of,
     mapping,
     number,
-    require,
     stop_list,
     text,
+    text_turns,
 )
 
-__all__ = ["OpenAIChatCodec", "chat_request_turns", "openai_request_attributes"]
+__all__ = ["OpenAIChatCodec", "OpenAIChunkCodec", "openai_request_attributes", "openai_response_attributes"]
 
 _DELTA_KINDS: dict[str, PieceKind] = {"content": "text", "refusal": "refusal", "reasoning_content": "reasoning",
                                       "reasoning": "reasoning", "reasoning_details": "reasoning", "audio": "text"}
 _TOOL_ROLES = frozenset({"tool", "function"})
-
-
-def chat_request_turns(messages: Any, field: str = "messages") -> list[Turn]:
-    """Turns of a Chat Completions ``messages`` list (also the shape of Responses' easy input messages)."""
-    out: list[Turn] = []
-    if not isinstance(messages, list):
-        return out
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            continue
-        role = str(msg.get("role", "user"))
-        kind: TurnKind = "tool_output" if role in _TOOL_ROLES else "input"
-        out.extend(content_turns(role, kind, msg.get("content"), (field, i, "content")))
-    return out
+# strings under a delta that name or label rather than stream text: each is a whole value
+_WHOLE_FIELDS = frozenset({"id", "type", "role", "name", "format", "signature", "data"})
 
 
 def openai_request_attributes(body: dict[str, Any], max_tokens_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -99,28 +87,32 @@ def openai_response_attributes(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _delta_key(parts: Path, choice: dict[str, Any]) -> tuple[tuple[Any, ...] | None, PieceKind]:
-    """Stream key of a string at ``parts`` = ``("choices", pos, "delta", ...)``; keys use the choice's own
-    ``index`` (with ``n > 1`` each chunk may carry one choice whose ``index`` differs from its position)."""
+def _delta_key(parts: Path, choice: dict[str, Any]) -> tuple[tuple[Any, ...], PieceKind] | None:
+    """Stream key and kind of a string at ``parts`` = ``("choices", pos, "delta", ...)``, ``None`` for a whole value
+    (:data:`_WHOLE_FIELDS`). Keys use the choice's own ``index`` (with ``n > 1`` each chunk may carry one choice whose
+    ``index`` differs from its position) and a tool call's own ``index``; other list positions are dropped (they
+    restart at 0 in every chunk), so any field, a provider's new one too, is one stream per field path."""
     i, rest = choice.get("index", parts[1]), parts[3:]
-    head = rest[0] if rest else None
-    if head == "tool_calls" and len(rest) == 4 and rest[2:] == ("function", "arguments"):
-        calls = choice["delta"]["tool_calls"]
-        index = calls[rest[1]].get("index", rest[1]) if isinstance(calls[rest[1]], dict) else rest[1]
-        return ("choices", i, "tool_calls", index, "arguments"), "tool_arguments"
-    if rest == ("function_call", "arguments"):
+    head, fields = rest[0], tuple(p for p in rest if isinstance(p, str))
+    if not fields or rest[-1] in _WHOLE_FIELDS:
+        return None
+    if head == "tool_calls" and len(rest) > 2:
+        call = choice["delta"]["tool_calls"][rest[1]]
+        index = call.get("index", rest[1]) if isinstance(call, dict) else rest[1]
+        if rest[2:] == ("function", "arguments"):
+            return ("choices", i, "tool_calls", index, "arguments"), "tool_arguments"
+        return ("choices", i, "delta", "tool_calls", index, *fields[1:]), "tool_arguments"
+    if fields == ("function_call", "arguments"):
         return ("choices", i, "function_call", "arguments"), "tool_arguments"
-    if head == "content" and (len(rest) == 1 or rest[-1] == "text"):
+    if head == "content" and fields[-1] in ("content", "text"):
         if "thinking" in rest:  # Mistral streams reasoning as content parts {"type": "thinking", "thinking": [..]}
             return ("choices", i, "delta", "content", "thinking"), "reasoning"
-        return ("choices", i, "delta", "content"), "text"
-    if head in ("refusal", "reasoning_content", "reasoning") and len(rest) == 1:
-        return ("choices", i, "delta", head), _DELTA_KINDS[head]
-    if rest == ("audio", "transcript"):
-        return ("choices", i, "delta", "audio", "transcript"), "text"
-    if head == "reasoning_details" and len(rest) == 3 and rest[2] in ("text", "summary"):
-        return ("choices", i, "delta", "reasoning_details", rest[2]), "reasoning"
-    return None, _DELTA_KINDS.get(str(head), "other")
+        return ("choices", i, "delta", "content"), "text"  # string content and text parts: one stream
+    return ("choices", i, "delta", *fields), _kind(fields)
+
+
+def _kind(fields: tuple[str, ...]) -> PieceKind:
+    return _DELTA_KINDS.get(fields[-1]) or _DELTA_KINDS.get(fields[0], "other")
 
 
 def chunk_piece(obj: dict[str, Any], parts: Path, text: str) -> Piece:
@@ -128,8 +120,8 @@ def chunk_piece(obj: dict[str, Any], parts: Path, text: str) -> Piece:
     if len(parts) >= 4 and parts[0] == "choices" and isinstance(parts[1], int):
         choice = mapping(obj["choices"][parts[1]])
         if parts[2] == "delta":
-            key, kind = _delta_key(parts, choice)
-            return Piece(parts, text, key, kind)
+            found = _delta_key(parts, choice)
+            return Piece(parts, text, found[0], found[1]) if found else Piece(parts, text, None, kind_of(obj, parts))
         if parts[2] == "logprobs" and parts[3] in ("content", "refusal") and parts[-1] == "token" and len(parts) == 6:
             return Piece(parts, text, ("choices", choice.get("index", parts[1]), "logprobs", parts[3], "token"),
                          "other")
@@ -139,26 +131,37 @@ def chunk_piece(obj: dict[str, Any], parts: Path, text: str) -> Piece:
     return Piece(parts, text, None, kind_of(obj, parts))
 
 
-class OpenAIChatCodec(Codec):
+class OpenAIChunkCodec(Codec):
+    """What the ``choices[]``-chunk APIs share (Chat Completions and legacy Completions): OpenAI's errors and
+    blocked frames (the :class:`Codec` defaults), ``data: [DONE]``-terminated streams classified by
+    :func:`chunk_piece`, and the ``chat.completion`` / ``text_completion`` response attributes."""
+
+    terminal_data = "[DONE]"
+
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
+        return chunk_piece(obj, parts, text)
+
+    def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return openai_response_attributes(obj)
+
+
+class OpenAIChatCodec(OpenAIChunkCodec):
     """``openai_chat``: Chat Completions (see the module doc for the shapes and stream keys)."""
 
     name = "openai_chat"
     path = "/v1/chat/completions"
-    operation = "chat"
-    provider = "openai"
     api_type = "chat_completions"
-    terminal_data = "[DONE]"
-
-    def validate(self, body: Any) -> RequestProblem | None:
-        """``model`` (string) and ``messages`` (array) are required."""
-        return require(body, {"model": (str,), "messages": (list,)})
+    required = {"model": (str,), "messages": (list,)}
 
     def request_messages(self, body: dict[str, Any]) -> list[Turn]:
-        """Every message's text (string content or text parts); ``tool`` / ``function`` roles are tool output."""
-        return chat_request_turns(body.get("messages"))
-
-    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
-        return chunk_piece(obj, parts, text)
+        """Every message's text (string content or text parts, and the reasoning an assistant turn hands back);
+        ``tool`` / ``function`` roles are tool output. Tool-call arguments are the model's, not turns."""
+        out: list[Turn] = []
+        for i, msg in enumerate(body.get("messages") or []):
+            if isinstance(msg, dict):
+                role = str(msg.get("role", "user"))
+                out.extend(text_turns(role, "tool_output" if role in _TOOL_ROLES else "input", msg, ("messages", i)))
+        return out
 
     def tool_calls_done(self, obj: dict[str, Any], state: StreamState) -> list[ToolCall]:
         """A choice's tool call is complete when a higher ``index`` starts in that choice or the choice has a
@@ -195,10 +198,6 @@ class OpenAIChatCodec(Codec):
                 out.extend(_message_calls(choice.get("index", ci), mapping(choice.get("message"))))
         return out
 
-    def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
-        """The blocked-content error chunk + ``data: [DONE]`` (:func:`railcar.core.wire.blocked_frames`)."""
-        return wire.blocked_frames(rail)
-
     def refusal_body(self, model: str, message: str, rail: str | None = None) -> dict[str, Any]:
         """:func:`railcar.core.wire.refusal_completion`."""
         return wire.refusal_completion(model, message, rail=rail)
@@ -209,9 +208,6 @@ class OpenAIChatCodec(Codec):
 
     def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
         return openai_request_attributes(body, ("max_completion_tokens", "max_tokens"))
-
-    def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return openai_response_attributes(obj)
 
 
 def _message_calls(i: Any, msg: dict[str, Any]) -> list[ToolCall]:

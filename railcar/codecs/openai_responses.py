@@ -42,8 +42,6 @@ from typing import Any
 from railcar.core import wire
 
 from .base import (
-    BLOCKED_CODE,
-    VIOLATION_TYPE,
     Codec,
     Path,
     Piece,
@@ -52,14 +50,14 @@ from .base import (
     StreamState,
     ToolCall,
     Turn,
-    blocked_message,
-    content_turns,
     kind_of,
     mapping,
     number,
     require,
     sse_event,
     text,
+    text_turns,
+    with_rail,
 )
 from .openai_chat import openai_request_attributes
 
@@ -95,15 +93,19 @@ def delta_key(obj: dict[str, Any]) -> tuple[tuple[Any, ...], PieceKind]:
 
 
 def _item_turns(i: int, item: dict[str, Any]) -> list[Turn]:
-    """Turns of ``input[i]``: a message's content, a tool result's ``output``, a reasoning item's summary."""
+    """Turns of ``input[i]`` (:func:`railcar.codecs.base.text_turns` of the item): a message's content, a
+    reasoning item's summary and ``reasoning_text`` content; the results carried by a ``*_output`` item or by a
+    built-in tool call in the history (``mcp_call.output``, ``code_interpreter_call.outputs[].logs``,
+    ``file_search_call.results[].text``) as tool output. Function / custom tool calls (the model's arguments) are
+    not turns; an item of a type not known today is read as the role it names (``user`` when none)."""
     kind = str(item.get("type", "message"))
-    if "role" in item and kind == "message":
-        return content_turns(str(item["role"]), "input", item.get("content"), ("input", i, "content"))
-    if kind.endswith("_output") or (kind == "mcp_call" and isinstance(item.get("output"), str)):
-        return content_turns("tool", "tool_output", item.get("output"), ("input", i, "output"))
+    if kind in _CALL_ITEMS:
+        return []
     if kind == "reasoning":
-        return content_turns("assistant", "input", item.get("summary"), ("input", i, "summary"))
-    return []
+        return text_turns("assistant", "input", item, ("input", i))
+    if kind.endswith(("_output", "_call")):
+        return text_turns("tool", "tool_output", item, ("input", i))
+    return text_turns(str(item.get("role", "user")), "input", item, ("input", i))
 
 
 class OpenAIResponsesCodec(Codec):
@@ -129,10 +131,13 @@ class OpenAIResponsesCodec(Codec):
         return None
 
     def request_messages(self, body: dict[str, Any]) -> list[Turn]:
-        """``instructions`` (system), then every input item's text (see module doc)."""
+        """``instructions`` (system), the values of a stored prompt's ``prompt.variables`` (strings or
+        ``input_text`` parts the provider puts into the prompt), then every input item's text (see module doc)."""
         out: list[Turn] = []
         if isinstance(body.get("instructions"), str):
             out.append(Turn("system", body["instructions"], "input", ("instructions",)))
+        for name, value in mapping(mapping(body.get("prompt")).get("variables")).items():
+            out.extend(text_turns("user", "input", value, ("prompt", "variables", name)))
         inp = body.get("input")
         if isinstance(inp, str):
             out.append(Turn("user", inp, "input", ("input",)))
@@ -197,16 +202,14 @@ class OpenAIResponsesCodec(Codec):
     def blocked_frames(self, rail: str, state: StreamState | None = None) -> bytes:
         """The ``error`` event for a block: ``"Blocked by <rail> rails."``, ``guardrails_violation`` /
         ``content_blocked``, ``param`` the rail."""
-        return self.error_frame(blocked_message(rail), VIOLATION_TYPE, rail, BLOCKED_CODE, state)
+        return self.error_frame(**wire.blocked_error(rail)["error"], state=state)
 
     def refusal_body(self, model: str, message: str, rail: str | None = None, *, id: str | None = None,
                      created: int | None = None) -> dict[str, Any]:
         """A completed ``response`` with one assistant ``message`` item whose ``output_text`` is ``message``;
         ``guardrails_data.blocked_rail`` names the rail (as the chat refusal does); usage is zero."""
-        out = _response(id or _new_id("resp"), model, created, "completed", [_message_item(message, "completed")])
-        if rail is not None:
-            out["guardrails_data"] = {"blocked_rail": rail}
-        return out
+        return with_rail(_response(id or _new_id("resp"), model, created, "completed",
+                                   [_message_item(message, "completed")]), rail)
 
     def refusal_frames(self, model: str, message: str) -> list[bytes]:
         """The event sequence of a streamed one-message answer: ``response.created``, ``.in_progress``,
@@ -254,11 +257,6 @@ class OpenAIResponsesCodec(Codec):
             "openai.response.service_tier": text(resp.get("service_tier")),
         }
 
-    def error_payload(self, status: int, message: str, type: str = "invalid_request_error",
-                      param: str | None = None, code: str | None = None) -> dict[str, Any]:
-        """OpenAI's ``{"error": {message, type, param, code}}`` (the Responses API's JSON errors too)."""
-        return wire.error_payload(message, type, param, code)
-
 
 def _call_of(item: dict[str, Any]) -> dict[str, str]:
     field = _CALL_ITEMS.get(str(item.get("type")), "arguments")
@@ -283,6 +281,7 @@ def _response(rid: str, model: str, created: int | None, status: str, output: li
         "status": status, "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
         "model": model, "output": output, "parallel_tool_calls": True, "temperature": None, "tool_choice": "auto",
         "tools": [], "top_p": None,
-        "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 0,
-                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0} if done else None,
+        "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}
+        if done else None,
     }

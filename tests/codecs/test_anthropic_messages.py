@@ -75,3 +75,34 @@ def test_span_attributes() -> None:
                      "gen_ai.response.id": "msg_1", "gen_ai.response.model": "claude-x",
                      "gen_ai.response.finish_reasons": ["end_turn"], "gen_ai.usage.input_tokens": 4,
                      "gen_ai.usage.output_tokens": 6, "gen_ai.usage.cache_read.input_tokens": 1}
+
+
+def test_turns_inside_server_tool_results_documents_and_search_results() -> None:
+    """A fetched page (the recorded ``web_fetch_tool_result`` shape), code execution output and a document nested in
+    a ``tool_result`` are tool output; a document given as content blocks and a search result are input; base64
+    sources and tool_use arguments are not turns."""
+    body = {"messages": [
+        {"role": "assistant", "content": [
+            {"type": "server_tool_use", "id": "s1", "name": "web_fetch", "input": {"url": "https://x"}},
+            {"type": "web_fetch_tool_result", "tool_use_id": "s1", "content": {
+                "type": "web_fetch_result", "url": "https://x", "retrieved_at": "2025-11-14", "content": {
+                    "type": "document", "title": "Page", "citations": None,
+                    "source": {"type": "text", "media_type": "text/plain", "data": "fetched text"}}}},
+            {"type": "code_execution_tool_result", "tool_use_id": "s2", "content": {
+                "type": "code_execution_result", "stdout": "out", "stderr": "", "return_code": 0}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t", "content": [
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "nested"}},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}]},
+            {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "c1"}]}},
+            {"type": "search_result", "source": "https://s", "title": "S",
+             "content": [{"type": "text", "text": "snippet"}]}]}]}
+    assert [(t.role, t.kind, t.text, t.path) for t in C.request_messages(body)] == [
+        ("tool", "tool_output", "Page", "$.messages[0].content[1].content.content.title"),
+        ("tool", "tool_output", "fetched text", "$.messages[0].content[1].content.content.source.data"),
+        ("tool", "tool_output", "out", "$.messages[0].content[2].content.stdout"),
+        ("tool", "tool_output", "", "$.messages[0].content[2].content.stderr"),
+        ("tool", "tool_output", "nested", "$.messages[1].content[0].content[0].source.data"),
+        ("user", "input", "c1", "$.messages[1].content[1].source.content[0].text"),
+        ("user", "input", "S", "$.messages[1].content[2].title"),
+        ("user", "input", "snippet", "$.messages[1].content[2].content[0].text")]

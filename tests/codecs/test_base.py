@@ -48,3 +48,25 @@ def test_require_names_the_field() -> None:
 
 def test_sse_event_framing() -> None:
     assert sse_event("ping", {"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+def test_json_path_renders_like_the_scanner() -> None:
+    """A finding's ``json_path`` is the same whether the codec or :func:`railcar.rails.scanner.iter_strings` found
+    the string (non-ASCII identifiers, odd keys, nested lists)."""
+    from railcar.rails.scanner import iter_strings
+
+    body = {"café": ["x", {"a b": "y", "_k9": [["z"]]}], "é1": "w"}
+    assert [(json_path(p), s) for p, s in walk_strings(body)] == list(iter_strings(body))
+
+
+def test_text_turns_read_nested_text_and_skip_ids_urls_and_base64() -> None:
+    from railcar.codecs.base import text_turns
+
+    block = {"type": "web_fetch_result", "url": "https://x", "retrieved_at": "2025", "content": {
+        "type": "document", "title": "T", "source": {"type": "text", "media_type": "text/plain", "data": "page"}},
+        "images": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}],
+        "runs": [{"stdout": "out", "stderr": "err", "return_code": 0}]}
+    assert [(t.text, t.path) for t in text_turns("tool", "tool_output", block, ("c",))] == [
+        ("T", "$.c.content.title"), ("page", "$.c.content.source.data"), ("out", "$.c.runs[0].stdout"),
+        ("err", "$.c.runs[0].stderr")]
+    assert [t.text for t in text_turns("user", "input", ["a", {"type": "text", "text": "b"}], ("x",))] == ["a", "b"]

@@ -79,3 +79,36 @@ def test_span_attributes() -> None:
         "gen_ai.request.temperature": 0.5, "gen_ai.request.stop_sequences": ["x"], "gen_ai.response.id": "r",
         "gen_ai.response.model": "m-2024", "gen_ai.response.finish_reasons": ["stop"],
         "gen_ai.usage.input_tokens": 3, "gen_ai.usage.output_tokens": 4}
+
+
+def test_a_delta_field_not_known_today_is_one_stream_per_field_and_call() -> None:
+    """Issue 13 item 2: no field list decides what is reassembled; a provider's new field split across chunks joins
+    under one key, parallel tool calls stay apart, identifiers stay whole values."""
+    key = "AKIAIOSFODNN7EXAMPLE"
+    joined: dict = {}
+    for a, b in ((0, 7), (7, 20)):
+        delta = {"role": "assistant", "thoughts": key[a:b], "content": [{"type": "refusal", "refusal": key[a:b]}],
+                 "tool_calls": [{"index": 3, "id": f"c{a}", "type": "custom", "custom": {"input": key[a:b]}},
+                                {"index": 4, "custom": {"input": "-"}}]}
+        for p in C.stream_strings(_chunk(delta, index=1)):
+            if p.stream_key is not None:
+                joined[p.stream_key] = (joined.get(p.stream_key, ("", p.kind))[0] + p.text, p.kind)
+            else:
+                assert p.parts[-1] in ("role", "id", "type", "object", "model"), p
+    d = ("choices", 1, "delta")
+    assert joined == {d + ("thoughts",): (key, "other"), d + ("content", "refusal"): (key, "refusal"),
+                      d + ("tool_calls", 3, "custom", "input"): (key, "tool_arguments"),
+                      d + ("tool_calls", 4, "custom", "input"): ("--", "tool_arguments")}
+
+
+def test_assistant_reasoning_handed_back_is_a_turn_but_tool_arguments_are_not() -> None:
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "reasoning_content": "think",
+         "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+        {"role": "tool", "tool_call_id": "t", "content": [{"type": "text", "text": "r",
+                                                           "cache_control": {"type": "ephemeral"}}]}]}
+    assert [(t.role, t.text, t.kind, t.path) for t in C.request_messages(body)] == [
+        ("user", "q", "input", "$.messages[0].content"),
+        ("assistant", "think", "input", "$.messages[1].reasoning_content"),
+        ("tool", "r", "tool_output", "$.messages[2].content[0].text")]

@@ -86,3 +86,24 @@ def test_terminal_events_and_conversation_spans() -> None:
     assert attrs["gen_ai.response.id"] == "resp_1" and attrs["gen_ai.usage.output_tokens"] == 2
     assert attrs["openai.api.type"] == "responses" and attrs["gen_ai.operation.name"] == "chat"
     assert C.span_attributes({"model": "m", "previous_response_id": "resp_0"})["gen_ai.conversation.id"] == "resp_0"
+
+
+def test_turns_of_reasoning_text_builtin_tool_results_prompt_variables_and_unknown_items() -> None:
+    body = {"prompt": {"id": "pmpt_1", "variables": {"city": "Paris", "note": {"type": "input_text", "text": "n"}}},
+            "input": [
+                {"type": "reasoning", "id": "rs", "summary": [], "encrypted_content": "gAAA",
+                 "content": [{"type": "reasoning_text", "text": "thinking"}]},
+                {"type": "shell_call_output", "call_id": "s", "output": [
+                    {"stdout": "so", "stderr": "se", "outcome": {"type": "exit", "exit_code": 0}}]},
+                {"type": "code_interpreter_call", "id": "ci", "code": "print(1)",
+                 "outputs": [{"type": "logs", "logs": "1"}, {"type": "image", "url": "https://x"}]},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"text\": \"a\"}"},
+                {"type": "input_text", "text": "bare"}]}
+    assert [(t.role, t.kind, t.text, t.path) for t in C.request_messages(body)] == [
+        ("user", "input", "Paris", "$.prompt.variables.city"),
+        ("user", "input", "n", "$.prompt.variables.note.text"),
+        ("assistant", "input", "thinking", "$.input[0].content[0].text"),
+        ("tool", "tool_output", "so", "$.input[1].output[0].stdout"),
+        ("tool", "tool_output", "se", "$.input[1].output[0].stderr"),
+        ("tool", "tool_output", "1", "$.input[2].outputs[0].logs"),
+        ("user", "input", "bare", "$.input[4].text")]
