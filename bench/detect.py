@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from common import write_notes  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from planted_corpus import generate  # noqa: E402
 
-from railcar.rails.scanner import Scanner, iter_strings  # noqa: E402
+from railcar.core.jsonpath import iter_strings  # noqa: E402
+from railcar.rails.scanner import Scanner  # noqa: E402
 
 RECORDED = ROOT.parent / "shared" / "fixtures" / "recorded" / "chat_completions.jsonl"
 PII = {"email_address", "us_ssn", "payment_card", "iban", "phone_number"}

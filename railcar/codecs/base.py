@@ -31,49 +31,21 @@ Pure code: no I/O, imports :mod:`railcar.core` only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import orjson
 
 from railcar.core import wire
+from railcar.core.jsonpath import Parts, json_path, walk_strings
 
-__all__ = ["PathPart", "Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
+__all__ = ["Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
            "walk_strings", "json_path", "set_at", "sse_event", "kind_of", "TurnKind", "PieceKind", "mapping", "text",
            "number", "stop_list", "text_turns", "string_turns", "with_rail", "require", "get_at"]
 
-PathPart = str | int
-Path = tuple[PathPart, ...]
+Path = Parts
 TurnKind = Literal["input", "tool_output"]
 PieceKind = Literal["text", "reasoning", "refusal", "tool_arguments", "tool_output", "input", "other"]
-
-def json_path(parts: Path) -> str:
-    """``("messages", 3, "content")`` -> ``"$.messages[3].content"``; non-identifier keys as ``["..."]`` (the
-    rendering of :func:`railcar.rails.scanner.iter_strings`, so a finding's ``json_path`` is the same either way)."""
-    out = ["$"]
-    for p in parts:
-        if isinstance(p, int):
-            out.append(f"[{p}]")
-        elif p.isidentifier():
-            out.append("." + p)
-        else:
-            out.append("[" + orjson.dumps(p).decode() + "]")
-    return "".join(out)
-
-
-def walk_strings(obj: Any, prefix: Path = ()) -> Iterator[tuple[Path, str]]:
-    """Every string value under ``obj`` (dict values and list items, depth first, in document order) as
-    ``(path, text)``. Dict keys are not values and are not yielded."""
-    if isinstance(obj, str):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from walk_strings(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from walk_strings(v, prefix + (i,))
-
 
 def get_at(obj: Any, parts: Path) -> Any:
     """The value at ``parts`` under ``obj``; raises ``KeyError`` / ``IndexError`` / ``TypeError`` if absent."""

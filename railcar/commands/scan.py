@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from railcar.rails.scanner import Scanner, iter_strings
+from railcar.core.jsonpath import iter_strings
+from railcar.rails.scanner import Scanner
 from railcar.settings import RailcarConfig
 from railcar.streams.fileset import Fileset, FilesetError
 from railcar.streams.findings import FindingsAggregator

@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from railcar.core.exchange import RedactionNote
-from railcar.rails.scanner import Match, Scanner, _key_path
+from railcar.core.jsonpath import key_path
+from railcar.rails.scanner import Match, Scanner
 
 PLACEHOLDER_RE = re.compile(r"\[REDACTED:([a-z0-9_]+):([0-9a-f]{8})\]")
 
@@ -60,7 +61,7 @@ def redact_json(scanner: Scanner, obj: Any, path: str = "$") -> tuple[Any, list[
             notes.extend(n)
             return new
         if isinstance(o, dict):
-            out = {k: walk(v, _key_path(p, k) if isinstance(k, str) else p) for k, v in o.items()}
+            out = {k: walk(v, key_path(p, k) if isinstance(k, str) else p) for k, v in o.items()}
             return o if all(out[k] is o[k] for k in o) else out
         if isinstance(o, (list, tuple)):
             items = [walk(v, f"{p}[{i}]") for i, v in enumerate(o)]

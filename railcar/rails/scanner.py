@@ -22,13 +22,14 @@ Every :class:`Match` carries a keyed fingerprint and a masked preview (:mod:`rai
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import re2
 
+from railcar.core.jsonpath import key_path
 from railcar.rails import detectors as _det
 from railcar.rails.masking import fingerprint as _fingerprint
 from railcar.rails.masking import load_key, mask
@@ -218,28 +219,9 @@ def _render(p: Any) -> str:
     parts = []
     while isinstance(p, tuple):
         p, k = p
-        parts.append(f"[{k}]" if isinstance(k, int) else _key_path("", str(k)))
+        parts.append(f"[{k}]" if isinstance(k, int) else key_path("", str(k)))
     parts.append(p)
     return "".join(reversed(parts))
-
-
-def _key_path(path: str, key: str) -> str:
-    if key.isidentifier():
-        return f"{path}.{key}"
-    return f"{path}[{orjson.dumps(key).decode()}]"
-
-
-def iter_strings(obj: Any, path: str = "$") -> Iterator[tuple[str, str]]:
-    """Yield ``(json_path, string)`` for every string value inside ``obj``, depth first, in document order."""
-    stack: list[tuple[str, Any]] = [(path, obj)]
-    while stack:
-        p, o = stack.pop()
-        if isinstance(o, str):
-            yield p, o
-        elif isinstance(o, dict):
-            stack.extend((_key_path(p, k), v) for k, v in reversed(list(o.items())) if not isinstance(k, int))
-        elif isinstance(o, (list, tuple)):
-            stack.extend((f"{p}[{i}]", v) for i, v in reversed(list(enumerate(o))))
 
 
 def scanner_from_config(detection: DetectionConfig, environ: Mapping[str, str] | None = None,

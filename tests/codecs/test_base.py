@@ -53,7 +53,7 @@ def test_sse_event_framing() -> None:
 def test_json_path_renders_like_the_scanner() -> None:
     """A finding's ``json_path`` is the same whether the codec or :func:`railcar.rails.scanner.iter_strings` found
     the string (non-ASCII identifiers, odd keys, nested lists)."""
-    from railcar.rails.scanner import iter_strings
+    from railcar.core.jsonpath import iter_strings
 
     body = {"café": ["x", {"a b": "y", "_k9": [["z"]]}], "é1": "w"}
     assert [(json_path(p), s) for p, s in walk_strings(body)] == list(iter_strings(body))

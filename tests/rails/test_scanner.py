@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from railcar.core.jsonpath import iter_strings
 from railcar.rails.inline import holdback_from_config
 from railcar.rails.redaction import redact_text
-from railcar.rails.scanner import Scanner, iter_strings, scanner_from_config
+from railcar.rails.scanner import Scanner, scanner_from_config
 from railcar.rails.settings import DetectionConfig, GuardrailsConfig, InlineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
