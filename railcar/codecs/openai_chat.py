@@ -45,6 +45,7 @@ from .base import (
     text,
     text_turns,
 )
+from .chat_tools import ToolCallAssembler
 
 __all__ = ["OpenAIChatCodec", "OpenAIChunkCodec", "openai_request_attributes", "openai_response_attributes"]
 
@@ -164,31 +165,36 @@ class OpenAIChatCodec(OpenAIChunkCodec):
         return out
 
     def tool_calls_done(self, obj: dict[str, Any], state: StreamState) -> list[ToolCall]:
-        """A choice's tool call is complete when a higher ``index`` starts in that choice or the choice has a
-        ``finish_reason``; legacy ``function_call`` at ``finish_reason``."""
+        """A choice's tool calls, assembled by :class:`railcar.codecs.chat_tools.ToolCallAssembler` (one per choice,
+        in ``state.extra``): complete when the arguments parse as JSON, a later call starts or the choice has a
+        ``finish_reason``; legacy ``function_call`` at ``finish_reason``. A malformed entry is skipped."""
         out: list[ToolCall] = []
         for ci, choice in enumerate(obj.get("choices") or []):
             if not isinstance(choice, dict):
                 continue
             i = choice.get("index", ci)
             delta = mapping(choice.get("delta"))
-            for k, call in enumerate(delta.get("tool_calls") or []):
-                if isinstance(call, dict):
-                    out.extend(self._tool_delta(state, i, call.get("index", k), call))
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list) and calls:
+                out.extend(self._tool_deltas(state, i, [c for c in calls if isinstance(c, dict)]))
             if isinstance(delta.get("function_call"), dict):
                 _accumulate(state, ("choices", i, "function_call", "arguments"), None, delta["function_call"])
             if choice.get("finish_reason"):
+                _assembler(state, i).finish()
                 out.extend(c for c in (state.finish(key) for key in list(state.calls) if key[1] == i) if c)
         return out
 
-    def _tool_delta(self, state: StreamState, i: Any, index: Any, call: dict[str, Any]) -> list[ToolCall]:
-        key = ("choices", i, "tool_calls", index, "arguments")
-        out = []
-        if key not in state.calls:  # a new call in this choice closes the earlier ones
-            earlier = [k for k in state.calls if k[1] == i and k[2] == "tool_calls"]
-            out = [c for c in (state.finish(k) for k in earlier) if c]
-        _accumulate(state, key, call.get("id"), mapping(call.get("function")))
-        return out
+    def _tool_deltas(self, state: StreamState, i: Any, entries: list[dict[str, Any]]) -> list[ToolCall]:
+        asm = _assembler(state, i)
+        try:
+            done = asm.feed(entries)
+        except ValueError:  # a non-integer index: the entries before it were applied
+            done = []
+        for idx in set(asm.indices) | set(done):  # mirror what changed into the codec's per-key view
+            call = asm.calls[idx]
+            state.calls[("choices", i, "tool_calls", idx, "arguments")] = {
+                "id": call.id or "", "name": call.name, "arguments": call.arguments}
+        return [c for c in (state.finish(("choices", i, "tool_calls", idx, "arguments")) for idx in done) if c]
 
     def body_tool_calls(self, obj: Any) -> list[ToolCall]:
         """``choices[i].message.tool_calls[k]`` (and legacy ``function_call``) of a ``chat.completion``."""
@@ -223,6 +229,12 @@ def _message_calls(i: Any, msg: dict[str, Any]) -> list[ToolCall]:
         out.append(ToolCall(("choices", i, "function_call", "arguments"), "", str(fc.get("name") or ""),
                             str(fc.get("arguments") or "")))
     return out
+
+
+def _assembler(state: StreamState, i: Any) -> ToolCallAssembler:
+    """The tool-call assembler of choice ``i`` of this stream."""
+    asm: ToolCallAssembler = state.extra.setdefault(("tool_calls", i), ToolCallAssembler())
+    return asm
 
 
 def _accumulate(state: StreamState, key: tuple[Any, ...], call_id: Any, fn: dict[str, Any]) -> None:

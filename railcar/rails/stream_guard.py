@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from railcar.codecs.chat_tools import ToolCallAssembler
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
 from railcar.core.wire import blocked_frames, sse_frame
@@ -40,7 +41,6 @@ from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
 from railcar.rails.engine_local import CheckResult
 from railcar.rails.messages import last_user, text_of
-from railcar.rails.toolcalls import ToolCallAssembler
 
 log = logging.getLogger("railcar.rails")
 

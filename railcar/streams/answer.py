@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from railcar.codecs.chat_tools import ToolCallAssembler
 from railcar.core.exchange import Exchange
-from railcar.rails.toolcalls import ToolCallAssembler
 
 __all__ = ["reassemble"]
 

@@ -52,15 +52,27 @@ def test_stream_keys_of_every_delta_field() -> None:
     assert pieces[d + ".tool_calls[0].id"][0] is None and pieces["$.model"][0] is None
 
 
-def test_tool_calls_complete_on_next_index_and_on_finish() -> None:
+def test_tool_calls_complete_when_their_json_closes_like_the_stream_guard() -> None:
+    # the codec assembles with the stream guard's ToolCallAssembler: a call is complete as soon as its arguments
+    # parse as a JSON object (so tool_input rails can run before the next call starts), or at finish_reason
     state = C.new_stream_state()
     events = [_chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{\"x\":"}}]}),
               _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
-              _chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]}),
+              _chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{\"y\""}}]}),
               _chunk({}, finish="tool_calls")]
     done = [[(c.id, c.name, c.arguments) for c in C.tool_calls_done(e, state)] for e in events]
-    assert done == [[], [], [("a", "f", '{"x":1}')], [("b", "g", "{}")]]
+    assert done == [[], [("a", "f", '{"x":1}')], [], [("b", "g", '{"y"')]]
     assert C.flush_tool_calls(state) == []
+
+
+def test_whole_tool_calls_without_index_stay_separate_calls() -> None:
+    # some OpenAI-compatible providers send each call whole and leave out ``index``: two calls, not one
+    state = C.new_stream_state()
+    events = [_chunk({"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": '{"x":1}'}}]}),
+              _chunk({"tool_calls": [{"id": "b", "function": {"name": "g", "arguments": '{"y":2}'}}]}),
+              _chunk({}, finish="tool_calls")]
+    calls = [(c.id, c.name, c.arguments) for e in events for c in C.tool_calls_done(e, state)]
+    assert calls == [("a", "f", '{"x":1}'), ("b", "g", '{"y":2}')]
 
 
 def test_decisions_are_the_wire_shapes() -> None:

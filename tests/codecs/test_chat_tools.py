@@ -1,4 +1,4 @@
-"""rails/toolcalls.py: streamed tool-call assembly from recorded provider streams."""
+"""codecs/chat_tools.py: streamed tool-call assembly from recorded provider streams."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 import pytest
 from shared_fixtures import RECORDED_CHAT
 
-from railcar.rails.toolcalls import ToolCallAssembler
+from railcar.codecs.chat_tools import ToolCallAssembler
 from railcar.sidecar.sse import split_events
 
 RECORDED = RECORDED_CHAT

@@ -1,4 +1,5 @@
-"""Assembling streamed tool calls: OpenAI Chat Completions ``choices[i].delta.tool_calls`` deltas, per index.
+"""Assembling streamed Chat Completions tool calls: ``choices[i].delta.tool_calls`` deltas, per index. One
+assembler for the chat codec, the stream guard (``rails``) and the recorder (``streams``).
 
 Shape (OpenAI streaming chat completions): each delta entry carries ``index`` (which call), the first one for an
 index also ``id``, ``type`` and ``function.name``; ``function.arguments`` arrives as string fragments to be
@@ -14,11 +15,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ToolCall", "ToolCallAssembler"]
+__all__ = ["AssembledCall", "ToolCallAssembler"]
 
 
 @dataclass
-class ToolCall:
+class AssembledCall:
     """One assembled tool call: ``index`` in the choice, ``id``, ``name``, ``arguments`` (the JSON text so far),
     ``complete`` (no more fragments are taken)."""
 
@@ -40,7 +41,7 @@ class ToolCallAssembler:
     """
 
     def __init__(self) -> None:
-        self.calls: dict[int, ToolCall] = {}
+        self.calls: dict[int, AssembledCall] = {}
         self.indices: list[int] = []
 
     def _index_of(self, entry: dict[str, Any]) -> int:
@@ -70,7 +71,7 @@ class ToolCallAssembler:
                     if other.index < idx and not other.complete:
                         other.complete = True
                         done.append(other.index)
-                call = self.calls[idx] = ToolCall(idx)
+                call = self.calls[idx] = AssembledCall(idx)
             if entry.get("id"):
                 call.id = entry["id"]
             fn = entry.get("function") or {}
