@@ -21,6 +21,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from railcar.core.config import ConfigError, Problem
 from railcar.rails.scanner import Scanner
 from railcar.settings import RailcarConfig
 from railcar.streams.consumer import ConsumerGroupWorker, health_app
@@ -61,13 +62,12 @@ async def run_consumer(config: RailcarConfig, stop: asyncio.Event | None = None,
 
 def main(args: argparse.Namespace, config: RailcarConfig) -> int:
     """``railcar consume``: run one group member until SIGINT/SIGTERM, serving ``/healthz``, ``/readyz`` and
-    ``/metrics`` on ``[server] host:port``. Exit 2 when ``[kafka] bootstrap_servers`` is empty (the embedded
-    default runs inside ``railcar serve`` instead), 1 when the port cannot be bound."""
+    ``/metrics`` on ``[server] host:port``. Raises :class:`ConfigError` when ``[kafka] bootstrap_servers`` is empty
+    (the embedded default runs inside ``railcar serve`` instead: exit 2 from :mod:`railcar.cli`); 1 when the port
+    cannot be bound."""
     if not config.kafka.bootstrap_servers:
-        print("railcar consume: configuration error: kafka.bootstrap_servers: required "
-              "(RAILCAR_KAFKA_BOOTSTRAP_SERVERS); without Kafka, `railcar serve` scans in-process",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(Problem("kafka.bootstrap_servers", "required for `railcar consume` (without Kafka, "
+                                                             "`railcar serve` scans in-process)").text())
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -296,15 +296,19 @@ class Publisher:
             out.append(((key, value), fut))
         return out
 
-    def _drop(self, reason: str, n: int = 1) -> None:
-        self.stats[f"dropped_{reason}"] += n
-        self._m["dropped"].labels(reason).inc(n)
-        log.warning("dropped %d trace event(s) Kafka refuses for good (%s); see "
-                    "railcar_publisher_events_dropped_total", n, reason)
+    def _drop(self, drops: dict[str, int]) -> None:
+        """Count the records of one window Kafka refuses for good, ``drops`` by reason: one warning per reason and
+        window, not one per record."""
+        for reason, n in drops.items():
+            self.stats[f"dropped_{reason}"] += n
+            self._m["dropped"].labels(reason).inc(n)
+            log.warning("dropped %d trace event(s) Kafka refuses for good (%s); see "
+                        "railcar_publisher_events_dropped_total", n, reason)
 
-    async def _isolate(self, records: list[Record]) -> tuple[int, list[Record]]:
+    async def _isolate(self, records: list[Record], drops: dict[str, int]) -> tuple[int, list[Record]]:
         """Send ``records`` (a batch the broker refused with a record-level error) one record per request so only
-        the record at fault is dropped. Returns ``(delivered, still failing for a transient reason)``."""
+        the record at fault is dropped (counted in ``drops``). Returns ``(delivered, still failing for a transient
+        reason)``."""
         ok, again = 0, []
         for rec in records:
             (fut_pair,) = await self._send([rec])
@@ -318,10 +322,10 @@ class Publisher:
                 if reason is None:
                     again.append(rec)
                 else:
-                    self._drop(reason)
+                    drops[reason] = drops.get(reason, 0) + 1
                 continue
             if isinstance(res, tuple) and res and res[0] is DROPPED:
-                self._drop(res[1])
+                drops[res[1]] = drops.get(res[1], 0) + 1
             else:
                 ok += 1
         return ok, again
@@ -431,13 +435,14 @@ class Publisher:
         good (a record-level refusal isolates the culprit first); returns the records that failed transiently."""
         failed: list[Record] = []
         refused: list[Record] = []
+        drops: dict[str, int] = {}
         n_ok = 0
         for r, f in window.sent:
             exc = f.exception()
             if exc is None:
                 res = f.result()
                 if isinstance(res, tuple) and res and res[0] is DROPPED:
-                    self._drop(res[1])
+                    drops[res[1]] = drops.get(res[1], 0) + 1
                 else:
                     n_ok += 1
             elif permanent_reason(exc) is not None:
@@ -445,9 +450,10 @@ class Publisher:
             else:
                 failed.append(r)
         if refused:  # a record-level error from the broker fails its whole batch: find the culprit
-            ok, again = await self._isolate(refused)
+            ok, again = await self._isolate(refused, drops)
             n_ok += ok
             failed += again
+        self._drop(drops)
         self.stats["published"] += n_ok
         self._m["published"].inc(n_ok)
         if window.spool_n:

@@ -1,9 +1,11 @@
 """The trace recorder: an ``ExchangeObserver`` that turns finished exchanges into redacted OTLP records.
 
 ``exchange_finished`` only appends to a bounded deque (O(1), never blocks the request path); a background task
-takes exchanges off it, reassembles the answer (:func:`railcar.streams.answer.reassemble`), redacts every content
-string with the detector catalog, builds one span (:mod:`railcar.streams.otlp`) in the layout of
-:mod:`railcar.streams.schema` and hands ``(trace id, TracesData bytes)`` to the publisher.
+takes exchanges off it, reassembles the answer (:func:`railcar.streams.answer.reassemble`), redacts every string
+the span carries (contents, and the roles, names, ids, models and error around them) with the detector catalog,
+builds one span (:mod:`railcar.streams.otlp`) in the layout of :mod:`railcar.streams.schema` and hands
+``(trace id, TracesData bytes)`` to the publisher. Each value redacted is noted once in the span; the guard's
+inline notes of the same answer text are not repeated.
 
 Size bound: a span must stay well under the producer's ``[kafka] max_request_size`` (1 MiB by default; Kafka
 refuses larger records), yet agents send inline base64 images (one recorded request is 2.78 MB). Every text is
@@ -19,9 +21,9 @@ the span is encoded by :func:`railcar.streams.otlp.encode_call`.
 
 The agent identity (``gen_ai.agent.id``) is a resource attribute; the conversation is the trace (the trace id
 serves as ``gen_ai.conversation.id``). The trace id is the caller's W3C ``traceparent`` trace id when sent, else
-derived from the agent id and the conversation's first message, so one conversation is one trace and all its spans
-share one Kafka key and partition (the consumer needs earlier spans of the trace to resolve refs). Dedup state is
-an LRU over traces.
+derived from the agent id and the conversation's opening messages (its system prompt and first message), so one
+conversation is one trace and all its spans share one Kafka key and partition (the consumer needs earlier spans of
+the trace to resolve refs). Dedup state is an LRU over traces.
 """
 
 from __future__ import annotations
@@ -82,17 +84,9 @@ def _text_of(content: Any) -> str:
     return orjson.dumps(content).decode()
 
 
-def _note_dict(n: RedactionNote | dict[str, Any]) -> dict[str, Any]:
-    d = n if isinstance(n, dict) else n.as_dict()
-    return {"detector": str(d.get("detector", "")), "kind": str(d.get("kind", "")), "path": str(d.get("path", "")),
-            "fingerprint": str(d.get("fingerprint", "")),
-            "masked_preview": str(d.get("masked_preview", d.get("preview", ""))),
-            "confidence": float(d.get("confidence", 0.0) or 0.0), "severity": str(d.get("severity", ""))}
-
-
 class _Redactor:
-    """``redact(text, path) -> (redacted, [note dicts])``: :func:`railcar.rails.redaction.redact_text` over the
-    catalog's :class:`railcar.rails.scanner.Scanner`, with a bounded cache of texts found clean."""
+    """``redact(text, path) -> (redacted, notes)``: :func:`railcar.rails.redaction.redact_text` over the catalog's
+    :class:`railcar.rails.scanner.Scanner`, with a bounded cache of texts found clean."""
 
     # Texts known clean (nothing matched), so a system prompt or tool list resent by every conversation is scanned
     # once per process, not once per call. Bounded: entries, and only texts up to CLEAN_MAX_CHARS characters.
@@ -103,7 +97,7 @@ class _Redactor:
         self.scanner = scanner
         self._clean: dict[str, None] = {}
 
-    def __call__(self, text: str, path: str) -> tuple[str, list[dict[str, Any]]]:
+    def __call__(self, text: str, path: str) -> tuple[str, list[RedactionNote]]:
         if not text:
             return text, []
         clean = self._clean
@@ -115,7 +109,7 @@ class _Redactor:
             if len(clean) >= self.CLEAN_ENTRIES:
                 del clean[next(iter(clean))]  # oldest first
             clean[text] = None
-        return red, [_note_dict(n) for n in notes]
+        return red, notes
 
 
 class _TraceState:
@@ -130,7 +124,12 @@ class _TraceState:
 
 class _SpanContent:
     """The content of one span being built: ``railcar.content`` events (each text once per trace, cut to the size
-    bound), the redaction notes of their first publication, and the span's remaining content budget in bytes."""
+    bound), the redaction notes of what the span publishes, and the span's remaining content budget in bytes.
+
+    Every string of the span is redacted: texts by :meth:`ref_of` (their notes travel with the text's first
+    publication in the trace), identifiers (roles, names, ids, models, finish reasons) by :meth:`plain` (their
+    notes with each span that carries them). ``answer_found``: ``(detector, fingerprint)`` of every value found in
+    the answer's texts, published here or not (what the guard's inline notes may repeat)."""
 
     def __init__(self, recorder: TraceRecorder, trace: _TraceState, now_ns: int) -> None:
         self.redact, self.trace, self.now = recorder.redact, trace, now_ns
@@ -138,17 +137,30 @@ class _SpanContent:
         self.budget = recorder.max_span_content_bytes
         self.stats = recorder.stats
         self.events: list[tuple[str, dict[str, Any], int]] = []
-        self.notes: list[dict[str, Any]] = []
+        self.notes: list[RedactionNote] = []
+        self.answer_found: set[tuple[str, str]] = set()
 
-    def ref_of(self, text: str, path: str) -> str:
-        """The ref of ``text`` redacted; publishes it (and its notes) when this trace has not seen it yet."""
+    def _publish(self, text: str, path: str) -> tuple[str, list[RedactionNote]]:
+        """``(ref of text redacted, what was found in it)``; publishes the text (and its notes) when this trace has
+        not seen it yet."""
         red, found = self.redact(text, path)  # the whole text: notes cover what a cut drops
         r = S.content_ref(red)
         if r not in self.trace.refs:  # notes travel with the content's first publication only
             self.trace.refs.add(r)
             self.notes.extend(found)
             self.events.append((S.CONTENT_EVENT, self._content_event(r, red), self.now))
-        return r
+        return r, found
+
+    def ref_of(self, text: str, path: str) -> str:
+        """The ref of ``text`` redacted; publishes it (and its notes) when this trace has not seen it yet."""
+        return self._publish(text, path)[0]
+
+    def plain(self, value: Any, path: str, notes: list[RedactionNote] | None = None) -> str:
+        """``value`` as a redacted string, for an attribute or an entry field; its notes go to ``notes`` (default:
+        the span's)."""
+        red, found = self.redact(str(value), path)
+        (self.notes if notes is None else notes).extend(found)
+        return red
 
     def _content_event(self, ref: str, red: str) -> dict[str, Any]:
         ev: dict[str, Any] = {S.REF: ref, S.TEXT: red}
@@ -163,32 +175,53 @@ class _SpanContent:
             self.budget -= _utf8_len(red)
         return ev
 
-    def entry(self, m: dict[str, Any], path: str) -> dict[str, Any]:
-        """The message entry of request message ``m`` (at JSON path ``path``), its texts published."""
-        entry: dict[str, Any] = {"role": str(m.get("role", "")),
+    def entry(self, m: dict[str, Any], path: str) -> tuple[dict[str, Any], list[RedactionNote]]:
+        """The message entry of request message ``m`` (at JSON path ``path``), its texts published, and the notes
+        of its redacted fields (the caller keeps them only when the span lists the entry)."""
+        notes: list[RedactionNote] = []
+        entry: dict[str, Any] = {"role": self.plain(m.get("role", ""), f"{path}.role", notes),
                                  S.REF: self.ref_of(_text_of(m.get("content")), f"{path}.content")}
         for k in ("name", "tool_call_id"):
             if isinstance(m.get(k), str):
-                entry[k] = m[k]
+                entry[k] = self.plain(m[k], f"{path}.{k}", notes)
         if m.get("tool_calls"):
             entry["tool_calls"] = [
-                self._call_entry(str(tc.get("id", "")), str((tc.get("function") or {}).get("name", "")),
-                                 _text_of((tc.get("function") or {}).get("arguments")),
-                                 f"{path}.tool_calls[{j}].function.arguments")
+                self._call_entry(tc.get("id", ""), (tc.get("function") or {}).get("name", ""),
+                                 _text_of((tc.get("function") or {}).get("arguments")), f"{path}.tool_calls[{j}]",
+                                 notes)
                 for j, tc in enumerate(m["tool_calls"]) if isinstance(tc, dict)]
-        return entry
+        return entry, notes
 
     def answer_entry(self, ans: dict[str, Any]) -> dict[str, Any]:
         """The message entry of the reassembled answer (:func:`railcar.streams.answer.reassemble`)."""
-        out: dict[str, Any] = {"role": "assistant", S.REF: self.ref_of(ans["content"], "$.output.content")}
+        ref, found = self._publish(ans["content"], "$.output.content")
+        self.answer_found.update((n.detector, n.fingerprint) for n in found)
+        out: dict[str, Any] = {"role": "assistant", S.REF: ref}
         if ans["tool_calls"]:
-            out["tool_calls"] = [self._call_entry(tc["id"], tc["name"], tc["arguments"],
-                                                  f"$.output.tool_calls[{j}].function.arguments")
+            out["tool_calls"] = [self._call_entry(tc["id"], tc["name"], tc["arguments"], f"$.output.tool_calls[{j}]",
+                                                  self.notes, answer=True)
                                  for j, tc in enumerate(ans["tool_calls"])]
         return out
 
-    def _call_entry(self, call_id: Any, name: Any, arguments: str, path: str) -> dict[str, Any]:
-        return {"id": call_id, "name": name, S.ARGS_REF: self.ref_of(arguments, path)}
+    def _call_entry(self, call_id: Any, name: Any, arguments: str, path: str, notes: list[RedactionNote],
+                    answer: bool = False) -> dict[str, Any]:
+        ref, found = self._publish(arguments, f"{path}.function.arguments")
+        if answer:
+            self.answer_found.update((n.detector, n.fingerprint) for n in found)
+        return {"id": self.plain(call_id, f"{path}.id", notes),
+                "name": self.plain(name, f"{path}.function.name", notes), S.ARGS_REF: ref}
+
+
+def _opening(msgs: list[Any]) -> list[dict[str, Any]]:
+    """The messages that open a conversation, the same in every turn: the leading system (or developer) messages
+    and the first message after them (a fixed count would take in the first answer once there is one)."""
+    out: list[dict[str, Any]] = []
+    for m in msgs:
+        if isinstance(m, dict):
+            out.append(m)
+            if m.get("role") not in ("system", "developer"):
+                break
+    return out
 
 
 def _request_attrs(exchange: Exchange) -> dict[str, Any]:
@@ -202,14 +235,15 @@ def _request_attrs(exchange: Exchange) -> dict[str, Any]:
     return attrs
 
 
-def _answer_attrs(ans: dict[str, Any], status: int | None) -> dict[str, Any]:
+def _answer_attrs(ans: dict[str, Any], status: int | None, content: _SpanContent) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     if ans["model"]:
-        attrs[S.RESPONSE_MODEL] = str(ans["model"])
+        attrs[S.RESPONSE_MODEL] = content.plain(ans["model"], "$.output.model")
     if ans["id"]:
-        attrs[S.RESPONSE_ID] = str(ans["id"])
+        attrs[S.RESPONSE_ID] = content.plain(ans["id"], "$.output.id")
     if ans["finish_reasons"]:
-        attrs[S.RESPONSE_FINISH_REASONS] = [str(x) for x in ans["finish_reasons"]]
+        attrs[S.RESPONSE_FINISH_REASONS] = [content.plain(x, f"$.output.finish_reasons[{i}]")
+                                            for i, x in enumerate(ans["finish_reasons"])]
     usage = ans["usage"] or {}
     for src, dst in _USAGE:
         if isinstance(usage.get(src), int):
@@ -286,9 +320,9 @@ class TraceRecorder(QueueWorker[Exchange]):
         msgs = exchange.body.get("messages") or []
         conv = exchange.headers.get("x-conversation-id") or exchange.headers.get("x-session-id")
         if not conv:
-            first = [m for m in msgs[:2] if isinstance(m, dict)]
             # Redacted so the hash input never depends on a raw secret being kept around.
-            conv = "|".join(self.redact(_text_of(m.get("content")), "$")[0] for m in first) or exchange.request_id
+            conv = "|".join(self.redact(_text_of(m.get("content")), "$")[0]
+                            for m in _opening(msgs)) or exchange.request_id
         digest = hashlib.sha256(f"{self.agent_id}\x00{conv}".encode("utf-8", "surrogatepass")).digest()
         return int.from_bytes(digest[:16], "big") or 1, None
 
@@ -299,18 +333,21 @@ class TraceRecorder(QueueWorker[Exchange]):
         now = time.time_ns()
         content = _SpanContent(self, self._traces.get(trace_id), now)
         ans = reassemble(exchange)
-        attrs: dict[str, Any] = {S.OPERATION_NAME: "chat", S.REQUEST_MODEL: exchange.model,
+        model = content.plain(exchange.model, "$.model")
+        attrs: dict[str, Any] = {S.OPERATION_NAME: "chat", S.REQUEST_MODEL: model,
                                  **self._conversation_attrs(exchange, ans, content), **_request_attrs(exchange)}
         if exchange.body.get("tools"):
             attrs[S.REQUEST_TOOLS_REF] = content.ref_of(orjson.dumps(exchange.body["tools"]).decode(), "$.tools")
-        attrs.update(_answer_attrs(ans, exchange.status))
+        attrs.update(_answer_attrs(ans, exchange.status, content))
         attrs.update(_outcome_attrs(exchange.outcome))
-        error = self._error(exchange, attrs)
-        # Inline redactions made by the guard on the live stream are findings too.
-        notes = content.notes + [n.as_dict() for n in exchange.outcome.redactions]
-        events = content.events + [(S.REDACTION_EVENT, S.redaction_attributes(n), now) for n in notes]
+        error = self._error(exchange, attrs, content)
+        # The guard's inline notes name values of the upstream answer; those in the recorded answer (choice 0) are
+        # already noted above, from the same text: keep the others (another choice, a kind only the guard runs).
+        notes = content.notes + [n for n in exchange.outcome.redactions
+                                 if (n.detector, n.fingerprint) not in content.answer_found]
+        events = content.events + [(S.REDACTION_EVENT, S.redaction_attributes(n.as_dict()), now) for n in notes]
         span = otlp.CallSpan(
-            name=f"chat {exchange.model}".strip(), trace_id=trace_id, span_id=random.getrandbits(64) or 1,
+            name=f"chat {model}".strip(), trace_id=trace_id, span_id=random.getrandbits(64) or 1,
             parent_span_id=parent, start_ns=exchange.started_ns, end_ns=exchange.finished_ns or now,
             attributes=attrs, events=events, error=error)
         value = otlp.encode_call(span, self.resource)  # same bytes as encode([build_span(...)]), ~5x cheaper
@@ -321,7 +358,8 @@ class TraceRecorder(QueueWorker[Exchange]):
         """``railcar.input.messages`` (only the messages no earlier span of the trace described),
         ``railcar.output.message`` and ``railcar.input.prefix``; registers the chains in the trace state."""
         msgs = [m for m in (exchange.body.get("messages") or []) if isinstance(m, dict)]
-        entries = [content.entry(m, f"$.messages[{i}]") for i, m in enumerate(msgs)]
+        built = [content.entry(m, f"$.messages[{i}]") for i, m in enumerate(msgs)]
+        entries = [e for e, _ in built]
         chains = content.trace.chains
         # Which leading messages an earlier span already described: walk the chain without publishing.
         chain, prefix_chain, prefix_n = "", "", 0
@@ -329,6 +367,8 @@ class TraceRecorder(QueueWorker[Exchange]):
             if chain in chains:  # an earlier span described messages[0..i]
                 prefix_chain, prefix_n = chain, i + 1
         chains.add(chain)
+        for _, notes in built[prefix_n:]:  # the entries this span lists: an earlier one published the others
+            content.notes.extend(notes)
         out_entry = content.answer_entry(ans)
         chains.add(S.chain_ref(chain, out_entry))
         attrs = {S.INPUT_MESSAGES: orjson.dumps(entries[prefix_n:]).decode(),
@@ -337,11 +377,11 @@ class TraceRecorder(QueueWorker[Exchange]):
             attrs[S.INPUT_PREFIX] = prefix_chain
         return attrs
 
-    def _error(self, exchange: Exchange, attrs: dict[str, Any]) -> str | None:
+    @staticmethod
+    def _error(exchange: Exchange, attrs: dict[str, Any], content: _SpanContent) -> str | None:
         """The span's (redacted, bounded) error description; sets ``error.type`` in ``attrs``."""
         if exchange.error:
-            error, _ = self.redact(str(exchange.error), "$.error")
-            error = _utf8_prefix(error, 4096)
+            error = _utf8_prefix(content.plain(exchange.error, "$.error"), 4096)
             attrs[S.ERROR_TYPE] = error.split(":")[0][:64]
             return error
         if exchange.status and exchange.status >= 400:

@@ -2,7 +2,7 @@
 
 One model call is one OTLP span (:mod:`railcar.streams.otlp`); its attributes follow the OpenTelemetry GenAI
 semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/) plus Railcar's own
-``railcar.*`` names below. All content is already redacted; ``ref`` = :func:`content_ref` of the text.
+``railcar.*`` names below. Every string is already redacted; ``ref`` = :func:`content_ref` of the text.
 
 - event ``railcar.content`` ``{ref, text}`` (:data:`CONTENT_EVENT`): a text not yet published in this trace
   (message content, tool-call arguments, the request's tool definitions as JSON). Each text is published once per

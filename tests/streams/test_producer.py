@@ -124,6 +124,25 @@ async def test_oversize_record_is_dropped_and_counted_not_retried(mock_cluster: 
                                  {b"t": [str(i).encode() for i in range(20)]})
 
 
+async def test_oversize_records_of_one_batch_log_one_warning(mock_cluster: MockCluster, caplog) -> None:
+    # Counted per record, logged per batch and reason: a run of refused records must not flood the log.
+    mock_cluster.create_topic("spans", 1)
+    k, t = _cfg(mock_cluster)
+    k.max_request_size = 256 * 1024
+    pub = Publisher(k, t, registry=CollectorRegistry())
+    await pub.start()
+    await publish_first(pub)
+    caplog.set_level("WARNING", logger="railcar.producer")
+    for i in range(4):
+        pub.publish(b"t", b"x" * 300_000 if i < 3 else b"ok")
+    await eventually(lambda: pub.stats["published"] >= 2)
+    await pub.close(timeout_s=2)
+    assert pub.stats["dropped_too_large"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.name == "railcar.producer" and "refuses" in r.getMessage()]
+    assert warnings == ["dropped 3 trace event(s) Kafka refuses for good (too_large); see "
+                        "railcar_publisher_events_dropped_total"]
+
+
 async def test_broker_rejected_record_is_isolated_and_dropped(mock_cluster: MockCluster) -> None:
     # The broker answers one Produce with MESSAGE_TOO_LARGE (errno 10): the batch's records are retried one by
     # one, only the one rejected again is dropped, the rest arrive in order.

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from kafka_support import RECORDED
 
-from railcar.core.exchange import Exchange, Outcome
+from railcar.core.exchange import Exchange, Outcome, RedactionNote
 from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
 from railcar.streams.recorder import TraceRecorder
@@ -159,3 +159,77 @@ def test_text_known_clean_is_scanned_once(scanner: Scanner) -> None:
         assert AWS.encode() not in value
     assert calls.count(system) == 1
     assert sum(1 for c in calls if AWS in c) >= 1  # a text with a secret is never cached as clean
+
+
+def _notes(sp) -> list[dict]:
+    return [otlp.attributes_of(e.attributes) for e in sp.events if e.name == "railcar.redaction"]
+
+
+def test_every_string_of_the_span_is_redacted(scanner: Scanner) -> None:
+    # Not only contents: a secret in the model, a role, a name, an id or the error is never published either, and
+    # each is noted where it was.
+    rec = TraceRecorder(scanner, lambda k, v: None)
+    leak = f"x {AWS}"
+    call = {"id": leak, "type": "function", "function": {"name": leak, "arguments": "{}"}}
+    ex = Exchange(body={"model": leak, "messages": [
+        {"role": leak, "name": leak, "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": leak, "content": "done"}]})
+    ex.response_body = orjson.dumps({"id": leak, "model": leak, "choices": [
+        {"index": 0, "finish_reason": leak, "message": {"role": "assistant", "content": "ok", "tool_calls": [call]}}]})
+    ex.error = f"upstream said {AWS}"
+    _, value = rec.build(ex)
+    assert AWS.encode() not in value
+    _, sp, attrs = _span(value)
+    assert sp.name.startswith("chat x [REDACTED:aws_access_key_id:")
+    paths = {n["railcar.redaction.path"] for n in _notes(sp)}
+    assert paths >= {"$.model", "$.messages[0].role", "$.messages[0].name", "$.messages[1].tool_calls[0].id",
+                     "$.messages[1].tool_calls[0].function.name", "$.messages[2].tool_call_id", "$.output.id",
+                     "$.output.model", "$.output.finish_reasons[0]", "$.output.tool_calls[0].id",
+                     "$.output.tool_calls[0].function.name", "$.error"}
+
+
+def test_entry_field_notes_go_with_the_span_that_lists_the_entry(scanner: Scanner) -> None:
+    out: list = []
+    rec = TraceRecorder(scanner, lambda k, v: out.append(v))
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "name": f"x {AWS}", "content": "first"}]
+    for turn in range(2):
+        ex = Exchange(body={"model": "m", "messages": list(msgs)})
+        ex.response_body = orjson.dumps({"choices": [{"index": 0, "message": {"content": f"answer {turn}"}}]})
+        out.append(rec.build(ex)[1])
+        msgs += [{"role": "assistant", "content": f"answer {turn}"}, {"role": "user", "content": f"next {turn}"}]
+    first, second = (_span(v)[1] for v in out)
+    assert [n["railcar.redaction.path"] for n in _notes(first)] == ["$.messages[1].name"]
+    assert _notes(second) == []  # messages[1] is in the prefix: described (and noted) by the first span
+
+
+def test_guard_notes_of_the_recorded_answer_are_not_doubled(scanner: Scanner) -> None:
+    # The inline hold-back noted what it replaced in the answer the client got; the recorder redacts the same
+    # upstream text itself: one note per value, so one finding. A value only the guard saw (choice 1) is kept.
+    fp = scanner.scan_text(AWS)[0].fingerprint
+    other = RedactionNote("github_token", "secret", "$.choices[1].delta.content", "f" * 16, "ghp_****", 0.9, "high")
+    seen = RedactionNote("aws_access_key_id", "secret", "$.choices[0].delta.content", fp, "AKIA****", 0.9, "high")
+    ex = Exchange(body={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                  outcome=Outcome(redactions=[seen, other]))
+    ex.stream_data = [_chunk({"content": f"Stored {AWS}."}, finish="stop")]
+    _, value = TraceRecorder(scanner, lambda k, v: None).build(ex)
+    _, sp, _ = _span(value)
+    got = sorted((n["railcar.redaction.detector"], n["railcar.redaction.path"]) for n in _notes(sp))
+    assert got == [("aws_access_key_id", "$.output.content"), ("github_token", "$.choices[1].delta.content")]
+
+
+def test_conversation_without_system_prompt_stays_one_trace(scanner: Scanner) -> None:
+    # The first answer joins the history from the second turn on: it must not move the conversation to a new trace
+    # (whose spans could not reference the first one's contents).
+    rec = TraceRecorder(scanner, lambda k, v: None)
+    msgs: list[dict] = [{"role": "user", "content": "plan the release"}]
+    keys, prefixes = [], []
+    for turn in range(3):
+        ex = Exchange(body={"model": "m", "messages": list(msgs)})
+        ex.response_body = orjson.dumps({"choices": [{"index": 0, "message": {"content": f"step {turn}"}}]})
+        key, value = rec.build(ex)
+        keys.append(key)
+        prefixes.append(_span(value)[2].get("railcar.input.prefix"))
+        msgs += [{"role": "assistant", "content": f"step {turn}"}, {"role": "user", "content": f"and then {turn}?"}]
+    assert len(set(keys)) == 1
+    assert prefixes[0] is None and all(prefixes[1:])
