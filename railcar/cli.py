@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="railcar", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    epilog = "Settings (TOML key = default  [environment variable]):\n" + describe_options()  # once, not per command
     for name, (_, _, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog="Settings (TOML key = default  [environment variable]):\n" + describe_options(),
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", metavar="PATH", help="railcar.toml (also RAILCAR_CONFIG)")
         _add_command_args(name, p)

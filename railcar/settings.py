@@ -19,11 +19,9 @@ sections' dataclasses and their checks (``railcar.sidecar.settings``, ``railcar.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from railcar.core import config as _machinery
 from railcar.rails.settings import DetectionConfig, GuardrailsConfig
@@ -49,17 +47,13 @@ class RailcarConfig:
         problem (``key: why (RAILCAR_KEY)``, one per line). For a config changed after :func:`load_config`."""
         _machinery.raise_problems(self)
 
-    def as_dict(self) -> dict[str, Any]:
-        """Every section as plain dicts (``dataclasses.asdict``), keyed by section name."""
-        return dataclasses.asdict(self)
-
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> RailcarConfig:
     """Load ``path`` (TOML; optional; ``RAILCAR_CONFIG`` names it when None) and overlay the ``RAILCAR_*`` variables
     of ``environ`` (default ``os.environ``), then run every section's checks.
 
     Returns a :class:`RailcarConfig`. Raises :class:`railcar.core.config.ConfigError` for an unreadable or malformed
-    file, or with ``errors`` listing every unknown section, key or ``RAILCAR_<SECTION>_*`` variable (variables named
+    file, or with ``errors`` listing every unknown section, key or ``RAILCAR_*`` variable (variables named
     by a ``*_env`` field hold credentials and are allowed), wrongly typed value and failed check.
     """
     return _machinery.load(RailcarConfig, path, environ)

@@ -20,7 +20,7 @@ import sys
 import uvloop
 from aiohttp import web
 
-from railcar.core.config import ConfigError, env_name
+from railcar.core.config import ConfigError, Problem
 from railcar.core.guard import Guard, PassThrough
 from railcar.rails.guard import RailsGuard, build_guard
 from railcar.settings import RailcarConfig
@@ -36,11 +36,11 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None); returns the exit code (0).
 
     Raises :class:`ConfigError` when ``upstream.base_url`` is empty, the credential file is unreadable or the
-    guardrail config's content does not compile (any error of ``railcar.rails.guard.build_guard``, after the
-    listener and the trace recorder are stopped again), and ``OSError`` when the port cannot be bound.
+    guardrail config's content does not compile (a ``ValueError`` of ``railcar.rails.guard.build_guard``, after
+    the listener and the trace recorder are stopped again), and ``OSError`` when the port cannot be bound.
     """
     if not config.upstream.base_url:
-        raise ConfigError("upstream.base_url: required for `railcar serve` (or RAILCAR_UPSTREAM_BASE_URL)")
+        raise ConfigError(Problem("upstream.base_url", "required for `railcar serve`").text())
     app = create_app(config, guard=None)
     state = app["state"]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
@@ -84,19 +84,25 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
 
 
 def _built_guard(task: asyncio.Task[RailsGuard | None], config: RailcarConfig) -> Guard:
-    """The guard ``build_guard`` returned (``PassThrough()`` for ``None``). Raises :class:`ConfigError` for any
-    error of the build: the guardrail config's content is compiled there (NeMo, pydantic, Colang errors), and
-    ``railcar serve`` reports a bad config with exit 2, never with a traceback."""
+    """The guard ``build_guard`` returned (``PassThrough()`` for ``None``).
+
+    A ``ValueError`` of the build is the guardrail config's content failing to compile and becomes a
+    :class:`ConfigError` (``railcar serve`` exits 2, no traceback): Railcar's own ``ConfigError`` passes as it is,
+    NeMo Guardrails raises its ``ConfigurationError`` (a ``ValueError``: a flow that does not exist) or a plain
+    ``ValueError`` (a model engine it cannot reach) when ``Guardrails(...)`` is built. Any other exception is a bug
+    and keeps its traceback. Only the first line of NeMo's message is shown, capped: detail lines of a validation
+    error quote the offending input, which can hold a model's ``api_key``."""
     try:
         guard = task.result()
     except ConfigError:
         raise
-    except Exception as exc:
+    except ValueError as exc:
         gs = config.guardrails
         key = ("guardrails.config_inline" if gs.config_inline else "guardrails.config_path" if gs.config_path
                else "guardrails.remote.endpoint")
-        raise ConfigError(f"{key}: the guardrail config does not load: {type(exc).__name__}: {exc} "
-                          f"({env_name(key)})") from None
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(Problem(key, f"the guardrail config does not load: {type(exc).__name__}: {reason}")
+                          .text()) from None
     return guard if guard is not None else PassThrough()
 
 

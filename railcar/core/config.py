@@ -10,16 +10,19 @@ environment. Nested tables map to longer variable names: ``[guardrails.inline] a
 
 Checks: every dataclass of the tree may define ``validate() -> list[Problem]`` (full key + why). :func:`load` runs
 them all at load time, after coercion, and raises one :class:`ConfigError` listing every problem found (unknown
-sections, keys and ``RAILCAR_<SECTION>_*`` variables, wrongly typed values, failed checks), each naming the key and
-its environment variable, so a typo never silently falls back to a default and a fix-rerun loop sees everything at
-once. (Pattern from the OpenTelemetry Collector: each component config has a ``validate()`` naming the bad field.)
+sections and keys, ``RAILCAR_*`` variables that are no setting, wrongly typed values, failed checks), each naming
+the key and its environment variable, so a typo never silently falls back to a default and a fix-rerun loop sees
+everything at once; values that may be credentials (tables, arrays, URLs, ``*_env`` values) are never quoted.
+(Pattern from the OpenTelemetry Collector: each component config has a ``validate()`` naming the bad field.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import os
+import re
 import tomllib
 import types
 import typing
@@ -31,6 +34,7 @@ from typing import Any, TypeVar
 import orjson
 
 ENV_PREFIX = "RAILCAR_"
+CONFIG_ENV = "RAILCAR_CONFIG"  # names the TOML file (see :func:`load`): the one variable that is not a setting
 
 T = TypeVar("T")
 
@@ -65,6 +69,16 @@ class Problem:
         if from_env:
             return f"{env}: {self.message} ({self.key})"
         return f"{self.key}: {self.message} ({env})"
+
+
+def http_url_problems(key: str, url: str) -> list[Problem]:
+    """A problem of ``key`` when ``url`` is set but not ``http(s)://``. Only a scheme is quoted, never the URL: its
+    user info, path or query can carry a credential (``https://user:token@gateway/v1``, ``?key=...``)."""
+    if not url or url.startswith(("http://", "https://")):
+        return []
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    got = f" (not {scheme.group()})" if scheme else ""
+    return [Problem(key, f"must start with http:// or https://{got}")]
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -169,8 +183,10 @@ def _coerce_field(value: Any, tp: Any, name: str, choices: tuple[str, ...] | Non
     try:
         out = coerce(value, tp, from_env)
     except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
-        # Tables (upstream.default_headers, guardrails.request_defaults) may carry credentials: never echo them.
-        shown = "" if (typing.get_origin(tp) or tp) is dict else f" {value!r}"
+        # Tables and arrays may carry credentials (upstream.default_headers, guardrails.request_defaults, a table
+        # written where config_inline's YAML text belongs): never echo them, whatever the field's type.
+        tabular = isinstance(value, (dict, list)) or (typing.get_origin(tp) or tp) is dict
+        shown = "" if tabular else f" {value!r}"
         raise ConfigError(f"{name}: invalid value{shown}: {exc}") from None
     if choices:
         bad = [v for v in (out if isinstance(out, list) else [out]) if v not in choices]
@@ -235,12 +251,29 @@ class _Loader:
             self.errors.extend(f"{e} ({suffix})" for e in exc.errors)
 
     def check_env(self, root: Any) -> None:
-        """Every ``RAILCAR_<SECTION>_*`` variable must be a setting or a credential named by a ``*_env`` field."""
-        prefixes = tuple(env_name(f.name) + "_" for f in dataclasses.fields(root))
-        secrets = set(_secret_env_names(root))  # variables that hold a credential, not a setting
-        for var in self.env:
-            if var.startswith(prefixes) and var not in self.used_env and var not in secrets:
-                self.errors.append(f"{var}: unknown setting (see `railcar serve --help`)")
+        """Every ``RAILCAR_*`` variable must be a setting, ``RAILCAR_CONFIG``, a credential named by a ``*_env``
+        field or a Kubernetes service link (:func:`_is_service_link`); any other is refused with the nearest
+        setting's name, so a misspelt section (``RAILCAR_GUARDRAIL_CONFIG_PATH``) never leaves a default in place."""
+        allowed = self.used_env | self._credential_vars(root) | {CONFIG_ENV}
+        unknown = [var for var, value in self.env.items()
+                   if var.startswith(ENV_PREFIX) and var not in allowed and not _is_service_link(var, value)]
+        settings = _setting_env_names(type(root), "") if unknown else []
+        for var in unknown:
+            near = difflib.get_close_matches(var, settings, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            self.errors.append(f"{var}: unknown setting ({hint}see `railcar serve --help`)")
+
+    def _credential_vars(self, root: Any) -> set[str]:
+        """The values of the ``*_env`` fields: variables that hold a credential, not a setting. A value that is no
+        variable name (a key pasted in its place) is an error that does not quote it."""
+        names: set[str] = set()
+        for key, name in _secret_env_fields(root, ""):
+            if _ENV_NAME.fullmatch(name):
+                names.add(name)
+            else:
+                self.errors.append(Problem(key, "must name an environment variable (letters, digits, _), "
+                                                "not hold the credential itself").text(env_name(key) in self.used_env))
+        return names
 
     def check_values(self, root: Any) -> None:
         """Every ``validate()`` of the tree; each problem named by where its value came from."""
@@ -252,7 +285,7 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text())
     except OSError as exc:
-        raise ConfigError(f"--config: cannot read {str(path)!r}: {exc.strerror} (RAILCAR_CONFIG)") from None
+        raise ConfigError(f"--config: cannot read {str(path)!r}: {exc.strerror} ({CONFIG_ENV})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {path}: invalid TOML: {exc}") from None
 
@@ -263,11 +296,11 @@ def load(root_type: type[T], path: str | os.PathLike[str] | None = None,
     from ``environ`` (default ``os.environ``), then run every ``validate()``.
 
     ``RAILCAR_CONFIG`` names the file when ``path`` is None. Raises :class:`ConfigError` for an unreadable or
-    malformed file (at once), else with every problem found: unknown section, key or ``RAILCAR_<SECTION>_*``
-    variable, wrongly typed value, failed check.
+    malformed file (at once), else with every problem found: unknown section, key or ``RAILCAR_*``
+    variable (the nearest setting named), wrongly typed value, failed check.
     """
     env = dict(os.environ if environ is None else environ)
-    path = path or env.get("RAILCAR_CONFIG") or None
+    path = path or env.get(CONFIG_ENV) or None
     data = _read_toml(path) if path else {}
     loader = _Loader(env)
     root = loader.build(root_type, data, "")
@@ -301,14 +334,41 @@ def raise_problems(obj: Any) -> None:
         raise ConfigError(*(p.text() for p in found))
 
 
-def _secret_env_names(obj: Any) -> Iterator[str]:
-    """Values of every ``*_env`` field: names of variables that hold credentials (``upstream.api_key_env``)."""
+def _secret_env_fields(obj: Any, prefix: str) -> Iterator[tuple[str, str]]:
+    """``(full key, value)`` of every set ``*_env`` field: the names of variables that hold credentials
+    (``upstream.api_key_env``)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            yield from _secret_env_names(value)
+            yield from _secret_env_fields(value, _join(prefix, f.name))
         elif f.name.endswith("_env") and value:
-            yield value
+            yield _join(prefix, f.name), value
+
+
+def _setting_env_names(cls: Any, prefix: str) -> list[str]:
+    """The environment variable of every setting under dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        out.extend(_setting_env_names(hints[f.name], key) if _is_table(hints[f.name]) else [env_name(key)])
+    return out
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What the kubelet sets for every Service of the pod's namespace (enableServiceLinks, on by default): a release's
+# ``railcar-consumer`` Service gives ``RAILCAR_CONSUMER_SERVICE_HOST``, ``RAILCAR_CONSUMER_PORT=tcp://...``, ...
+_SERVICE_LINK_NAME = re.compile(r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)"
+                                r"(_(PROTO|PORT|ADDR))?)")
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://\S+")
+
+
+def _is_service_link(var: str, value: str) -> bool:
+    """Whether ``var`` is a Kubernetes service-link variable: one of the distinctive names, or ``<SERVICE>_PORT``
+    whose value is ``tcp://host:port`` (so a misspelt ``RAILCAR_SERVR_PORT=8080`` is still refused)."""
+    if _SERVICE_LINK_NAME.fullmatch(var):
+        return True
+    return var.endswith("_PORT") and bool(_SERVICE_LINK_URL.fullmatch(value))
 
 
 def describe_options(root_type: type) -> str:
@@ -334,5 +394,5 @@ def describe_options(root_type: type) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Problem", "coerce", "describe_options", "env_name", "load", "opt",
-           "problems", "raise_problems"]
+__all__ = ["CONFIG_ENV", "ENV_PREFIX", "ConfigError", "Problem", "coerce", "describe_options", "env_name",
+           "http_url_problems", "load", "opt", "problems", "raise_problems"]

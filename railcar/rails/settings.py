@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from railcar.core.config import Problem, opt
+from railcar.core.config import Problem, http_url_problems, opt
 from railcar.rails.detectors import CATALOG
 
 
@@ -31,9 +31,7 @@ class RemoteGuardrailsConfig:
 
     def validate(self) -> list[Problem]:
         """Problems: ``endpoint`` set but not http(s)://, ``timeout_millis`` <= 0, both config id fields set."""
-        out = []
-        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
-            out.append(Problem("guardrails.remote.endpoint", f"{self.endpoint!r} must start with http:// or https://"))
+        out = http_url_problems("guardrails.remote.endpoint", self.endpoint)
         if self.timeout_millis <= 0:
             out.append(Problem("guardrails.remote.timeout_millis", "must be > 0"))
         if self.config_id and self.config_ids:
@@ -131,15 +129,14 @@ class DetectionConfig:
         if unknown:
             out.append(Problem("detection.disabled_detectors",
                                f"unknown detector id(s) {unknown} (known: {', '.join(known)})"))
-        if self.fingerprint_key_file:
+        if self.fingerprint_key_file:  # the path is not quoted: a key pasted in its place would reach the logs
             try:
                 empty = not Path(self.fingerprint_key_file).read_bytes().strip()
             except OSError as exc:
-                out.append(Problem("detection.fingerprint_key_file",
-                                   f"cannot read {self.fingerprint_key_file!r}: {exc.strerror}"))
+                out.append(Problem("detection.fingerprint_key_file", f"cannot read the file: {exc.strerror}"))
             else:
                 if empty:
-                    out.append(Problem("detection.fingerprint_key_file", f"{self.fingerprint_key_file!r} is empty"))
+                    out.append(Problem("detection.fingerprint_key_file", "the file is empty"))
         return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from railcar.core.config import ConfigError, Problem, opt
+from railcar.core.config import ConfigError, Problem, http_url_problems, opt
 
 
 @dataclass
@@ -58,9 +58,7 @@ class UpstreamConfig:
     def validate(self) -> list[Problem]:
         """Problems of ``upstream.base_url`` (not http(s)://), the timeouts and ``max_connections`` (<= 0), and
         ``upstream.api_key_file`` (set but unreadable)."""
-        out = []
-        if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            out.append(Problem("upstream.base_url", f"{self.base_url!r} must start with http:// or https://"))
+        out = http_url_problems("upstream.base_url", self.base_url)
         for name in ("connect_timeout_s", "read_timeout_s"):
             if getattr(self, name) <= 0:
                 out.append(Problem(f"upstream.{name}", "must be > 0"))
@@ -71,7 +69,7 @@ class UpstreamConfig:
                 with open(self.api_key_file, "rb"):  # readable; the key itself is read by api_key()
                     pass
             except OSError as exc:
-                out.append(Problem("upstream.api_key_file", f"cannot read {self.api_key_file!r}: {exc.strerror}"))
+                out.append(Problem("upstream.api_key_file", _unreadable(exc)))
         return out
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
@@ -84,8 +82,14 @@ class UpstreamConfig:
             try:
                 return Path(self.api_key_file).read_text().strip() or None
             except OSError as exc:
-                raise ConfigError(f"upstream.api_key_file: cannot read {self.api_key_file!r}: {exc.strerror}") from None
+                raise ConfigError(Problem("upstream.api_key_file", _unreadable(exc)).text()) from None
         return environ.get(self.api_key_env) or None
+
+
+def _unreadable(exc: OSError) -> str:
+    """Why a credential file cannot be read, without its path: the value of ``api_key_file`` is where a key gets
+    pasted by mistake (``RAILCAR_UPSTREAM_API_KEY_FILE=sk-...``), and errors reach the logs."""
+    return f"cannot read the file: {exc.strerror}"
 
 
 class SidecarSettings(Protocol):

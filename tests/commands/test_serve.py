@@ -92,3 +92,18 @@ def test_serve_process_exits_2_for_bad_guardrail_content(tmp_path, kind):
     assert out.returncode == 2, out.stderr
     assert "railcar serve: configuration error: guardrails.config_path" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_serve_keeps_a_bug_in_build_guard_a_bug(make_config, tmp_path, monkeypatch):
+    """Only what a bad guardrail config raises (a ValueError: NeMo's ConfigurationError, its ValueError for a model
+    engine) becomes a ConfigError; a bug in the build keeps its type (and so its traceback)."""
+    import railcar.commands.serve as serve_mod
+
+    async def broken(config):
+        raise TypeError("a bug, not a config error")
+
+    monkeypatch.setattr(serve_mod, "build_guard", broken)
+    cfg = make_config(server={"port": free_port()}, upstream={"base_url": "http://127.0.0.1:9/v1"},
+                      telemetry={"enabled": False}, fileset={"root": str(tmp_path / "fs")})
+    with pytest.raises(TypeError, match="a bug"):
+        await asyncio.wait_for(serve(cfg, asyncio.Event()), 30)

@@ -269,3 +269,80 @@ def test_coerce_per_type(value, tp, from_env, expected):
 def test_coerce_from_toml_wants_the_type(value, tp):
     with pytest.raises(TypeError):
         coerce(value, tp, from_env=False)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 13: no
+# RAILCAR_* variable is silently ignored; nothing that may be a credential is echoed
+
+
+@pytest.mark.parametrize("var, nearest", [
+    ("RAILCAR_GUARDRAIL_CONFIG_PATH", "RAILCAR_GUARDRAILS_CONFIG_PATH"),  # a misspelt section
+    ("RAILCAR_SERVR_PORT", "RAILCAR_SERVER_PORT"),  # ends like a service link, but its value is not tcp://
+    ("RAILCAR_KAFKA_BOOTSTRAP_SERVER", "RAILCAR_KAFKA_BOOTSTRAP_SERVERS"),  # a known section, a misspelt key
+])
+def test_unknown_railcar_variable_is_refused_with_the_nearest_setting(var, nearest):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={var: "8080"})
+    (error,) = err.value.errors
+    assert error.startswith(f"{var}: unknown setting") and f"did you mean {nearest}?" in error
+
+
+def test_variables_that_are_not_settings_but_allowed():
+    environ = {
+        "RAILCAR_FINGERPRINT_KEY": "k" * 32, "RAILCAR_KAFKA_SASL_PASSWORD": "pw",  # credentials (*_env defaults)
+        "RAILCAR_UPSTREAM_API_KEY_ENV": "MY_KEY", "MY_KEY": "sk-2",  # a credential variable named by a setting
+        # Kubernetes service links of a `railcar` release's Services in the same namespace
+        "RAILCAR_CONSUMER_SERVICE_HOST": "10.0.0.11", "RAILCAR_CONSUMER_SERVICE_PORT": "9100",
+        "RAILCAR_CONSUMER_SERVICE_PORT_METRICS": "9100", "RAILCAR_CONSUMER_PORT": "tcp://10.0.0.11:9100",
+        "RAILCAR_CONSUMER_PORT_9100_TCP": "tcp://10.0.0.11:9100", "RAILCAR_CONSUMER_PORT_9100_TCP_PROTO": "tcp",
+        "RAILCAR_CONSUMER_PORT_9100_TCP_PORT": "9100", "RAILCAR_CONSUMER_PORT_9100_TCP_ADDR": "10.0.0.11",
+        "RAILCAR_SERVER_SERVICE_HOST": "10.0.0.12",  # a Service named railcar-server: inside a section's prefix
+    }
+    assert load_config(None, environ=environ).upstream.api_key(environ) == "sk-2"
+    # RAILCAR_UPSTREAM_API_KEY is no credential any more once api_key_env names MY_KEY
+    with pytest.raises(ConfigError, match="RAILCAR_UPSTREAM_API_KEY: unknown setting"):
+        load_config(None, environ={"RAILCAR_UPSTREAM_API_KEY_ENV": "MY_KEY", "RAILCAR_UPSTREAM_API_KEY": "sk-1"})
+
+
+def test_env_field_holding_a_credential_is_refused_and_not_echoed(tmp_path):
+    p = write(tmp_path, '[upstream]\napi_key_env = "sk-live-0123456789abcdef"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    (error,) = err.value.errors
+    assert error.startswith("upstream.api_key_env: must name an environment variable") and "sk-live" not in error
+
+
+@pytest.mark.parametrize("text", [
+    # a table where config_inline's YAML text belongs: the model's api_key is in it
+    '[guardrails.config_inline]\nmodels = [{ engine = "openai", parameters = { api_key = "sk-live-0123456789abcdef" } }]\n',
+    '[upstream]\napi_key_file = ["sk-live-0123456789abcdef"]\n',
+])
+def test_bad_table_or_array_value_is_not_echoed_whatever_the_field(tmp_path, text):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    assert "invalid value: expected a string" in str(err.value) and "sk-live" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, url", [
+    ("upstream.base_url", "ftp://user:sk-live-0123456789abcdef@gateway/v1"),
+    ("upstream.base_url", "gateway/v1?key=sk-live-0123456789abcdef"),
+    ("guardrails.remote.endpoint", "grpc://guardrails:8000/?token=sk-live-0123456789abcdef"),
+])
+def test_bad_url_names_its_scheme_never_the_url(key, url):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={env_name(key): url})
+    (error,) = err.value.errors
+    assert "must start with http:// or https://" in error and "sk-live" not in error
+    assert ("(not " + url.split("//")[0] + "//)" in error) == ("://" in url)
+
+
+@pytest.mark.parametrize("key", ["upstream.api_key_file", "detection.fingerprint_key_file"])
+def test_key_pasted_in_place_of_its_file_is_not_echoed(key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={env_name(key): "sk-live-0123456789abcdef"})
+    (error,) = err.value.errors
+    assert error.startswith(f"{env_name(key)}: cannot read the file: ") and "sk-live" not in error
+    if key == "upstream.api_key_file":  # and at use, for a section built by hand
+        with pytest.raises(ConfigError) as err:
+            UpstreamConfig(api_key_file="sk-live-0123456789abcdef").api_key({})
+        assert "upstream.api_key_file" in str(err.value) and "sk-live" not in str(err.value)
