@@ -117,7 +117,7 @@ class SidecarTemplate:
             raise InjectError("sidecar template: native: expected true or false")
         base_url = data.get("baseUrl") or DEFAULT_BASE_URL
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise InjectError(f"sidecar template: baseUrl: {base_url!r} must start with http:// or https://")
+            raise InjectError("sidecar template: baseUrl: must start with http:// or https://")  # never the URL
         container = copy.deepcopy(container)
         if native:
             container["restartPolicy"] = "Always"

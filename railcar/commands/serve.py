@@ -66,7 +66,7 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
         guard_task = asyncio.ensure_future(build_guard(config))
         await asyncio.wait({guard_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if guard_task.done():
-            state.guard = _built_guard(guard_task, config)
+            state.guard = _built_guard(guard_task)
             log.info("ready: guard %s", type(state.guard).__name__)
             await stop_task
         else:
@@ -83,26 +83,11 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
     return 0
 
 
-def _built_guard(task: asyncio.Task[RailsGuard | None], config: RailcarConfig) -> Guard:
-    """The guard ``build_guard`` returned (``PassThrough()`` for ``None``).
-
-    A ``ValueError`` of the build is the guardrail config's content failing to compile and becomes a
-    :class:`ConfigError` (``railcar serve`` exits 2, no traceback): Railcar's own ``ConfigError`` passes as it is,
-    NeMo Guardrails raises its ``ConfigurationError`` (a ``ValueError``: a flow that does not exist) or a plain
-    ``ValueError`` (a model engine it cannot reach) when ``Guardrails(...)`` is built. Any other exception is a bug
-    and keeps its traceback. Only the first line of NeMo's message is shown, capped: detail lines of a validation
-    error quote the offending input, which can hold a model's ``api_key``."""
-    try:
-        guard = task.result()
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        gs = config.guardrails
-        key = ("guardrails.config_inline" if gs.config_inline else "guardrails.config_path" if gs.config_path
-               else "guardrails.remote.endpoint")
-        reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ConfigError(Problem(key, f"the guardrail config does not load: {type(exc).__name__}: {reason}")
-                          .text()) from None
+def _built_guard(task: asyncio.Task[RailsGuard | None]) -> Guard:
+    """The guard ``build_guard`` returned (``PassThrough()`` for ``None``). A guardrail config that does not load
+    raises :class:`ConfigError` from ``build_guard`` (exit 2, no traceback); any other exception is a bug and keeps
+    its traceback."""
+    guard = task.result()
     return guard if guard is not None else PassThrough()
 
 

@@ -44,7 +44,7 @@ class RemoteEngine:
     def __init__(self, endpoint: str, config_ids: list[str], timeout_millis: int = 2000,
                  request_defaults: dict[str, Any] | None = None, model: str = "railcar") -> None:
         if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"guardrails.remote.endpoint: {endpoint!r} must start with http:// or https://")
+            raise ValueError("guardrails.remote.endpoint: must start with http:// or https://")  # never the URL
         self.url = endpoint.rstrip("/") + "/v1/checks"
         self.config_ids = [c for c in config_ids if c]
         self.timeout = timeout_millis / 1000.0

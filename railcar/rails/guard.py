@@ -32,13 +32,13 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
-from railcar.core.config import ConfigError
+from railcar.core.config import ConfigError, Problem
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import GuardRejected, Refusal, StreamSink
 from railcar.rails import eager, metrics
 from railcar.rails.engine_local import CheckResult, LocalEngine
 from railcar.rails.engine_remote import RemoteEngine
-from railcar.rails.guardrails_config import LoadedRails, load_guardrails_config
+from railcar.rails.guardrails_config import LoadedRails, describe_config_error, load_guardrails_config
 from railcar.rails.inline import holdback_from_config
 from railcar.rails.messages import conversation, last_user, text_of
 from railcar.rails.settings import GuardrailsConfig, RailsSettings
@@ -368,6 +368,18 @@ def _validate_options(opts: Any) -> None:
         raise GuardRejected(400, "guardrails.return_choice: must be a boolean", param="guardrails.return_choice")
 
 
+def _local_engine(gs: GuardrailsConfig, loaded: LoadedRails) -> LocalEngine:
+    """The in-process engine; NeMo Guardrails' ``ValueError`` while building it (its ``ConfigurationError`` for a
+    flow that does not exist, a model engine it cannot set up) is the config's fault: a :class:`ConfigError` naming
+    the setting, its message described without quoting the config (:func:`describe_config_error`)."""
+    try:
+        return LocalEngine(loaded)
+    except ValueError as exc:
+        key = "guardrails.config_inline" if gs.config_inline else "guardrails.config_path"
+        raise ConfigError(Problem(key, f"the guardrail config does not load: {type(exc).__name__}: "
+                                       f"{describe_config_error(exc)}").text()) from None
+
+
 async def build_guard(config: RailsSettings) -> RailsGuard | None:
     """Build and warm the guard for ``config`` (the ``[guardrails]`` and ``[detection]`` sections, e.g. a
     :class:`railcar.settings.RailcarConfig`).
@@ -384,7 +396,7 @@ async def build_guard(config: RailsSettings) -> RailsGuard | None:
         ids = list(gs.remote.config_ids) or ([gs.remote.config_id] if gs.remote.config_id else [])
         engine = RemoteEngine(gs.remote.endpoint, ids, gs.remote.timeout_millis, dict(gs.request_defaults))
     else:
-        engine = LocalEngine(loaded)
+        engine = _local_engine(gs, loaded)
     # Issue 8: the inline hold-back of catalog values ([guardrails.inline]), on by default with a guardrail config.
     try:
         holdback = holdback_from_config(gs, config.detection)

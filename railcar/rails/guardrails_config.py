@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
 from railcar.core.config import ConfigError
@@ -40,7 +41,7 @@ from railcar.rails.settings import GuardrailsConfig, PolicyConfig
 log = logging.getLogger("railcar.rails")
 
 __all__ = ["DEFAULT_CONFIG_DIR", "CATALOG_MARKER", "LoadedRails", "StreamingSettings", "load_guardrails_config",
-           "expand_catalog_markers", "validate_against_policy", "clear_cache"]
+           "expand_catalog_markers", "describe_config_error", "validate_against_policy", "clear_cache"]
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "default_config"
 CATALOG_MARKER = "@catalog:"
@@ -181,7 +182,23 @@ def _compile(where: str, source: str, path: Path, raw_text: str | None) -> tuple
     except ConfigError:
         raise
     except Exception as exc:  # pydantic / YAML / Colang errors: say which source failed and why
-        raise ConfigError(f"{where}: invalid guardrail config {source}: {exc}") from None
+        raise ConfigError(f"{where}: invalid guardrail config {source}: {describe_config_error(exc)}") from None
+
+
+def describe_config_error(exc: Exception) -> str:
+    """Why a guardrail config did not load, without quoting its content: a ``models:`` entry carries API keys, and
+    pydantic's and PyYAML's messages echo the offending input (``input_value={... 'api_key': ...}``, the source
+    line). Pydantic: each error's location and message; YAML: the problem and its line/column; anything else: its
+    first line, capped."""
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+                         for e in exc.errors(include_input=False, include_url=False))
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"invalid YAML: {exc.problem}{where}"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first[:200]
 
 
 def expand_catalog_markers(raw: dict[str, Any], where: str = "guardrails.config_inline") -> dict[str, Any]:

@@ -81,9 +81,9 @@ def load_key(key_file: str = "", key_env: str = "RAILCAR_FINGERPRINT_KEY",
         try:
             data = Path(key_file).read_bytes().strip()
         except OSError as exc:
-            raise ValueError(f"detection.fingerprint_key_file: cannot read {key_file!r}: {exc.strerror}") from None
+            raise ValueError(f"detection.fingerprint_key_file: cannot read the file: {exc.strerror}") from None
         if not data:
-            raise ValueError(f"detection.fingerprint_key_file: {key_file!r} is empty")
+            raise ValueError("detection.fingerprint_key_file: the file is empty")
         return data
     value = environ.get(key_env, "") if key_env else ""
     return value.encode() if value else None

@@ -9,6 +9,7 @@ the four cannot drift apart.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -28,15 +29,17 @@ def configured_fileset(config: StreamsSettings, root: str = "") -> Fileset:
     return open_fileset(root or config.fileset.root, config.fileset.s3_endpoint_url)
 
 
-def build_scanner(config: StreamsSettings, *, key_store: Fileset | None = None) -> Scanner:
-    """The catalog scanner of ``[detection]`` (kinds, disabled detectors, fingerprint key).
+def build_scanner(config: StreamsSettings, *, key_store: Fileset | None = None,
+                  kinds: Iterable[str] | None = None) -> Scanner:
+    """The catalog scanner of ``[detection]`` (kinds, disabled detectors, fingerprint key); ``kinds`` overrides
+    ``detection.kinds``.
 
     With ``key_store`` (``railcar scan``) and no key configured, the key is read from (or, the first time, created
     as 32 random bytes in hex in) ``<key_store>/nemo-agent-security/.fingerprint-key`` (0600) when it is a local
     fileset, so re-runs give the same finding ids; otherwise an unset key is a random per-process key. Raises
     ``ValueError`` naming ``detection.disabled_detectors`` or ``detection.fingerprint_key_file``, ``OSError`` when
     the key file cannot be written."""
-    scanner = scanner_from_config(config.detection)
+    scanner = scanner_from_config(config.detection, kinds=kinds)
     if scanner.ephemeral_key and isinstance(key_store, LocalFileset):
         scanner = Scanner(scanner.detectors, _stored_key(key_store))
     return scanner

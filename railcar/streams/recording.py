@@ -19,18 +19,27 @@ from railcar.streams.producer import Publisher
 from railcar.streams.recorder import MAX_CONTENT_BYTES, MAX_SPAN_CONTENT_BYTES, TraceRecorder
 from railcar.streams.settings import StreamsSettings
 
-__all__ = ["start_recording"]
+__all__ = ["start_recording", "recorded_kinds"]
 
 
 async def _noop() -> None:
     return None
 
 
+def recorded_kinds(config: StreamsSettings) -> list[str]:
+    """The detector kinds the recorder redacts: ``[detection] kinds`` plus the kinds the inline hold-back applies
+    (``[guardrails.inline] kinds``, when it is on): a value the client received redacted is never published raw."""
+    kinds = list(config.detection.kinds)
+    if config.guardrails.inline_enabled:
+        kinds += [k for k in config.guardrails.inline.kinds if k not in kinds]
+    return kinds
+
+
 def start_recording(config: StreamsSettings,
                     scanner: Scanner | None = None) -> tuple[TraceRecorder | None, Callable[[], Awaitable[None]]]:
     """Wire trace recording: returns ``(observer, close)`` to be called inside the running event loop's startup
     (``close`` on shutdown). ``observer`` is None when ``[telemetry] enabled`` is false. ``scanner``: the
-    process's catalog scanner (built from ``[detection]`` when None).
+    process's catalog scanner (when None: built from ``[detection]`` with :func:`recorded_kinds`).
 
     Must be called with a running loop (it starts background tasks). Raises what
     :func:`railcar.streams.pipeline.build_processor` raises for the embedded sink.
@@ -39,7 +48,7 @@ def start_recording(config: StreamsSettings,
     if not tel.enabled:
         return None, _noop
     if scanner is None:
-        scanner = build_scanner(config)
+        scanner = build_scanner(config, kinds=recorded_kinds(config))
     resource = otlp.make_resource(tel.service_name, tel.agent_id, tel.agent_namespace)
     sink: Publisher | EmbeddedPipeline
     if config.kafka.bootstrap_servers:

@@ -152,3 +152,15 @@ def test_catalog_markers_expand_in_yaml_and_fail_loudly_elsewhere(tmp_path: Path
     (tmp_path / "d" / "config.yml").write_text(text)
     with pytest.raises(ConfigError, match="guardrails.config_path: @catalog"):
         load_guardrails_config(GuardrailsConfig(config_path=str(tmp_path / "d")))
+
+
+@pytest.mark.parametrize("yaml_text", [
+    # pydantic: a models entry without `model` (its message echoes the whole entry, api key included)
+    "models:\n  - type: main\n    engine: openai\n    parameters:\n      api_key: sk-live-SECRETSECRETSECRET\n",
+    # YAML: a syntax error on the line that holds the key (PyYAML quotes the line)
+    "models:\n  - type: main\n    api_key: \"sk-live-SECRETSECRETSECRET\n  bad: [\n",
+])
+def test_an_invalid_config_is_named_without_quoting_its_content(yaml_text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_guardrails_config(GuardrailsConfig(config_inline=yaml_text))
+    assert "guardrails.config_inline" in str(err.value) and "SECRET" not in str(err.value)
