@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from railcar.core.jsonpath import iter_strings, key_path
 from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
 from railcar.streams import schema as S
@@ -189,16 +190,14 @@ class SecurityProcessor:
                 if k == "tool_calls" and isinstance(v, list):
                     self._scan_entries(v, orjson.dumps(v).decode(), f"{path}[{i}].tool_calls", loc)
                 elif k not in S.OWN_CONTENT_KEYS:
-                    self._scan(v, f"{path}[{i}].{k}", loc)
+                    self._scan(v, key_path(f"{path}[{i}]", k), loc)
 
     def _scan(self, val: Any, path: str, loc: dict[str, Any]) -> None:
-        if isinstance(val, str):
-            if val:  # scan_text starts with the literal prefilter: no separate gate() pass
-                for m in self.scanner.scan_text(val, path):
+        """Every string under ``val`` (a string, or lists and objects of them), at its JSON path."""
+        for p, text in iter_strings(val, path):
+            if text:  # scan_text starts with the literal prefilter: no separate gate() pass
+                for m in self.scanner.scan_text(text, p):
                     self.agg.add_match(m, loc)
-        elif isinstance(val, list):
-            for i, v in enumerate(val):
-                self._scan(v, f"{path}[{i}]", loc)
 
     def messages(self, trace_id: bytes, chain: str) -> list[dict[str, Any]]:
         """The conversation's message list ending at chain ref ``chain`` (16 hex,

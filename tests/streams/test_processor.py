@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, TracesData
 from prometheus_client import CollectorRegistry
 
 from railcar.core.exchange import Exchange
@@ -91,3 +93,17 @@ def test_content_memory_is_bounded_in_characters(scanner, tmp_path) -> None:
     assert proc.text_chars == sum(len(t) for tr in proc._traces._items.values() for t in tr.texts.values())
     assert traces[0] not in proc._traces and traces[-1] in proc._traces  # oldest forgotten, newest kept
     assert [f.detector for f in proc.agg.findings()] == ["aws_access_key_id"]  # scanned before it was forgotten
+
+
+def test_strings_inside_kvlist_attributes_are_scanned(scanner, tmp_path) -> None:
+    # an OTLP span from any producer on the trace topic may carry a kvlist (an object) as an attribute value: its
+    # strings are scanned like the rest (they used to be skipped)
+    token = "ghp_" + "aZ3kQ9mT2xW7pL4vB8nR1cY6dF0hJ5sG2eKq"
+    inner = KeyValueList(values=[KeyValue(key="headers", value=AnyValue(kvlist_value=KeyValueList(values=[
+        KeyValue(key="authorization", value=AnyValue(string_value=f"token {token}"))])))])
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="chat m",
+                attributes=[KeyValue(key="http.request", value=AnyValue(kvlist_value=inner))])
+    data = TracesData(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]).SerializeToString()
+    found = iter_findings([data], scanner, open_fileset(str(tmp_path)), "w")
+    assert [(f["detector"], f["location"]["json_path"]) for f in found] == [
+        ("github_token", "$.attributes.http.request.headers.authorization")]

@@ -113,7 +113,7 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     width, height = struct.unpack(">II", head[16:24])
     assert (width, height) == (1280, 2200)
     assert shot.stat().st_size > 50_000  # a rendered page, not a blank canvas
-    keep = os.environ.get("RAILCAR_REPORT_SCREENSHOT")
+    keep = os.environ.get("REPORT_SCREENSHOT_OUT")
     if keep:
         shutil.copy(shot, keep)
 
