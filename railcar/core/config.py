@@ -81,14 +81,29 @@ def http_url_problems(key: str, url: str) -> list[Problem]:
     return [Problem(key, f"must start with http:// or https://{got}")]
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    """Declare a config field with its help text (shown by ``--help``) and, for enums, the allowed values.
+# A number field's bound (``opt(..., bound=">0")``): the test and the problem's message. Checked by the loader for
+# every section, so no section writes "must be > 0" by hand.
+_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    ">0": (lambda v: v > 0, "must be > 0"),
+    ">=0": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, bound: str | None = None,
+        **kw: Any) -> Any:
+    """Declare a config field with its help text (shown by ``--help``), for enums the allowed values, and for numbers
+    a ``bound`` (``">0"`` or ``">=0"``) that :func:`problems` checks.
 
     ``default``: the value; a list or dict is copied per instance, a dataclass type is instantiated (a nested table).
+    Raises ``ValueError`` for an unknown ``bound``.
     """
     meta: dict[str, Any] = {"help": help}
     if choices:
         meta["choices"] = choices
+    if bound is not None:
+        if bound not in _BOUNDS:
+            raise ValueError(f"opt(bound={bound!r}): one of {', '.join(_BOUNDS)}")
+        meta["bound"] = bound
     if isinstance(default, (list, dict)):
         return field(default_factory=functools.partial(type(default), default), metadata=meta, **kw)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
@@ -311,19 +326,25 @@ def load(root_type: type[T], path: str | os.PathLike[str] | None = None,
     return typing.cast(T, root)
 
 
-def problems(root: Any) -> list[Problem]:
-    """The problems every table under dataclass ``root`` reports from its ``validate()`` (inner tables first).
+def problems(root: Any, prefix: str = "") -> list[Problem]:
+    """The problems of every table under dataclass ``root`` (``prefix``: its key): each number field outside its
+    ``bound`` (:func:`opt`), then what the table's ``validate()`` reports (inner tables first).
 
     The root's own ``validate()`` is not called: it is the caller (see :func:`raise_problems`).
     """
     out: list[Problem] = []
     for f in dataclasses.fields(root):
         value = getattr(root, f.name)
+        key = _join(prefix, f.name)
         if dataclasses.is_dataclass(value):
-            out.extend(problems(value))
+            out.extend(problems(value, key))
             validate = getattr(value, "validate", None)
             if callable(validate):
                 out.extend(validate())
+        elif (bound := f.metadata.get("bound")) and isinstance(value, (int, float)):
+            ok, why = _BOUNDS[bound]
+            if not ok(value):
+                out.append(Problem(key, why))
     return out
 
 
@@ -387,6 +408,8 @@ def describe_options(root_type: type) -> str:
                 continue
             choices = f.metadata.get("choices")
             extra = f"; one of {'|'.join(choices)}" if choices else ""
+            if f.metadata.get("bound"):
+                extra += f"; {f.metadata['bound']}"
             lines.append(f"  {key} = {getattr(inst, f.name)!r}  [{env_name(key)}{extra}]")
             lines.append(f"      {f.metadata.get('help', '')}")
 

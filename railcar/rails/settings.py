@@ -27,13 +27,11 @@ class RemoteGuardrailsConfig:
     endpoint: str = opt("", "Base URL of the Guardrails server, e.g. http://127.0.0.1:8000.")
     config_id: str = opt("", "Guardrail config id on the server.")
     config_ids: list = opt([], "Several config ids, checked together (instead of config_id).")
-    timeout_millis: int = opt(2000, "Per-check timeout in milliseconds; past it, fail_mode decides.")
+    timeout_millis: int = opt(2000, "Per-check timeout in milliseconds; past it, fail_mode decides.", bound=">0")
 
     def validate(self) -> list[Problem]:
-        """Problems: ``endpoint`` set but not http(s)://, ``timeout_millis`` <= 0, both config id fields set."""
+        """Problems: ``endpoint`` set but not http(s)://, both config id fields set (bounds: the fields' ``bound``)."""
         out = http_url_problems("guardrails.remote.endpoint", self.endpoint)
-        if self.timeout_millis <= 0:
-            out.append(Problem("guardrails.remote.timeout_millis", "must be > 0"))
         if self.config_id and self.config_ids:
             out.append(Problem("guardrails.remote.config_ids", "set config_id or config_ids, not both"))
         return out
@@ -55,13 +53,7 @@ class InlineConfig:
     action: str = opt("block", "On a match: end the stream with the error chunk, or redact in place.",
                       choices=("block", "redact"))
     kinds: list = opt(["secret"], "Detector kinds applied inline.", choices=("secret", "pii"))
-    max_holdback_chars: int = opt(512, "Cap on characters held back while a possible match is open.")
-
-    def validate(self) -> list[Problem]:
-        """A problem of ``guardrails.inline.max_holdback_chars`` when it is negative."""
-        if self.max_holdback_chars < 0:
-            return [Problem("guardrails.inline.max_holdback_chars", "must be >= 0")]
-        return []
+    max_holdback_chars: int = opt(512, "Cap on characters held back while a possible match is open.", bound=">=0")
 
 
 @dataclass
@@ -79,21 +71,19 @@ class GuardrailsConfig:
     fail_mode: str = opt("closed", "A rail that errors or times out blocks (closed) or passes (open).",
                          choices=("closed", "open"))
     local_timeout_millis: int = opt(10000, "Per-check timeout of local-mode rails in milliseconds (LLM-judged rails "
-                                           "call a model); past it, fail_mode decides.")
+                                           "call a model); past it, fail_mode decides.", bound=">0")
     request_defaults: dict = opt({}, "Passed through to the Guardrails backend (context, thread_id, rails, ...).")
     remote: RemoteGuardrailsConfig = opt(RemoteGuardrailsConfig, "Remote mode settings.")
     policy: PolicyConfig = opt(PolicyConfig, "Unknown-field and unsupported-value policy.")
     inline: InlineConfig = opt(InlineConfig, "Inline hold-back of catalog secrets in streams.")
 
     def validate(self) -> list[Problem]:
-        """Problems: remote mode without ``remote.endpoint``, ``local_timeout_millis`` <= 0, both ``config_path``
+        """Problems: remote mode without ``remote.endpoint``, both ``config_path``
         and ``config_inline`` set, ``config_path`` (other than ``default``) missing or neither a directory nor a
         .yml/.yaml file."""
         out = []
         if self.mode == "remote" and not self.remote.endpoint:
             out.append(Problem("guardrails.remote.endpoint", "required when guardrails.mode = 'remote'"))
-        if self.local_timeout_millis <= 0:
-            out.append(Problem("guardrails.local_timeout_millis", "must be > 0"))
         if self.config_path and self.config_inline:
             out.append(Problem("guardrails.config_inline", "set config_path or config_inline, not both"))
         out.extend(_config_path_problems(self.config_path))

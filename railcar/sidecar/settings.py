@@ -21,20 +21,16 @@ class ServerConfig:
 
     host: str = opt("127.0.0.1", "Address to bind. Loopback by default: only the agent in the same pod can call it.")
     port: int = opt(8787, "TCP port of the OpenAI-compatible endpoint (agents use http://127.0.0.1:<port>/v1).")
-    max_body_bytes: int = opt(8 * 1024 * 1024, "Largest accepted request body in bytes; larger gets HTTP 413.")
-    grace_period_s: float = opt(30.0, "On SIGTERM: seconds in-flight streams may take to finish before exit.")
+    max_body_bytes: int = opt(8 * 1024 * 1024, "Largest accepted request body in bytes; larger gets HTTP 413.", bound=">0")
+    grace_period_s: float = opt(30.0, "On SIGTERM: seconds in-flight streams may take to finish before exit.", bound=">=0")
     log_level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
     log_content: bool = opt(False, "Let NeMo Guardrails log at INFO (its records can quote content); off: no content in logs.")
 
     def validate(self) -> list[Problem]:
-        """Problems of ``server.port`` (not 1-65535), ``server.max_body_bytes`` (<= 0), ``server.grace_period_s`` (< 0)."""
+        """Problems of ``server.port`` (not 1-65535); the other bounds are the fields' ``bound``."""
         out = []
         if not 0 < self.port < 65536:
             out.append(Problem("server.port", f"{self.port} is not a TCP port (1-65535)"))
-        if self.max_body_bytes <= 0:
-            out.append(Problem("server.max_body_bytes", "must be > 0"))
-        if self.grace_period_s < 0:
-            out.append(Problem("server.grace_period_s", "must be >= 0"))
         return out
 
 
@@ -50,20 +46,15 @@ class UpstreamConfig:
     pass_client_authorization: bool = opt(
         False, "Forward the agent's own Authorization header instead of the configured credential."
     )
-    connect_timeout_s: float = opt(10.0, "Seconds to establish the upstream connection (then HTTP 502).")
-    read_timeout_s: float = opt(300.0, "Seconds of upstream silence tolerated (then HTTP 504 or a closed stream).")
-    max_connections: int = opt(1024, "Pooled upstream connections (one ClientSession per process).")
+    connect_timeout_s: float = opt(10.0, "Seconds to establish the upstream connection (then HTTP 502).", bound=">0")
+    read_timeout_s: float = opt(300.0, "Seconds of upstream silence tolerated (then HTTP 504 or a closed stream).", bound=">0")
+    max_connections: int = opt(1024, "Pooled upstream connections (one ClientSession per process).", bound=">0")
     default_headers: dict = opt({}, "Static headers added to every upstream request (request headers win).")
 
     def validate(self) -> list[Problem]:
-        """Problems of ``upstream.base_url`` (not http(s)://), the timeouts and ``max_connections`` (<= 0), and
-        ``upstream.api_key_file`` (set but unreadable)."""
+        """Problems of ``upstream.base_url`` (not http(s)://) and ``upstream.api_key_file`` (set but unreadable); the
+        timeouts' and ``max_connections``' bounds are the fields' ``bound``."""
         out = http_url_problems("upstream.base_url", self.base_url)
-        for name in ("connect_timeout_s", "read_timeout_s"):
-            if getattr(self, name) <= 0:
-                out.append(Problem(f"upstream.{name}", "must be > 0"))
-        if self.max_connections <= 0:
-            out.append(Problem("upstream.max_connections", "must be > 0"))
         if self.api_key_file:
             try:
                 with open(self.api_key_file, "rb"):  # readable; the key itself is read by api_key()

@@ -24,22 +24,16 @@ class TelemetryConfig:
     agent_id: str = opt("", "Agent identity on events; default from POD_NAME / HOSTNAME.")
     agent_namespace: str = opt("", "Kubernetes namespace of the agent; default from POD_NAMESPACE.")
     service_name: str = opt("railcar", "OpenTelemetry service.name of the sidecar.")
-    queue_size: int = opt(10000, "Bounded in-memory queue between the request path and the publisher.")
+    queue_size: int = opt(10000, "Bounded in-memory queue between the request path and the publisher.", bound=">0")
     spool_dir: str = opt("", "Durable spool directory for events the broker could not take; empty: memory only.")
-    spool_max_bytes: int = opt(256 * 1024 * 1024, "Spool size cap in bytes; the oldest segments drop first.")
-    spool_segment_bytes: int = opt(4 * 1024 * 1024, "Spool segment size in bytes.")
+    spool_max_bytes: int = opt(256 * 1024 * 1024, "Spool size cap in bytes; the oldest segments drop first.", bound=">0")
+    spool_segment_bytes: int = opt(4 * 1024 * 1024, "Spool segment size in bytes.", bound=">0")
 
     def validate(self) -> list[Problem]:
-        """Problems: ``queue_size`` or ``spool_max_bytes`` <= 0, ``spool_segment_bytes`` <= 0 or larger than
-        ``spool_max_bytes`` (a segment must fit under the cap)."""
+        """Problems: ``spool_segment_bytes`` larger than ``spool_max_bytes`` (a segment must fit under the cap); the
+        sizes' bounds are the fields' ``bound``."""
         out = []
-        if self.queue_size <= 0:
-            out.append(Problem("telemetry.queue_size", "must be > 0"))
-        if self.spool_max_bytes <= 0:
-            out.append(Problem("telemetry.spool_max_bytes", "must be > 0"))
-        if self.spool_segment_bytes <= 0:
-            out.append(Problem("telemetry.spool_segment_bytes", "must be > 0"))
-        elif self.spool_max_bytes > 0 and self.spool_segment_bytes > self.spool_max_bytes:
+        if 0 < self.spool_max_bytes < self.spool_segment_bytes:
             out.append(Problem("telemetry.spool_segment_bytes",
                                f"{self.spool_segment_bytes} is larger than telemetry.spool_max_bytes "
                                f"({self.spool_max_bytes})"))
@@ -59,13 +53,13 @@ class KafkaConfig:
     acks: str = opt("all", "Producer acks.", choices=("all", "1", "0"))
     enable_idempotence: bool = opt(True, "Idempotent producer.")
     compression_type: str = opt("zstd", "Producer compression.", choices=("none", "gzip", "snappy", "lz4", "zstd"))
-    linger_ms: int = opt(5, "Producer batching delay in ms.")
-    max_batch_size: int = opt(1024 * 1024, "Producer batch size in bytes.")
+    linger_ms: int = opt(5, "Producer batching delay in ms.", bound=">=0")
+    max_batch_size: int = opt(1024 * 1024, "Producer batch size in bytes.", bound=">0")
     max_request_size: int = opt(1024 * 1024, "Largest record the producer sends, in bytes (aiokafka "
                                 "max_request_size; keep <= the broker's message.max.bytes). Larger trace events "
-                                "are dropped and counted.")
-    request_timeout_ms: int = opt(5000, "Producer request timeout in ms; past it, unsent events go to the spool.")
-    retry_backoff_ms: int = opt(200, "Wait between reconnect/replay attempts while the broker is unreachable.")
+                                "are dropped and counted.", bound=">0")
+    request_timeout_ms: int = opt(5000, "Producer request timeout in ms; past it, unsent events go to the spool.", bound=">0")
+    retry_backoff_ms: int = opt(200, "Wait between reconnect/replay attempts while the broker is unreachable.", bound=">0")
     security_protocol: str = opt("PLAINTEXT", "Kafka security protocol.",
                                  choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     sasl_mechanism: str = opt("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER).")
@@ -76,16 +70,10 @@ class KafkaConfig:
     ssl_keyfile: str = opt("", "Client key for mutual TLS.")
 
     def validate(self) -> list[Problem]:
-        """Problems: ``acks`` not ``all`` with idempotence, a size or timeout <= 0 (``linger_ms`` < 0),
-        ``max_request_size`` < 65536, a SASL ``security_protocol`` without ``sasl_mechanism``."""
+        """Problems: ``acks`` not ``all`` with idempotence, ``max_request_size`` < 65536, a SASL ``security_protocol`` without ``sasl_mechanism``."""
         out = []
         if self.enable_idempotence and self.acks != "all":
             out.append(Problem("kafka.acks", "must be 'all' when kafka.enable_idempotence is true"))
-        if self.linger_ms < 0:
-            out.append(Problem("kafka.linger_ms", "must be >= 0"))
-        for name in ("max_batch_size", "max_request_size", "request_timeout_ms", "retry_backoff_ms"):
-            if getattr(self, name) <= 0:
-                out.append(Problem(f"kafka.{name}", "must be > 0"))
         if 0 < self.max_request_size < 64 * 1024:
             out.append(Problem("kafka.max_request_size", "must be >= 65536 (a trace event needs room)"))
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:

@@ -346,3 +346,32 @@ def test_key_pasted_in_place_of_its_file_is_not_echoed(key):
         with pytest.raises(ConfigError) as err:
             UpstreamConfig(api_key_file="sk-live-0123456789abcdef").api_key({})
         assert "upstream.api_key_file" in str(err.value) and "sk-live" not in str(err.value)
+
+
+def _bounded_fields(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _bounded_fields(hints[f.name], key)
+        elif f.metadata.get("bound"):
+            out.append((key, f.metadata["bound"]))
+    return out
+
+
+BOUNDED = _bounded_fields(RailcarConfig)
+
+
+def test_the_bounded_fields_are_the_sizes_and_timeouts() -> None:
+    keys = {k for k, _ in BOUNDED}
+    assert {"server.max_body_bytes", "upstream.read_timeout_s", "telemetry.spool_max_bytes", "kafka.linger_ms",
+            "guardrails.remote.timeout_millis", "guardrails.inline.max_holdback_chars"} <= keys
+
+
+@pytest.mark.parametrize(("key", "bound"), BOUNDED)
+def test_every_bound_is_checked_at_load(key: str, bound: str) -> None:
+    bad = "0" if bound == ">0" else "-1"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {env_name(key): bad})
+    assert err.value.errors == [f"{env_name(key)}: must be {'> 0' if bound == '>0' else '>= 0'} ({key})"]
