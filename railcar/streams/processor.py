@@ -194,7 +194,8 @@ class SecurityProcessor:
 
     def _scan(self, val: Any, path: str, loc: dict[str, Any]) -> None:
         """Every string under ``val`` (a string, or lists and objects of them), at its JSON path."""
-        for p, text in iter_strings(val, path):
+        found = ((path, val),) if isinstance(val, str) else iter_strings(val, path)  # the common case: no walk
+        for p, text in found:
             if text:  # scan_text starts with the literal prefilter: no separate gate() pass
                 for m in self.scanner.scan_text(text, p):
                     self.agg.add_match(m, loc)
