@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from railcar.core import wire
+from railcar.core import semconv, wire
 
 from .base import (
     Codec,
@@ -193,12 +193,12 @@ class AnthropicMessagesCodec(Codec):
 
     def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
-            "gen_ai.request.model": text(body.get("model")),
-            "gen_ai.request.max_tokens": number(body.get("max_tokens")),
-            "gen_ai.request.temperature": number(body.get("temperature")),
-            "gen_ai.request.top_p": number(body.get("top_p")),
-            "gen_ai.request.top_k": number(body.get("top_k")),
-            "gen_ai.request.stop_sequences": stop_list(body.get("stop_sequences")),
+            semconv.REQUEST_MODEL: text(body.get("model")),
+            semconv.REQUEST_MAX_TOKENS: number(body.get("max_tokens")),
+            semconv.REQUEST_TEMPERATURE: number(body.get("temperature")),
+            semconv.REQUEST_TOP_P: number(body.get("top_p")),
+            semconv.REQUEST_TOP_K: number(body.get("top_k")),
+            semconv.REQUEST_STOP_SEQUENCES: stop_list(body.get("stop_sequences")),
         }
 
     def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -208,13 +208,13 @@ class AnthropicMessagesCodec(Codec):
         usage = mapping(msg.get("usage"))
         reason = msg.get("stop_reason")
         return {
-            "gen_ai.response.id": text(msg.get("id")),
-            "gen_ai.response.model": text(msg.get("model")),
-            "gen_ai.response.finish_reasons": [reason] if isinstance(reason, str) else None,
-            "gen_ai.usage.input_tokens": number(usage.get("input_tokens")),
-            "gen_ai.usage.output_tokens": number(usage.get("output_tokens")),
-            "gen_ai.usage.cache_read.input_tokens": number(usage.get("cache_read_input_tokens")),
-            "gen_ai.usage.cache_creation.input_tokens": number(usage.get("cache_creation_input_tokens")),
+            semconv.RESPONSE_ID: text(msg.get("id")),
+            semconv.RESPONSE_MODEL: text(msg.get("model")),
+            semconv.RESPONSE_FINISH_REASONS: [reason] if isinstance(reason, str) else None,
+            semconv.USAGE_INPUT_TOKENS: number(usage.get("input_tokens")),
+            semconv.USAGE_OUTPUT_TOKENS: number(usage.get("output_tokens")),
+            semconv.USAGE_CACHE_READ_INPUT_TOKENS: number(usage.get("cache_read_input_tokens")),
+            semconv.USAGE_CACHE_CREATION_INPUT_TOKENS: number(usage.get("cache_creation_input_tokens")),
         }
 
 

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
-from railcar.core import wire
+from railcar.core import semconv, wire
 from railcar.core.jsonpath import Parts, json_path, walk_strings
 
 __all__ = ["Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
@@ -319,16 +319,16 @@ class Codec:
     def span_attributes(self, body: dict[str, Any], response: Any = None) -> dict[str, Any]:
         """GenAI semconv attributes of the call: request side from ``body``, response side from ``response`` (the
         non-streamed body, or the final response object of a stream; ``None`` when there is none)."""
-        attrs: dict[str, Any] = {"gen_ai.provider.name": self.provider, "gen_ai.operation.name": self.operation}
+        attrs: dict[str, Any] = {semconv.PROVIDER_NAME: self.provider, semconv.OPERATION_NAME: self.operation}
         if self.api_type is not None:
-            attrs["openai.api.type"] = self.api_type
+            attrs[semconv.OPENAI_API_TYPE] = self.api_type
         attrs.update(self._request_attributes(body))
         if isinstance(response, dict):  # the response side adds to the request side, never erases it
             attrs.update({k: v for k, v in self._response_attributes(response).items() if v is not None})
         return {k: v for k, v in attrs.items() if v is not None}
 
     def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"gen_ai.request.model": text(body.get("model"))}
+        return {semconv.REQUEST_MODEL: text(body.get("model"))}
 
     def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
         return {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from railcar.core import wire
+from railcar.core import semconv, wire
 
 from .base import Codec, Turn, mapping, number, string_turns, text
 
@@ -48,11 +48,11 @@ class EmbeddingsCodec(Codec):
 
     def _request_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
         fmt = body.get("encoding_format")
-        return {"gen_ai.request.model": text(body.get("model")),
-                "gen_ai.request.encoding_formats": [fmt] if isinstance(fmt, str) else None,
-                "gen_ai.embeddings.dimension.count": number(body.get("dimensions"))}
+        return {semconv.REQUEST_MODEL: text(body.get("model")),
+                semconv.REQUEST_ENCODING_FORMATS: [fmt] if isinstance(fmt, str) else None,
+                semconv.EMBEDDINGS_DIMENSION_COUNT: number(body.get("dimensions"))}
 
     def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
         usage = mapping(obj.get("usage"))
-        return {"gen_ai.response.model": text(obj.get("model")),
-                "gen_ai.usage.input_tokens": number(usage.get("prompt_tokens"))}
+        return {semconv.RESPONSE_MODEL: text(obj.get("model")),
+                semconv.USAGE_INPUT_TOKENS: number(usage.get("prompt_tokens"))}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from railcar.core import wire
+from railcar.core import semconv, wire
 
 from .base import (
     Codec,
@@ -60,16 +60,16 @@ def openai_request_attributes(body: dict[str, Any], max_tokens_fields: tuple[str
     """Request-side GenAI attributes shared by the OpenAI codecs (``gen_ai.request.*``, ``openai.request.*``)."""
     max_tokens = next((number(body[f]) for f in max_tokens_fields if number(body.get(f)) is not None), None)
     return {
-        "gen_ai.request.model": text(body.get("model")),
-        "gen_ai.request.max_tokens": max_tokens,
-        "gen_ai.request.temperature": number(body.get("temperature")),
-        "gen_ai.request.top_p": number(body.get("top_p")),
-        "gen_ai.request.seed": number(body.get("seed")),
-        "gen_ai.request.frequency_penalty": number(body.get("frequency_penalty")),
-        "gen_ai.request.presence_penalty": number(body.get("presence_penalty")),
-        "gen_ai.request.stop_sequences": stop_list(body.get("stop")),
-        "gen_ai.request.choice.count": number(body.get("n")) if body.get("n") not in (None, 1) else None,
-        "openai.request.service_tier": text(body.get("service_tier")),
+        semconv.REQUEST_MODEL: text(body.get("model")),
+        semconv.REQUEST_MAX_TOKENS: max_tokens,
+        semconv.REQUEST_TEMPERATURE: number(body.get("temperature")),
+        semconv.REQUEST_TOP_P: number(body.get("top_p")),
+        semconv.REQUEST_SEED: number(body.get("seed")),
+        semconv.REQUEST_FREQUENCY_PENALTY: number(body.get("frequency_penalty")),
+        semconv.REQUEST_PRESENCE_PENALTY: number(body.get("presence_penalty")),
+        semconv.REQUEST_STOP_SEQUENCES: stop_list(body.get("stop")),
+        semconv.REQUEST_CHOICE_COUNT: number(body.get("n")) if body.get("n") not in (None, 1) else None,
+        semconv.OPENAI_REQUEST_SERVICE_TIER: text(body.get("service_tier")),
     }
 
 
@@ -78,13 +78,13 @@ def openai_response_attributes(obj: dict[str, Any]) -> dict[str, Any]:
     usage = mapping(obj.get("usage"))
     reasons = [c.get("finish_reason") for c in obj.get("choices") or [] if isinstance(c, dict)]
     return {
-        "gen_ai.response.id": text(obj.get("id")),
-        "gen_ai.response.model": text(obj.get("model")),
-        "gen_ai.response.finish_reasons": [r for r in reasons if isinstance(r, str)] or None,
-        "gen_ai.usage.input_tokens": number(usage.get("prompt_tokens")),
-        "gen_ai.usage.output_tokens": number(usage.get("completion_tokens")),
-        "openai.response.service_tier": text(obj.get("service_tier")),
-        "openai.response.system_fingerprint": text(obj.get("system_fingerprint")),
+        semconv.RESPONSE_ID: text(obj.get("id")),
+        semconv.RESPONSE_MODEL: text(obj.get("model")),
+        semconv.RESPONSE_FINISH_REASONS: [r for r in reasons if isinstance(r, str)] or None,
+        semconv.USAGE_INPUT_TOKENS: number(usage.get("prompt_tokens")),
+        semconv.USAGE_OUTPUT_TOKENS: number(usage.get("completion_tokens")),
+        semconv.OPENAI_RESPONSE_SERVICE_TIER: text(obj.get("service_tier")),
+        semconv.OPENAI_RESPONSE_SYSTEM_FINGERPRINT: text(obj.get("system_fingerprint")),
     }
 
 

@@ -39,7 +39,7 @@ import time
 import uuid
 from typing import Any
 
-from railcar.core import wire
+from railcar.core import semconv, wire
 
 from .base import (
     Codec,
@@ -238,7 +238,7 @@ class OpenAIResponsesCodec(Codec):
         attrs = openai_request_attributes(body, ("max_output_tokens",))
         conv = body.get("conversation")
         conv_id = conv.get("id") if isinstance(conv, dict) else conv
-        attrs["gen_ai.conversation.id"] = next(
+        attrs[semconv.CONVERSATION_ID] = next(
             (v for v in (conv_id, body.get("previous_response_id")) if isinstance(v, str) and v), None)
         return attrs
 
@@ -248,13 +248,13 @@ class OpenAIResponsesCodec(Codec):
         status = resp.get("status")
         conv = resp.get("conversation")
         return {
-            "gen_ai.response.id": text(resp.get("id")),
-            "gen_ai.response.model": text(resp.get("model")),
-            "gen_ai.response.finish_reasons": [status] if isinstance(status, str) else None,
-            "gen_ai.usage.input_tokens": number(usage.get("input_tokens")),
-            "gen_ai.usage.output_tokens": number(usage.get("output_tokens")),
-            "gen_ai.conversation.id": conv.get("id") if isinstance(conv, dict) else None,
-            "openai.response.service_tier": text(resp.get("service_tier")),
+            semconv.RESPONSE_ID: text(resp.get("id")),
+            semconv.RESPONSE_MODEL: text(resp.get("model")),
+            semconv.RESPONSE_FINISH_REASONS: [status] if isinstance(status, str) else None,
+            semconv.USAGE_INPUT_TOKENS: number(usage.get("input_tokens")),
+            semconv.USAGE_OUTPUT_TOKENS: number(usage.get("output_tokens")),
+            semconv.CONVERSATION_ID: conv.get("id") if isinstance(conv, dict) else None,
+            semconv.OPENAI_RESPONSE_SERVICE_TIER: text(resp.get("service_tier")),
         }
 
 

@@ -33,6 +33,25 @@ from typing import Any, TypeVar
 
 import orjson
 
+from railcar.core.semconv import (
+    AGENT_ID,
+    ERROR_TYPE,
+    HTTP_STATUS_CODE,
+    K8S_NAMESPACE_NAME,
+    K8S_POD_NAME,
+    OPERATION_NAME,
+    REQUEST_MAX_TOKENS,
+    REQUEST_MODEL,
+    REQUEST_TEMPERATURE,
+    REQUEST_TOP_P,
+    RESPONSE_FINISH_REASONS,
+    RESPONSE_ID,
+    RESPONSE_MODEL,
+    SERVICE_NAME,
+    USAGE_INPUT_TOKENS,
+    USAGE_OUTPUT_TOKENS,
+)
+
 E = TypeVar("E", bound=Mapping[str, Any])
 
 __all__ = [
@@ -45,23 +64,7 @@ __all__ = [
     "content_ref", "redaction_attributes", "redaction_note",
 ]
 
-# ------------------------------------------------------------------ OpenTelemetry semantic conventions
-SERVICE_NAME = "service.name"
-AGENT_ID = "gen_ai.agent.id"
-K8S_POD_NAME = "k8s.pod.name"
-K8S_NAMESPACE_NAME = "k8s.namespace.name"
-OPERATION_NAME = "gen_ai.operation.name"
-REQUEST_MODEL = "gen_ai.request.model"
-REQUEST_TEMPERATURE = "gen_ai.request.temperature"
-REQUEST_TOP_P = "gen_ai.request.top_p"
-REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
-RESPONSE_MODEL = "gen_ai.response.model"
-RESPONSE_ID = "gen_ai.response.id"
-RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
-USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
-USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
-HTTP_STATUS_CODE = "http.response.status_code"
-ERROR_TYPE = "error.type"
+# OpenTelemetry semantic conventions: spelled once, in railcar.core.semconv (imported above).
 
 # ------------------------------------------------------------------ Railcar's span attributes
 INPUT_MESSAGES = "railcar.input.messages"
