@@ -81,6 +81,11 @@ class Exchange:
 
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    # The wire API of the call: the name of its codec in ``railcar.codecs.registry.CODECS`` (``openai_chat``,
+    # ``openai_responses``, ``anthropic_messages``, ``openai_completions``, ``embeddings``).
+    api: str = "openai_chat"
+    # The upstream URL the call went to (scheme://host:port/path), for ``server.address`` / ``server.port``.
+    upstream_url: str = ""
     guardrails_options: dict[str, Any] | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_ns: int = field(default_factory=time.time_ns)

@@ -54,6 +54,9 @@ class InlineConfig:
                       choices=("block", "redact"))
     kinds: list = opt(["secret"], "Detector kinds applied inline.", choices=("secret", "pii"))
     max_holdback_chars: int = opt(512, "Cap on characters held back while a possible match is open.", bound=">=0")
+    request_action: str = opt("redact", "Catalog secrets in what the agent sends: redact them before the request goes "
+                                        "upstream, refuse the request, or leave them.",
+                              choices=("redact", "block", "off"))
 
 
 @dataclass
@@ -109,6 +112,10 @@ class DetectionConfig:
     fingerprint_key_file: str = opt("", "File holding the fingerprint key (wins over the variable).")
     kinds: list = opt(["secret", "pii"], "Detector kinds to run.", choices=("secret", "pii"))
     disabled_detectors: list = opt([], "Detector ids to switch off.")
+    deep: bool = opt(True, "Consumer and `railcar scan --deep`: also run the deep rules library (kingfisher) over "
+                           "what the fast catalog did not claim.")
+    max_locations_per_finding: int = opt(100, "Locations kept per finding (the total count is always kept).",
+                                         bound=">0")
 
     def validate(self) -> list[Problem]:
         """Problems: ``disabled_detectors`` naming an id not in :data:`railcar.rails.detectors.CATALOG`,
