@@ -43,6 +43,10 @@ class Match:
     ``path``: where in the scanned object (``"$"`` for a plain string); ``start``/``end``: character offsets of
     the value within the string at ``path`` (Python slice semantics); ``fingerprint``: 16 hex chars of keyed
     HMAC-SHA256; ``preview``: masked preview. ``confidence`` in [0, 1]; ``severity`` from the detector.
+    ``source``: the tier that found it, ``catalog`` (Railcar's own detectors, :mod:`railcar.rails.detectors`) or
+    ``deep`` (the rules library of the consumer's deep tier); ``rule``: the library's rule id (``""`` for the
+    catalog, whose rule is ``detector``); ``validation``: the offline validation result where the rule has one
+    (``"valid"`` | ``"invalid"``; ``None``: not validated).
     """
 
     detector: str
@@ -54,12 +58,16 @@ class Match:
     end: int
     fingerprint: str
     preview: str
+    source: str = "catalog"
+    rule: str = ""
+    validation: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The match as a JSON-ready dict (``preview`` under the key ``masked_preview``)."""
         return {"detector": self.detector, "kind": self.kind, "confidence": self.confidence,
                 "severity": self.severity, "path": self.path, "start": self.start, "end": self.end,
-                "fingerprint": self.fingerprint, "masked_preview": self.preview}
+                "fingerprint": self.fingerprint, "masked_preview": self.preview, "source": self.source,
+                "rule": self.rule or self.detector, "validation": self.validation}
 
 
 def re2_options(max_mem: int = 512 << 20) -> re2.Options:
