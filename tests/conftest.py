@@ -36,6 +36,7 @@ from shared_fixtures import RECORDED_CHAT, ROOT
 
 from railcar.core.guard import PassThrough
 from railcar.settings import RailcarConfig, load_config
+from railcar.sidecar import transport
 from railcar.sidecar.app import create_app
 from railcar.tools.replay_upstream import ReplayUpstream, load_records
 
@@ -103,13 +104,9 @@ async def start_sidecar():
 
     async def start(config: RailcarConfig, guard: Any = None, observers: Iterable[Any] = ()) -> RunningSidecar:
         app = create_app(config, guard=guard if guard is not None else PassThrough(), observers=list(observers))
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                               shutdown_timeout=config.server.grace_period_s)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
+        runner = await transport.start(app, config.server, host="127.0.0.1", port=0, backlog=4096)
         started.append(runner)
-        return RunningSidecar(app, runner, runner.addresses[0][1])
+        return RunningSidecar(app, runner, runner.port)
 
     yield start
     for runner in started:

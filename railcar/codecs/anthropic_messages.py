@@ -45,7 +45,7 @@ from .base import (
     StreamState,
     ToolCall,
     Turn,
-    kind_of,
+    kinds_under,
     mapping,
     number,
     sse_event,
@@ -66,6 +66,34 @@ _STATUS_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not
 
 
 _CALL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+_new_tuple = tuple.__new__  # builds a Piece without its keyword constructor (once per string of every event)
+_DELTA_PREFIX = ("delta",)
+
+
+def _stem(delta: dict[str, Any]) -> str:
+    """A delta's ``type`` without ``_delta`` (``text_delta`` -> ``text``): the last field of its stream key."""
+    dtype = str(delta.get("type", ""))
+    return dtype[:-len("_delta")] if dtype.endswith("_delta") else dtype
+
+
+def _flat_delta(obj: dict[str, Any], delta: dict[str, Any], types: tuple[str, ...], out: list[Piece]) -> bool:
+    """Append the pieces of ``obj["delta"]`` as :meth:`AnthropicMessagesCodec._piece` classifies them, if every value
+    of it is a scalar or an empty container; ``False`` (``out`` then partly filled) when it is not."""
+    dtype = delta.get("type")
+    types = types + (dtype,) if isinstance(dtype, str) else types
+    streamed = obj.get("type") == "content_block_delta"
+    key = (obj.get("index"), _stem(delta)) if streamed else None
+    kind = _DELTA_KINDS.get(key[1], "other") if key is not None else "other"
+    kinds = kinds_under(_DELTA_PREFIX, types)
+    for k, v in delta.items():
+        if isinstance(v, str) and isinstance(k, str):
+            if streamed and k != "type":
+                out.append(_new_tuple(Piece, (("delta", k), v, key, kind)))
+            else:
+                out.append(_new_tuple(Piece, (("delta", k), v, None, kinds[k])))
+        elif isinstance(v, str) or (isinstance(v, (dict, list)) and v):
+            return False
+    return True
 
 
 def _block_turns(role: str, block: Any, prefix: Path) -> list[Turn]:
@@ -105,14 +133,32 @@ class AnthropicMessagesCodec(Codec):
                     out.extend(_block_turns(role, block, ("messages", i, "content", j)))
         return out
 
-    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
+    def stream_strings(self, obj: dict[str, Any]) -> list[Piece]:
+        """Every string of one event (see :meth:`Codec.stream_strings`). An event whose values are scalars, empty
+        containers, or (under ``delta``) an object of those — every ``content_block_delta`` but citations, ``ping``,
+        ``content_block_stop``, ``message_stop`` — is classified here in one pass over its items; any other event
+        goes to the generic walk. Equal to :meth:`Codec.walk_stream_strings` for every event."""
+        etype = obj.get("type")
+        types = (etype,) if isinstance(etype, str) else ()
+        kinds = kinds_under((), types)
+        out: list[Piece] = []
+        for k, v in obj.items():
+            if isinstance(v, str) and isinstance(k, str):
+                out.append(_new_tuple(Piece, ((k,), v, None, kinds[k])))
+            elif k == "delta" and isinstance(v, dict):
+                if not _flat_delta(obj, v, types, out):
+                    return self.walk_stream_strings(obj)
+            elif isinstance(v, str) or (isinstance(v, (dict, list)) and v):
+                return self.walk_stream_strings(obj)
+        return out
+
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str, kind: PieceKind) -> Piece:
         delta = obj.get("delta")
         if obj.get("type") == "content_block_delta" and len(parts) == 2 and parts[0] == "delta" \
                 and parts[1] != "type" and isinstance(delta, dict):
-            dtype = str(delta.get("type", ""))
-            stem = dtype[:-len("_delta")] if dtype.endswith("_delta") else dtype
-            return Piece(parts, text, (obj.get("index"), stem), _DELTA_KINDS.get(stem, "other"))
-        return Piece(parts, text, None, kind_of(obj, parts))
+            stem = _stem(delta)
+            return _new_tuple(Piece, (parts, text, (obj.get("index"), stem), _DELTA_KINDS.get(stem, "other")))
+        return _new_tuple(Piece, (parts, text, None, kind))
 
     def tool_calls_done(self, obj: dict[str, Any], state: StreamState) -> list[ToolCall]:
         """A client ``tool_use`` block is complete at its ``content_block_stop``; its arguments are the joined

@@ -18,8 +18,12 @@ A codec is a small stateless object (one per wire API: :mod:`.openai_chat`, :mod
 - a finished call to OpenTelemetry GenAI semantic-convention span attributes (:meth:`Codec.span_attributes`;
   https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ and the OpenAI / Anthropic pages beside it).
 
-Strings are found by a plain recursive walk (:func:`walk_strings`), never by a list of fields: a field a provider
-adds tomorrow is still seen. A codec only *classifies* each string (stream key and kind).
+Strings are found by a plain recursive walk (:func:`walk_strings`; :func:`walk_typed` carries each string's keys and
+enclosing ``type`` values along, so :func:`kind_at` classifies it from a memo instead of re-walking), never by a
+list of fields: a field a provider adds tomorrow is still seen. A codec only *classifies* each string (stream key
+and kind). Per-event cost matters (one walk per streamed delta), so a codec may answer the shapes it streams most
+from a fast path, which must return exactly what the generic walk (:meth:`Codec.walk_stream_strings`) returns
+(tests/codecs/test_fast_paths.py checks it over recorded traffic and generated events).
 
 Paths: a path is a tuple of keys and list indexes (``("messages", 3, "content", 0, "text")``, the ``parts`` of a
 :class:`Turn` / :class:`Piece`), rendered as a JSONPath string by :func:`json_path`
@@ -32,7 +36,7 @@ Pure code: no I/O, imports :mod:`railcar.core` only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import orjson
 
@@ -40,8 +44,9 @@ from railcar.core import semconv, wire
 from railcar.core.jsonpath import Parts, json_path, walk_strings
 
 __all__ = ["Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
-           "walk_strings", "json_path", "set_at", "sse_event", "kind_of", "TurnKind", "PieceKind", "mapping", "text",
-           "number", "stop_list", "text_turns", "string_turns", "with_rail", "require", "get_at"]
+           "walk_strings", "walk_typed", "Typed", "json_path", "set_at", "sse_event", "kind_of", "kind_at",
+           "kinds_under", "TurnKind", "PieceKind", "mapping", "text", "number", "stop_list", "text_turns",
+           "string_turns", "with_rail", "require", "get_at"]
 
 Path = Parts
 TurnKind = Literal["input", "tool_output"]
@@ -74,7 +79,7 @@ _REASONING_KEYS = frozenset({"reasoning", "reasoning_content", "reasoning_detail
 _TEXT_KEYS = frozenset({"text", "content", "transcript", "output_text"})
 
 
-def _types_along(root: Any, parts: Path) -> list[str]:
+def _types_along(root: Any, parts: Path) -> tuple[str, ...]:
     """The ``type`` values of the dicts passed on the way from ``root`` down ``parts``, outermost first."""
     types: list[str] = []
     obj = root
@@ -85,7 +90,7 @@ def _types_along(root: Any, parts: Path) -> list[str]:
             obj = obj[p]
         except (KeyError, IndexError, TypeError):
             break
-    return types
+    return tuple(types)
 
 
 def kind_of(root: Any, parts: Path) -> PieceKind:
@@ -95,24 +100,117 @@ def kind_of(root: Any, parts: Path) -> PieceKind:
     (Chat ``tool_calls[].function``, Responses ``function_call`` / ``custom_tool_call`` / ``mcp_call`` items,
     Anthropic ``tool_use`` blocks); ``reasoning`` inside a reasoning / thinking item or under a reasoning key;
     ``text`` for the answer text (``text`` / ``content`` / ``transcript``); ``other`` for the rest (ids, model, ...).
+    The kind depends only on the dict keys along ``parts`` and the ``type`` values of the dicts passed on the way
+    (:func:`kind_at`, which a walk that carries both calls without re-walking).
     """
-    keys = [p for p in parts if isinstance(p, str)]
+    return kind_at(tuple(p for p in parts if isinstance(p, str)), _types_along(root, parts))
+
+
+def _classify(keys: tuple[str, ...], types: tuple[str, ...]) -> PieceKind:
+    """:func:`kind_of`'s rules over the keys and enclosing ``type`` values of a path."""
     if not keys:
         return "other"
-    types = _types_along(root, parts)
     if "refusal" in keys:
         return "refusal"
-    if (_TOOL_KEYS & set(keys) and (_TOOL_TYPES & set(types) or "function_call" in keys or "function" in keys)):
+    if (_TOOL_KEYS.intersection(keys) and (_TOOL_TYPES.intersection(types) or "function_call" in keys
+                                           or "function" in keys)):
         return "tool_arguments"
-    if _REASONING_TYPES & set(types) or _REASONING_KEYS & set(keys):
+    if _REASONING_TYPES.intersection(types) or _REASONING_KEYS.intersection(keys):
         return "reasoning"
     if keys[-1] in _TEXT_KEYS or (keys[-1] == "delta" and types and types[-1].endswith("text.delta")):
         return "text"
     return "other"
 
 
+# (keys, types) -> kind: an event shape repeats for every delta of a stream, so its classification is computed once.
+# Bounded (cleared when full) because the keys come from the upstream; entries are small tuples of interned keys.
+_KINDS: dict[tuple[tuple[str, ...], tuple[str, ...]], PieceKind] = {}
+_KINDS_MAX = 4096
+
+
+def kind_at(keys: tuple[str, ...], types: tuple[str, ...]) -> PieceKind:
+    """The :func:`kind_of` of a string whose path has the dict keys ``keys`` (list indexes left out) and passes
+    dicts whose ``type`` values are ``types`` (outermost first), memoized by that signature."""
+    sig = (keys, types)
+    kind = _KINDS.get(sig)
+    if kind is None:
+        kind = _classify(keys, types)
+        if len(_KINDS) >= _KINDS_MAX:
+            _KINDS.clear()
+        _KINDS[sig] = kind
+    return kind
+
+
+class _KindsUnder(dict[str, PieceKind]):
+    """``key -> kind_at(prefix + (key,), types)``, filled on first use: the kinds of the strings directly under one
+    object, for a codec's fast path (one dict lookup per string)."""
+
+    def __init__(self, prefix: tuple[str, ...], types: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefix, self.types = prefix, types
+
+    def __missing__(self, key: str) -> PieceKind:
+        if len(self) >= _KINDS_MAX:
+            self.clear()
+        kind = self[key] = _classify(self.prefix + (key,), self.types)
+        return kind
+
+
+_UNDER: dict[tuple[tuple[str, ...], tuple[str, ...]], _KindsUnder] = {}
+
+
+def kinds_under(prefix: tuple[str, ...], types: tuple[str, ...]) -> dict[str, PieceKind]:
+    """The kinds of the strings directly under an object reached by the dict keys ``prefix`` whose enclosing
+    ``type`` values (its own included) are ``types``: ``kinds_under(p, t)[k] == kind_at(p + (k,), t)`` for every
+    string key ``k`` (memoized, bounded like :func:`kind_at`)."""
+    sig = (prefix, types)
+    kinds = _UNDER.get(sig)
+    if kinds is None:
+        if len(_UNDER) >= _KINDS_MAX:
+            _UNDER.clear()
+        kinds = _UNDER[sig] = _KindsUnder(prefix, types)
+    return kinds
+
+
+# One string of a typed walk: (parts, text, keys, types) — its path, its value, the dict keys along the path (list
+# indexes left out) and the ``type`` values of the dicts enclosing it, outermost first (what :func:`kind_at` reads).
+Typed = tuple[Path, str, tuple[str, ...], tuple[str, ...]]
+
+
+def walk_typed(obj: Any, parts: Path = (), keys: tuple[str, ...] = (), types: tuple[str, ...] = ()) -> list[Typed]:
+    """Every string value under ``obj`` in :func:`walk_strings` order (the same ``(parts, text)``), each with the
+    keys and enclosing types of its path (:data:`Typed`), carried down the walk so classifying a string never
+    re-walks the document. ``parts`` / ``keys`` / ``types``: those of ``obj`` itself when it sits inside a larger
+    document (``types`` without ``obj``'s own ``type``, which the walk adds)."""
+    out: list[Typed] = []
+    if isinstance(obj, str):
+        out.append((parts, obj, keys, types))
+    elif isinstance(obj, (dict, list)):
+        _walk_typed(obj, parts, keys, types, out)
+    return out
+
+
+def _walk_typed(obj: dict[str, Any] | list[Any], parts: Path, keys: tuple[str, ...], types: tuple[str, ...],
+                out: list[Typed]) -> None:
+    if isinstance(obj, dict):
+        t = obj.get("type")
+        if isinstance(t, str):
+            types = types + (t,)
+        for k, v in obj.items():
+            if isinstance(v, str):
+                out.append((parts + (k,), v, keys + (k,) if isinstance(k, str) else keys, types))
+            elif isinstance(v, (dict, list)) and v:
+                _walk_typed(v, parts + (k,), keys + (k,) if isinstance(k, str) else keys, types, out)
+        return
+    for i, v in enumerate(obj):
+        if isinstance(v, str):
+            out.append((parts + (i,), v, keys, types))
+        elif isinstance(v, (dict, list)) and v:
+            _walk_typed(v, parts + (i,), keys, types, out)
+
+
 class _AtPath:
-    """The ``path`` of a string located by ``parts`` (shared by :class:`Turn` and :class:`Piece`)."""
+    """The ``path`` of a string located by ``parts`` (of a :class:`Turn`; :class:`Piece` has its own)."""
 
     parts: Path
 
@@ -137,9 +235,9 @@ class Turn(_AtPath):
     parts: Path
 
 
-@dataclass(frozen=True)
-class Piece(_AtPath):
-    """One string value of a request, an event or a body.
+class Piece(NamedTuple):
+    """One string value of a request, an event or a body (immutable; a named tuple because one is built per string
+    of every streamed event).
 
     ``parts``: its path (``path`` renders it); ``text``: the value; ``stream_key``: a hashable tuple naming the
     output stream a *delta* belongs to (equal keys concatenate to one value: ``("choices", 0, "delta", "content")``),
@@ -151,6 +249,16 @@ class Piece(_AtPath):
     text: str
     stream_key: tuple[Any, ...] | None
     kind: PieceKind
+
+    @property
+    def path(self) -> str:
+        """JSONPath of the string: ``$.messages[3].content[0].text``."""
+        return json_path(self.parts)
+
+
+# ``tuple.__new__(Piece, (parts, text, stream_key, kind))`` builds a Piece without the keyword constructor: the
+# codecs build one per string of every streamed event
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -168,10 +276,11 @@ class ToolCall:
 @dataclass(frozen=True)
 class RequestProblem:
     """Why a request is refused before it goes upstream: ``message`` (never request content), ``param`` the
-    field's name, ``code`` (``missing_required_parameter`` | ``invalid_type``), ``status`` (400)."""
+    field's name (``None`` when the body as a whole is wrong), ``code`` (``missing_required_parameter`` |
+    ``invalid_type`` | ``invalid_json``), ``status`` (400)."""
 
     message: str
-    param: str
+    param: str | None
     code: str = "missing_required_parameter"
     status: int = 400
 
@@ -237,20 +346,29 @@ class Codec:
         """Every string value of the request with its path (all of it goes to the provider), ``stream_key`` None;
         ``kind`` is the :class:`Turn` kind for the strings :meth:`request_messages` returns, else ``other``."""
         kinds = {t.parts: t.kind for t in self.request_messages(body)}
-        return [Piece(p, s, None, kinds.get(p, "other")) for p, s in walk_strings(body)]
+        return [_new_tuple(Piece, (p, s, None, kinds.get(p, "other"))) for p, s in walk_strings(body)]
 
     # -- response --------------------------------------------------------------------------------------------
     def stream_strings(self, obj: dict[str, Any]) -> list[Piece]:
-        """Every string value of one parsed SSE ``data:`` payload, classified (see :class:`Piece`)."""
-        return [self._piece(obj, p, s) for p, s in walk_strings(obj)]
+        """Every string value of one parsed SSE ``data:`` payload, classified (see :class:`Piece`), in
+        :func:`walk_strings` order. Codecs may answer the shapes they stream most from a fast path; whatever the
+        shape, the result equals :meth:`walk_stream_strings` (the generic walk)."""
+        return self.walk_stream_strings(obj)
+
+    def walk_stream_strings(self, obj: dict[str, Any]) -> list[Piece]:
+        """:meth:`stream_strings` by the generic walk (:func:`walk_typed`), each string classified by
+        :meth:`_piece`: the reference every fast path must equal."""
+        piece_of = self._piece
+        return [piece_of(obj, p, s, kind_at(k, t)) for p, s, k, t in walk_typed(obj)]
 
     def body_strings(self, obj: Any) -> list[Piece]:
         """Every string value of a non-streamed answer (or error body), each a whole value (``stream_key`` None)."""
-        return [Piece(p, s, None, kind_of(obj, p)) for p, s in walk_strings(obj)]
+        return [_new_tuple(Piece, (p, s, None, kind_at(k, t))) for p, s, k, t in walk_typed(obj)]
 
-    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
-        """Classify one string of a stream event: the codec's stream key for deltas, else a whole value."""
-        return Piece(parts, text, None, kind_of(obj, parts))
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str, kind: PieceKind) -> Piece:
+        """Classify one string of a stream event whose :func:`kind_of` is ``kind``: the codec's stream key for
+        deltas, else a whole value."""
+        return _new_tuple(Piece, (parts, text, None, kind))
 
     def new_stream_state(self) -> StreamState:
         """A fresh :class:`StreamState` for one streamed answer."""
@@ -411,7 +529,7 @@ def require(body: Any, fields: dict[str, tuple[type, ...]]) -> RequestProblem | 
     """Check ``body`` is an object with each ``field`` present and of one of its types; the first problem as a
     :class:`RequestProblem` in OpenAI's wording (``Missing required parameter: 'messages'.``)."""
     if not isinstance(body, dict):
-        return RequestProblem("The request body must be a JSON object.", "body", "invalid_type")
+        return RequestProblem("The request body must be a JSON object.", None, "invalid_json")
     for name, types in fields.items():
         if name not in body or body[name] is None:
             return RequestProblem(f"Missing required parameter: '{name}'.", name)

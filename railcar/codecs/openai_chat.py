@@ -38,12 +38,15 @@ from .base import (
     StreamState,
     ToolCall,
     Turn,
+    kind_at,
     kind_of,
+    kinds_under,
     mapping,
     number,
     stop_list,
     text,
     text_turns,
+    walk_typed,
 )
 from .chat_tools import ToolCallAssembler
 
@@ -54,6 +57,8 @@ _DELTA_KINDS: dict[str, PieceKind] = {"content": "text", "refusal": "refusal", "
 _TOOL_ROLES = frozenset({"tool", "function"})
 # strings under a delta that name or label rather than stream text: each is a whole value
 _WHOLE_FIELDS = frozenset({"id", "type", "role", "name", "format", "signature", "data"})
+_new_tuple = tuple.__new__  # builds a Piece without its keyword constructor (once per string of every chunk)
+_CHOICES, _CHOICES_DELTA = ("choices",), ("choices", "delta")
 
 
 def openai_request_attributes(body: dict[str, Any], max_tokens_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -116,20 +121,68 @@ def _kind(fields: tuple[str, ...]) -> PieceKind:
     return _DELTA_KINDS.get(fields[-1]) or _DELTA_KINDS.get(fields[0], "other")
 
 
-def chunk_piece(obj: dict[str, Any], parts: Path, text: str) -> Piece:
-    """Classify one string of a ``chat.completion.chunk`` / streamed ``text_completion`` (see module doc)."""
+def chunk_piece(obj: dict[str, Any], parts: Path, text: str, kind: PieceKind | None = None) -> Piece:
+    """Classify one string of a ``chat.completion.chunk`` / streamed ``text_completion`` (see module doc); ``kind``
+    is its :func:`railcar.codecs.base.kind_of` when the caller knows it (computed here when ``None``), the kind of a
+    whole value."""
     if len(parts) >= 4 and parts[0] == "choices" and isinstance(parts[1], int):
         choice = mapping(obj["choices"][parts[1]])
         if parts[2] == "delta":
             found = _delta_key(parts, choice)
-            return Piece(parts, text, found[0], found[1]) if found else Piece(parts, text, None, kind_of(obj, parts))
-        if parts[2] == "logprobs" and parts[3] in ("content", "refusal") and parts[-1] == "token" and len(parts) == 6:
-            return Piece(parts, text, ("choices", choice.get("index", parts[1]), "logprobs", parts[3], "token"),
-                         "other")
-    if len(parts) == 3 and parts[0] == "choices" and parts[2] == "text":  # legacy completions chunk
-        return Piece(parts, text, ("choices", mapping(obj["choices"][parts[1]]).get("index", parts[1]), "text"),
-                     "text")
-    return Piece(parts, text, None, kind_of(obj, parts))
+            if found:
+                return _new_tuple(Piece, (parts, text, found[0], found[1]))
+        elif parts[2] == "logprobs" and parts[3] in ("content", "refusal") and parts[-1] == "token" \
+                and len(parts) == 6:
+            return _new_tuple(Piece, (parts, text, ("choices", choice.get("index", parts[1]), "logprobs", parts[3],
+                                                    "token"), "other"))
+    elif len(parts) == 3 and parts[0] == "choices" and parts[2] == "text":  # legacy completions chunk
+        return _new_tuple(Piece, (parts, text, ("choices", mapping(obj["choices"][parts[1]]).get("index", parts[1]),
+                                                "text"), "text"))
+    return _new_tuple(Piece, (parts, text, None, kind_of(obj, parts) if kind is None else kind))
+
+
+def _flat_choice(obj: dict[str, Any], ci: int, choice: dict[str, Any], types: tuple[str, ...],
+                 out: list[Piece]) -> bool:
+    """Append the pieces of ``obj["choices"][ci]`` as :func:`chunk_piece` classifies them, if its values are
+    scalars, empty containers and a ``delta`` object; ``False`` (``out`` then partly filled) otherwise."""
+    t = choice.get("type")
+    types = types + (t,) if isinstance(t, str) else types
+    kinds = kinds_under(_CHOICES, types)
+    i = choice.get("index", ci)
+    for k, v in choice.items():
+        if isinstance(v, str) and isinstance(k, str):
+            if k == "text":  # legacy completions chunk
+                out.append(_new_tuple(Piece, (("choices", ci, k), v, ("choices", i, "text"), "text")))
+            else:
+                out.append(_new_tuple(Piece, (("choices", ci, k), v, None, kinds[k])))
+        elif k == "delta" and isinstance(v, dict):
+            _flat_delta(obj, ci, i, v, types, out)
+        elif isinstance(v, str) or (isinstance(v, (dict, list)) and v):
+            return False
+    return True
+
+
+def _flat_delta(obj: dict[str, Any], ci: int, i: Any, delta: dict[str, Any], types: tuple[str, ...],
+                out: list[Piece]) -> None:
+    """Append the pieces of ``obj["choices"][ci]["delta"]`` (choice ``index`` ``i``) as :func:`chunk_piece`
+    classifies them: its direct strings here (:func:`_delta_key` for a one-field path), anything nested by the
+    generic walk of that value."""
+    t = delta.get("type")
+    types = types + (t,) if isinstance(t, str) else types
+    kinds = kinds_under(_CHOICES_DELTA, types)
+    for k, v in delta.items():
+        if isinstance(v, str) and isinstance(k, str):
+            parts = ("choices", ci, "delta", k)
+            if k in _WHOLE_FIELDS:
+                out.append(_new_tuple(Piece, (parts, v, None, kinds[k])))
+            elif k == "content":
+                out.append(_new_tuple(Piece, (parts, v, ("choices", i, "delta", "content"), "text")))
+            else:
+                out.append(_new_tuple(Piece, (parts, v, ("choices", i, "delta", k), _kind((k,)))))
+        elif isinstance(v, str) or (isinstance(v, (dict, list)) and v):  # a str here: under a non-string key
+            keys = _CHOICES_DELTA + (k,) if isinstance(k, str) else _CHOICES_DELTA
+            out.extend(chunk_piece(obj, p, s, kind_at(ks, ts))
+                       for p, s, ks, ts in walk_typed(v, ("choices", ci, "delta", k), keys, types))
 
 
 class OpenAIChunkCodec(Codec):
@@ -139,8 +192,30 @@ class OpenAIChunkCodec(Codec):
 
     terminal_data = "[DONE]"
 
-    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
-        return chunk_piece(obj, parts, text)
+    def stream_strings(self, obj: dict[str, Any]) -> list[Piece]:
+        """Every string of one chunk (see :meth:`Codec.stream_strings`). A chunk whose values are scalars, empty
+        containers or a ``choices`` list of objects — each of scalars and a ``delta`` object — is classified here
+        in one pass (a value nested under ``delta``, such as ``tool_calls``, by the generic walk of that value and
+        :func:`chunk_piece`); any other chunk goes to the generic walk. Equal to :meth:`Codec.walk_stream_strings`
+        for every chunk."""
+        t = obj.get("type")
+        types = (t,) if isinstance(t, str) else ()
+        kinds = kinds_under((), types)
+        out: list[Piece] = []
+        for k, v in obj.items():
+            if isinstance(v, str) and isinstance(k, str):
+                out.append(_new_tuple(Piece, ((k,), v, None, kinds[k])))
+            elif k == "choices" and isinstance(v, list):
+                for ci, choice in enumerate(v):
+                    if not (isinstance(choice, dict) and _flat_choice(obj, ci, choice, types, out)) \
+                            and (isinstance(choice, (str, dict)) or (isinstance(choice, list) and choice)):
+                        return self.walk_stream_strings(obj)
+            elif isinstance(v, str) or (isinstance(v, (dict, list)) and v):
+                return self.walk_stream_strings(obj)
+        return out
+
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str, kind: PieceKind) -> Piece:
+        return chunk_piece(obj, parts, text, kind)
 
     def _response_attributes(self, obj: dict[str, Any]) -> dict[str, Any]:
         return openai_response_attributes(obj)

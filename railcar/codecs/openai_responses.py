@@ -50,7 +50,7 @@ from .base import (
     StreamState,
     ToolCall,
     Turn,
-    kind_of,
+    kinds_under,
     mapping,
     number,
     require,
@@ -79,12 +79,21 @@ _DELTA_FIELDS: dict[str, tuple[str, PieceKind]] = {
     "audio.transcript": ("transcript", "text"),
 }
 _CALL_ITEMS = {"function_call": "arguments", "custom_tool_call": "input"}
+_FIELD_OF: dict[str, tuple[str, PieceKind]] = {}  # event type -> its _DELTA_FIELDS entry, once computed
+_DELTA_PARTS = ("delta",)
+_new_tuple = tuple.__new__  # builds a Piece without its keyword constructor (once per string of every event)
 
 
 def delta_key(obj: dict[str, Any]) -> tuple[tuple[Any, ...], PieceKind]:
     """Stream key and kind of the ``delta`` of a ``response.<stem>.delta`` event (see module doc)."""
-    stem = str(obj.get("type", ""))[len("response."):-len(".delta")]
-    field, kind = _DELTA_FIELDS.get(stem, (stem, "other"))
+    etype = obj.get("type", "")
+    found = _FIELD_OF.get(etype) if isinstance(etype, str) else None
+    if found is None:
+        stem = str(etype)[len("response."):-len(".delta")]
+        found = _DELTA_FIELDS.get(stem, (stem, "other"))
+        if isinstance(etype, str) and len(_FIELD_OF) < 1024:  # event types come from the upstream: bounded
+            _FIELD_OF[etype] = found
+    field, kind = found
     key: tuple[Any, ...] = (obj.get("output_index"),)
     for sub in ("content_index", "summary_index"):
         if sub in obj:
@@ -147,13 +156,36 @@ class OpenAIResponsesCodec(Codec):
                     out.extend(_item_turns(i, item))
         return out
 
-    def _piece(self, obj: dict[str, Any], parts: Path, text: str) -> Piece:
+    def stream_strings(self, obj: dict[str, Any]) -> list[Piece]:
+        """Every string of one event (see :meth:`Codec.stream_strings`). A flat event — every value a scalar or
+        an empty container, as every ``*.delta`` event is, whatever fields it carries — is classified here in one
+        pass over its items (its strings sit at depth 1: keys ``(k,)``, types the event's ``type``); any other
+        event goes to the generic walk. Equal to :meth:`Codec.walk_stream_strings` for every event."""
         etype = obj.get("type")
-        if (parts == ("delta",) and isinstance(etype, str) and etype.startswith("response.")
+        types = (etype,) if isinstance(etype, str) else ()
+        is_delta = isinstance(etype, str) and etype.startswith("response.") and etype.endswith(".delta")
+        kinds = kinds_under((), types)
+        out: list[Piece] = []
+        for k, v in obj.items():
+            if isinstance(v, str):
+                if not isinstance(k, str):  # not JSON; the generic walk keeps it exact
+                    return self.walk_stream_strings(obj)
+                if is_delta and k == "delta":
+                    key, kind = delta_key(obj)
+                    out.append(_new_tuple(Piece, (_DELTA_PARTS, v, key, kind)))
+                else:
+                    out.append(_new_tuple(Piece, ((k,), v, None, kinds[k])))
+            elif isinstance(v, (dict, list)) and v:
+                return self.walk_stream_strings(obj)
+        return out
+
+    def _piece(self, obj: dict[str, Any], parts: Path, text: str, kind: PieceKind) -> Piece:
+        etype = obj.get("type")
+        if (parts == _DELTA_PARTS and isinstance(etype, str) and etype.startswith("response.")
                 and etype.endswith(".delta")):
-            key, kind = delta_key(obj)
-            return Piece(parts, text, key, kind)
-        return Piece(parts, text, None, kind_of(obj, parts))
+            key, delta_kind = delta_key(obj)
+            return _new_tuple(Piece, (parts, text, key, delta_kind))
+        return _new_tuple(Piece, (parts, text, None, kind))
 
     def tool_calls_done(self, obj: dict[str, Any], state: StreamState) -> list[ToolCall]:
         """``function_call`` / ``custom_tool_call`` items: known at ``response.output_item.added``, complete at
@@ -161,15 +193,19 @@ class OpenAIResponsesCodec(Codec):
         if isinstance(obj.get("sequence_number"), int):
             state.sequence_number = obj["sequence_number"]
         etype = obj.get("type")
-        item = mapping(obj.get("item")) or None
+        item = mapping(obj.get("item"))
+        is_call = item.get("type") in _CALL_ITEMS
         key = (obj.get("output_index"), "arguments")
-        if etype == "response.output_item.added" and item and item.get("type") in _CALL_ITEMS:
+        if etype == "response.output_item.added" and is_call:
             state.calls[key] = {"id": str(item.get("call_id") or ""), "name": str(item.get("name") or ""),
                                 "arguments": ""}
+        elif etype == "response.function_call_arguments.delta" and key in state.calls:
+            # kept as it streams, so a call cut before its .done (a block, a broken upstream) still has them
+            state.calls[key]["arguments"] += str(obj.get("delta") or "")
         elif etype == "response.function_call_arguments.done" and key in state.calls:
             state.calls[key]["arguments"] = str(obj.get("arguments") or "")
             return [c for c in (state.finish(key),) if c]
-        elif etype == "response.output_item.done" and item and item.get("type") in _CALL_ITEMS:
+        elif etype == "response.output_item.done" and is_call:
             state.calls[key] = _call_of(item)
             return [c for c in (state.finish(key),) if c]
         return []

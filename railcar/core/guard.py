@@ -86,7 +86,13 @@ class StreamGuard(Protocol):
 
 class Guard(Protocol):
     """The hooks of the module docstring. Exceptions from ``check_request`` or ``check_response`` answer HTTP 500
-    ``guard_error`` (fail closed)."""
+    ``guard_error`` (fail closed).
+
+    ``inspects``: the guard judges content, so the proxy must not relay what it could not hand to it (a whole answer
+    that is not a JSON object, a stream request answered without SSE): the API's 502 replaces it. ``False`` only for
+    a guard that relays everything unseen anyway (:class:`PassThrough`)."""
+
+    inspects: bool
 
     async def check_request(self, exchange: Exchange) -> Refusal | None: ...
 
@@ -119,6 +125,8 @@ class _PassThroughStream:
 
 class PassThrough:
     """The guard with no rails: requests pass, bodies and events are relayed byte for byte."""
+
+    inspects = False
 
     async def check_request(self, exchange: Exchange) -> Refusal | None:
         return None

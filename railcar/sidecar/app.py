@@ -1,19 +1,25 @@
-"""The sidecar's aiohttp application: routes, the chat-completions proxy path and the pass-through.
+"""The sidecar's aiohttp application: routing, the guarded codec routes and the listed pass-through.
 
 Routes (``../shared/DESIGN.md`` "Contracts"):
 
-- ``POST /v1/chat/completions``: parsed with orjson (400 for malformed JSON or a missing ``model`` /
-  ``messages``, 413 over ``server.max_body_bytes``), the request's ``guardrails`` field moved to
+- Every path but the health ones is normalised once and routed (:mod:`railcar.sidecar.routes`): the canonical
+  route of a codec (``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/messages``, ``/v1/completions``,
+  ``/v1/embeddings``: :mod:`railcar.codecs.registry`), a ``server.passthrough_paths`` entry (default
+  ``/v1/models``, ``/v1/models/*``; forwarded as is, counted on ``/metrics``), or a refusal in the caller's API shape
+  (404 naming the path and the setting, 405 for a guarded route's other methods, 400 for a path with no single
+  meaning). The upstream receives the canonical path.
+- A guarded call (:class:`_Call`): parsed with orjson and validated by its codec (400 naming the field, 413 over
+  ``server.max_body_bytes``, in that API's error shape), the request's ``guardrails`` field moved to
   ``Exchange.guardrails_options``, checked by the guard, forwarded (the client's original bytes unless the body
-  changed), and the response relayed: non-streaming bodies whole, SSE event by event as they arrive.
-- ``GET /v1/models`` and any other ``/v1/*`` path, any method: passed through (streamed bodies streamed).
+  changed), and the answer relayed through the guard: whole bodies parsed and checked (what is not a JSON object
+  is replaced by a 502), SSE event by event as it arrives (a stream request answered without
+  ``text/event-stream`` is a 502; an event over ``server.max_event_bytes`` ends the stream with the API's error).
 - ``GET /healthz`` (process alive), ``GET /readyz`` (200 once a guard is installed and an upstream configured,
   503 before and while draining), ``GET /metrics`` (Prometheus text, see :mod:`railcar.sidecar.metrics`).
 
 Application state lives in ``app["state"]`` (a :class:`SidecarState`); ``app["observers"]`` is the list of
-:class:`railcar.core.guard.ExchangeObserver` told about each finished chat-completions exchange (empty by default;
-append to it before the app starts). Errors use the OpenAI shape (:mod:`railcar.sidecar.errors`). No request or
-response content is ever logged.
+:class:`railcar.core.guard.ExchangeObserver` told about each finished guarded exchange (empty by default;
+append to it before the app starts). No request or response content is ever logged.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from railcar.codecs.base import Codec
+from railcar.codecs.registry import CODECS
 from railcar.core.exchange import Exchange
 from railcar.core.guard import ClientGone, ExchangeObserver, Guard, GuardRejected, StreamGuard
-from railcar.core.wire import refusal_chunks, refusal_completion, sse_error_frame
-from railcar.sidecar.errors import error_response
 from railcar.sidecar.headers import forwarded_headers, response_headers, upstream_headers
 from railcar.sidecar.metrics import CONTENT_TYPE_LATEST, Metrics
+from railcar.sidecar.routes import PassthroughPaths, Refused, Route, resolve
 from railcar.sidecar.settings import SidecarSettings
 from railcar.sidecar.sse import SSESplitter
 from railcar.sidecar.upstream import Upstream, UpstreamError
@@ -45,9 +52,6 @@ log = logging.getLogger("railcar.sidecar")
 
 __all__ = ["create_app", "SidecarState"]
 
-ROUTE_CHAT = "chat_completions"
-ROUTE_MODELS = "models"
-ROUTE_PASS = "passthrough"
 _SSE = "text/event-stream"
 _GONE = "client disconnected"  # ``Exchange.error`` when the agent went away (the trace shows it)
 
@@ -66,6 +70,9 @@ class SidecarState:
     guard: Guard | None = None
     draining: bool = False
     observers: list[ExchangeObserver] = field(default_factory=list)
+    # Shown on /readyz while ready (e.g. "running without rails: guardrails.config_path = none").
+    warning: str | None = None
+    passthrough: PassthroughPaths = field(default_factory=lambda: PassthroughPaths(()))
 
     @property
     def ready(self) -> bool:
@@ -131,6 +138,10 @@ class _Sink:
         return self._write
 
 
+class _EventTooLarge(Exception):
+    """An upstream SSE event (complete or still open) is over ``server.max_event_bytes``."""
+
+
 # What a write to the agent's connection raises when the agent has gone.
 _CLIENT_WRITE_ERRORS = (ConnectionResetError, ConnectionError, aiohttp.ClientConnectionResetError)
 
@@ -147,7 +158,8 @@ def create_app(config: SidecarSettings, guard: Guard | None = None, *, upstream:
     """
     app = web.Application(client_max_size=config.server.max_body_bytes, handler_args={"max_field_size": 65536})
     state = SidecarState(config=config, upstream=upstream or Upstream(config.upstream), metrics=Metrics(),
-                         guard=guard, observers=observers if observers is not None else [])
+                         guard=guard, observers=observers if observers is not None else [],
+                         passthrough=PassthroughPaths(config.server.passthrough_paths))
     with warnings.catch_warnings():
         # The string keys are the documented contract for other rooms (`app["observers"].append(...)`).
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
@@ -157,8 +169,7 @@ def create_app(config: SidecarSettings, guard: Guard | None = None, *, upstream:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_post("/v1/chat/completions", _chat_completions)
-    app.router.add_route("*", "/v1/{tail:.*}", _passthrough)
+    app.router.add_route("*", "/{tail:.*}", _route)
     app.on_startup.append(_on_startup)
     # cleanup, not shutdown: aiohttp runs on_shutdown before waiting for in-flight handlers.
     app.on_cleanup.append(_on_cleanup)
@@ -183,7 +194,7 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     st: SidecarState = request.app["state"]
     if st.ready:
-        return web.json_response({"status": "ready"})
+        return web.json_response({"status": "ready", **({"warning": st.warning} if st.warning else {})})
     why = ("draining" if st.draining else "upstream.base_url not set" if not st.upstream.configured
            else "guardrails loading")
     return web.json_response({"status": "not ready", "reason": why}, status=503)
@@ -193,42 +204,81 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app["state"].metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# ------------------------------------------------------------------------------------------------ routing
+
+
+async def _route(request: web.Request) -> web.StreamResponse:
+    """Every path but the health ones: normalised once (:mod:`railcar.sidecar.routes`), then a codec's guarded
+    route, a listed pass-through, or a refusal in the caller's API shape."""
+    st: SidecarState = request.app["state"]
+    route = resolve(request.method, request.rel_url.raw_path, st.passthrough)
+    if isinstance(route, Refused):
+        st.metrics.refused_paths.labels(route.code).inc()
+        st.metrics.count("refused", route.status)
+        shape = _shape_of(request)
+        return _api_error(shape, route.status, route.message, "invalid_request_error", None, route.code,
+                          headers={"Allow": route.allow} if route.allow else None)
+    if route.codec is None:
+        st.metrics.passthrough.labels(route.label).inc()
+        return await _passthrough(request, st, route)
+    return await _guarded(request, st, route, route.codec)
+
+
+def _shape_of(request: web.Request) -> Codec:
+    """The codec whose error shape a refused request gets: Anthropic's when the agent speaks it (an
+    ``anthropic-version`` header, sent by every Anthropic SDK), else OpenAI's."""
+    return CODECS["anthropic_messages" if "anthropic-version" in request.headers else "openai_chat"]
+
+
+def _api_error(codec: Codec, status: int, message: str, type: str = "invalid_request_error",
+               param: str | None = None, code: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    """An error response in ``codec``'s API shape (``application/json``)."""
+    return web.Response(status=status, body=codec.error_body(status, message, type, param, code),
+                        content_type="application/json", headers=headers)
+
+
 # ------------------------------------------------------------------------------------------------ shared helpers
 
 
-def _not_ready(st: SidecarState, route: str) -> web.Response:
+def _not_ready(st: SidecarState, codec: Codec, route: str) -> web.Response:
     st.metrics.count(route, 503)
     msg = "upstream.base_url is not configured" if not st.upstream.configured else "sidecar is not ready"
-    return error_response(503, msg, "server_error", None, "not_ready", headers={"Retry-After": "1"})
+    return _api_error(codec, 503, msg, "server_error", None, "not_ready", headers={"Retry-After": "1"})
 
 
-async def _read_body(request: web.Request, st: SidecarState, route: str) -> bytes | web.Response:
+async def _read_body(request: web.Request, st: SidecarState, codec: Codec, route: str) -> bytes | web.Response:
     """The request body, or a 413 error response when it exceeds ``server.max_body_bytes``."""
     limit = st.config.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        return _too_large(st, route, limit)
+        return _too_large(st, codec, route, limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _too_large(st, route, limit)
+        return _too_large(st, codec, route, limit)
 
 
-def _too_large(st: SidecarState, route: str, limit: int) -> web.Response:
+def _too_large(st: SidecarState, codec: Codec, route: str, limit: int) -> web.Response:
     st.metrics.count(route, 413)
-    return error_response(413, f"request body exceeds server.max_body_bytes ({limit} bytes)",
-                          "invalid_request_error", None, "request_too_large")
+    return _api_error(codec, 413, f"request body exceeds server.max_body_bytes ({limit} bytes)",
+                      "invalid_request_error", None, "request_too_large")
 
 
-def _upstream_failed(st: SidecarState, route: str, exc: UpstreamError) -> web.Response:
+def _upstream_failed(st: SidecarState, codec: Codec, route: str, exc: UpstreamError) -> web.Response:
     st.metrics.count(route, exc.status)
     log.warning("upstream failure: %s", exc.message)
-    return error_response(exc.status, exc.message, "upstream_error" if exc.status == 502 else "timeout_error",
-                          None, exc.code)
+    return _api_error(codec, exc.status, exc.message, "upstream_error" if exc.status == 502 else "timeout_error",
+                      None, exc.code)
 
 
-def _upstream_request_headers(request: web.Request, st: SidecarState) -> dict[str, str]:
-    """The headers for the upstream call (:func:`railcar.sidecar.headers.upstream_headers` under ``[upstream]``)."""
+def _upstream_request_headers(request: web.Request, st: SidecarState, api: str) -> dict[str, str]:
+    """The headers for the upstream call (:func:`railcar.sidecar.headers.upstream_headers` under ``[upstream]``;
+    Anthropic Messages carry ``x-api-key`` from ``[upstream.anthropic]``)."""
     cfg = st.config.upstream
+    if api == "anthropic_messages":
+        return upstream_headers(request.headers, api_key=st.upstream.anthropic_key,
+                                pass_client_authorization=cfg.anthropic.pass_client_key,
+                                default_headers=cfg.default_headers, credential_header="x-api-key")
     return upstream_headers(request.headers, api_key=st.upstream.api_key,
                             pass_client_authorization=cfg.pass_client_authorization,
                             default_headers=cfg.default_headers)
@@ -242,29 +292,29 @@ def _body_failure(exc: BaseException) -> UpstreamError:
     return UpstreamError(502, "upstream_unreachable", f"upstream body failed: {type(exc).__name__}")
 
 
-def _bad_request(st: SidecarState, message: str, param: str | None, code: str) -> web.Response:
-    st.metrics.count(ROUTE_CHAT, 400)
-    return error_response(400, message, "invalid_request_error", param, code)
+# ------------------------------------------------------------------------------------------------ guarded routes
 
 
-# ------------------------------------------------------------------------------------------------ chat completions
-
-
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    st: SidecarState = request.app["state"]
+async def _guarded(request: web.Request, st: SidecarState, route: Route, codec: Codec) -> web.StreamResponse:
+    """One call on a codec's route: parsed with orjson, validated by the codec (400 naming the field), checked by the
+    guard, forwarded (the client's exact bytes unless the body changed) and the answer relayed through the guard."""
+    label = route.label
     guard = st.guard
-    if guard is None or not st.upstream.configured:
-        return _not_ready(st, ROUTE_CHAT)
-    raw = await _read_body(request, st, ROUTE_CHAT)
+    if guard is None or not st.upstream.base_for(codec.name):
+        return _not_ready(st, codec, label)
+    raw = await _read_body(request, st, codec, label)
     if isinstance(raw, web.Response):
         return raw
-    parsed = _parse_chat(st, raw)
+    parsed = _parse(st, codec, label, raw)
     if isinstance(parsed, web.Response):
         return parsed
     body, options, had_options = parsed
-    ex = Exchange(body=body, headers=forwarded_headers(request.headers), guardrails_options=options)
+    base = st.upstream.base_for(codec.name)
+    ex = Exchange(body=body, headers=forwarded_headers(request.headers), guardrails_options=options, api=codec.name,
+                  upstream_url=st.upstream.url_for(route.path, base=base))
+    call = _Call(request, st, guard, codec, label, ex)
     try:
-        return await _serve_chat(request, st, guard, ex, raw, body, had_options)
+        return await call.serve(route.path, base, raw, body, had_options)
     except asyncio.CancelledError:
         _cancelled(ex)
         raise
@@ -273,28 +323,24 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         _notify(st.observers, ex)
 
 
-def _parse_chat(st: SidecarState, raw: bytes) -> tuple[dict[str, Any], dict[str, Any] | None, bool] | web.Response:
-    """``(body without "guardrails", the guardrails options or None, whether the field was present)`` for a
-    chat-completions request body, or the 400 answer naming what is wrong with it."""
+def _parse(st: SidecarState, codec: Codec, label: str,
+           raw: bytes) -> tuple[dict[str, Any], dict[str, Any] | None, bool] | web.Response:
+    """``(body without "guardrails", the guardrails options or None, whether the field was present)``, or the 400
+    answer in the codec's shape naming what is wrong (not JSON, :meth:`Codec.validate`'s problem)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _bad_request(st, f"request body is not valid JSON: {exc}", None, "invalid_json")
-    if not isinstance(body, dict):
-        return _bad_request(st, "request body must be a JSON object", None, "invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        what = "missing required parameter: 'model'" if model is None else "'model' must be a non-empty string"
-        return _bad_request(st, what, "model", "missing_required_parameter" if model is None else "invalid_type")
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        what = "missing required parameter: 'messages'" if messages is None else "'messages' must be an array"
-        return _bad_request(st, what, "messages",
-                            "missing_required_parameter" if messages is None else "invalid_type")
+        st.metrics.count(label, 400)
+        return _api_error(codec, 400, f"request body is not valid JSON: {exc}", code="invalid_json")
+    problem = codec.validate(body)
+    if problem is not None:
+        st.metrics.count(label, problem.status)
+        return web.Response(status=problem.status, body=codec.problem_body(problem), content_type="application/json")
     had_options = "guardrails" in body
     options = body.pop("guardrails", None)
     if options is not None and not isinstance(options, dict):
-        return _bad_request(st, "'guardrails' must be an object", "guardrails", "invalid_type")
+        st.metrics.count(label, 400)
+        return _api_error(codec, 400, "'guardrails' must be an object", param="guardrails", code="invalid_type")
     return body, options, had_options
 
 
@@ -319,120 +365,148 @@ def _cancelled(ex: Exchange) -> None:
     ex.error = ex.error or _GONE
 
 
-async def _serve_chat(request: web.Request, st: SidecarState, guard: Guard, ex: Exchange, raw: bytes,
-                      original: dict[str, Any], had_options: bool) -> web.StreamResponse:
-    m = st.metrics
-    try:
-        refusal = await guard.check_request(ex)
-    except GuardRejected as rej:
-        ex.status = rej.status
-        m.count(ROUTE_CHAT, rej.status)
-        return error_response(rej.status, rej.message, rej.type, rej.param, rej.code)
-    except Exception as exc:
-        log.exception("guard check_request failed")
-        return _guard_failed(st, ex, exc)
-    if refusal is not None:
-        ex.outcome.block(refusal.rail)
-        return await _send_refusal(request, st, ex, refusal.message, refusal.rail)
+class _Call:
+    """One guarded call after parsing: the request checks, the upstream call and the relay of its answer, in the
+    API of ``codec`` (its error, refusal and blocked shapes)."""
 
-    if had_options or ex.body_changed or ex.body is not original:
-        data = orjson.dumps(ex.body)
-    else:
-        data = raw  # untouched: the client's exact bytes
-    headers = _upstream_request_headers(request, st)
-    headers["content-type"] = "application/json"
-    t0 = time.perf_counter()
-    try:
-        up = await st.upstream.send("POST", request.path, headers, data, request.query_string)
-    except UpstreamError as exc:
-        ex.status, ex.error = exc.status, exc.code
-        return _upstream_failed(st, ROUTE_CHAT, exc)
-    m.upstream_ttfb.labels(ROUTE_CHAT).observe(time.perf_counter() - t0)
-    ex.status = up.status
-    if up.headers.get("Content-Type", "").startswith(_SSE):
-        return await _relay_sse(request, st, guard, ex, up, t0)
-    return await _relay_json(st, guard, ex, up, t0)
+    __slots__ = ("request", "st", "guard", "codec", "label", "ex")
 
+    def __init__(self, request: web.Request, st: SidecarState, guard: Guard, codec: Codec, label: str,
+                 ex: Exchange) -> None:
+        self.request, self.st, self.guard, self.codec, self.label, self.ex = request, st, guard, codec, label, ex
 
-def _guard_failed(st: SidecarState, ex: Exchange, exc: Exception) -> web.Response:
-    """Fail closed when a guard check raises: HTTP 500 ``guard_error`` in the OpenAI shape."""
-    ex.status, ex.error = 500, f"guard failed: {type(exc).__name__}"
-    st.metrics.count(ROUTE_CHAT, 500)
-    return error_response(500, "guardrails check failed", "server_error", None, "guard_error")
+    def _error(self, status: int, message: str, type: str, param: str | None, code: str | None) -> web.Response:
+        self.ex.status = status
+        self.st.metrics.count(self.label, status)
+        return _api_error(self.codec, status, message, type, param, code)
 
-
-async def _send_refusal(request: web.Request, st: SidecarState, ex: Exchange, message: str,
-                        rail: str) -> web.StreamResponse:
-    ex.status = 200
-    st.metrics.count(ROUTE_CHAT, 200)
-    if not ex.stream:
-        return web.Response(body=orjson.dumps(refusal_completion(ex.model, message, rail=rail)),
-                            content_type="application/json")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                       "Cache-Control": "no-cache"})
-    await resp.prepare(request)
-    await resp.write(b"".join(refusal_chunks(ex.model, message)))  # one write: the frames are all ready
-    await resp.write_eof()
-    return resp
-
-
-async def _relay_json(st: SidecarState, guard: Guard, ex: Exchange, up: aiohttp.ClientResponse,
-                      t0: float) -> web.StreamResponse:
-    try:
-        payload = await up.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        up.close()
-        err = _body_failure(exc)
-        ex.status, ex.error = err.status, err.code
-        return _upstream_failed(st, ROUTE_CHAT, err)
-    finally:
-        up.release()
-    st.metrics.upstream_latency.labels(ROUTE_CHAT).observe(time.perf_counter() - t0)
-    ex.response_body = payload
-    if up.status == 200:
+    async def serve(self, path: str, base: str, raw: bytes, original: dict[str, Any],
+                    had_options: bool) -> web.StreamResponse:
+        st, ex, guard = self.st, self.ex, self.guard
         try:
-            parsed = orjson.loads(payload)
+            refusal = await guard.check_request(ex)
+        except GuardRejected as rej:
+            return self._error(rej.status, rej.message, rej.type, rej.param, rej.code)
+        except Exception as exc:
+            log.exception("guard check_request failed")
+            return self._guard_failed(exc)
+        if refusal is not None:
+            ex.outcome.block(refusal.rail)
+            return await self._send_refusal(refusal.message, refusal.rail)
+
+        if had_options or ex.body_changed or ex.body is not original:
+            data = orjson.dumps(ex.body)
+        else:
+            data = raw  # untouched: the client's exact bytes
+        headers = _upstream_request_headers(self.request, st, self.codec.name)
+        headers["content-type"] = "application/json"
+        t0 = time.perf_counter()
+        try:
+            up = await st.upstream.send("POST", path, headers, data, self.request.rel_url.raw_query_string, base)
+        except UpstreamError as exc:
+            ex.status, ex.error = exc.status, exc.code
+            return _upstream_failed(st, self.codec, self.label, exc)
+        st.metrics.upstream_ttfb.labels(self.label).observe(time.perf_counter() - t0)
+        ex.status = up.status
+        if up.headers.get("Content-Type", "").startswith(_SSE):
+            return await self._relay_sse(up, t0)
+        if ex.stream and up.status == 200 and self.guard.inspects:
+            # A stream asked for, something else answered: relaying it unchecked would hand the agent bytes no
+            # rail saw (issue 13: SSE sent as text/plain); the agent gets the API's error instead.
+            up.close()
+            ex.error = "upstream_not_sse"
+            return self._error(502, "upstream answered a streaming request without text/event-stream",
+                               "upstream_error", None, "upstream_not_sse")
+        return await self._relay_json(up, t0)
+
+    def _guard_failed(self, exc: Exception) -> web.Response:
+        """Fail closed when a guard check raises: HTTP 500 ``guard_error`` in the API's shape."""
+        resp = self._error(500, "guardrails check failed", "server_error", None, "guard_error")
+        self.ex.error = f"guard failed: {type(exc).__name__}"
+        return resp
+
+    async def _send_refusal(self, message: str, rail: str) -> web.StreamResponse:
+        ex, codec = self.ex, self.codec
+        status = codec.refusal_status
+        ex.status = status
+        self.st.metrics.count(self.label, status)
+        if not ex.stream or status != 200:
+            return web.Response(status=status, body=orjson.dumps(codec.refusal_body(ex.model, message, rail)),
+                                content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(self.request)
+        await resp.write(b"".join(codec.refusal_frames(ex.model, message)))  # one write: the frames are all ready
+        await resp.write_eof()
+        return resp
+
+    async def _relay_json(self, up: aiohttp.ClientResponse, t0: float) -> web.StreamResponse:
+        """A whole answer: read, parsed, checked (an error body too: a provider may quote the input in it). An
+        answer that is not a JSON object is not relayed as if checked: the API's 502 replaces it."""
+        st, ex = self.st, self.ex
+        try:
+            payload = await up.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            up.close()
+            err = _body_failure(exc)
+            ex.status, ex.error = err.status, err.code
+            return _upstream_failed(st, self.codec, self.label, err)
+        finally:
+            up.release()
+        st.metrics.upstream_latency.labels(self.label).observe(time.perf_counter() - t0)
+        ex.response_body = payload
+        try:
+            parsed = orjson.loads(payload) if payload else None
         except orjson.JSONDecodeError:
-            parsed = None  # not JSON: nothing a guard could check, relayed as is
-        if isinstance(parsed, dict):
-            try:
-                replaced = await guard.check_response(ex, parsed)
-            except Exception as exc:  # fail closed, in the OpenAI shape, like a failing check_request
-                log.exception("guard check_response failed")
-                return _guard_failed(st, ex, exc)
-            if replaced is not None:
-                payload = orjson.dumps(replaced)
-    st.metrics.count(ROUTE_CHAT, up.status)
-    return web.Response(status=up.status, body=payload, headers=CIMultiDict(response_headers(up.headers)))
+            parsed = None
+        status = up.status
+        if not isinstance(parsed, dict):
+            if not self.guard.inspects or (not payload and status != 200):
+                st.metrics.count(self.label, status)
+                return web.Response(status=status, body=payload, headers=CIMultiDict(response_headers(up.headers)))
+            ex.error = "upstream_not_json"
+            return self._error(502, f"upstream answered HTTP {status} with a body that is not a JSON object",
+                               "upstream_error", None, "upstream_not_json")
+        try:
+            replaced = await self.guard.check_response(ex, parsed)
+        except Exception as exc:  # fail closed, in the API's shape, like a failing check_request
+            log.exception("guard check_response failed")
+            return self._guard_failed(exc)
+        headers = CIMultiDict(response_headers(up.headers))
+        if replaced is not None:
+            payload = orjson.dumps(replaced)
+            if ex.outcome.blocked:
+                status = ex.status = self.codec.refusal_status
+        st.metrics.count(self.label, status)
+        return web.Response(status=status, body=payload, headers=headers)
+
+    async def _relay_sse(self, up: aiohttp.ClientResponse, t0: float) -> web.StreamResponse:
+        """Relay an upstream SSE body through the guard's stream; see the module docstring of
+        :mod:`railcar.core.guard`. The 200 and its headers go out first; what follows is up to the stream guard."""
+        st, ex = self.st, self.ex
+        m = st.metrics
+        resp = web.StreamResponse(status=up.status, headers=CIMultiDict(response_headers(up.headers)))
+        m.inflight_streams.inc()
+        m.count(self.label, up.status)
+        relay = _SSERelay(ex, up, resp, self.codec, st.config.server.max_event_bytes)
+        try:
+            await resp.prepare(self.request)
+            await relay.run(self.guard)
+        except asyncio.CancelledError:
+            _cancelled(ex)
+            raise
+        finally:
+            if relay.clean:
+                up.release()
+            else:
+                up.close()  # stop the generation now: the connection is dropped, not pooled
+            m.inflight_streams.dec()
+            m.upstream_latency.labels(self.label).observe(time.perf_counter() - t0)
+            await relay.finish_quietly()
+        return resp
 
 
 # ------------------------------------------------------------------------------------------------ the SSE relay
-
-
-async def _relay_sse(request: web.Request, st: SidecarState, guard: Guard, ex: Exchange,
-                     up: aiohttp.ClientResponse, t0: float) -> web.StreamResponse:
-    """Relay an upstream SSE body through the guard's stream; see the module docstring of
-    :mod:`railcar.core.guard`. The 200 and its headers go out first; what follows is up to the stream guard."""
-    m = st.metrics
-    resp = web.StreamResponse(status=up.status, headers=CIMultiDict(response_headers(up.headers)))
-    m.inflight_streams.inc()
-    m.count(ROUTE_CHAT, up.status)
-    relay = _SSERelay(ex, up, resp)
-    try:
-        await resp.prepare(request)
-        await relay.run(guard)
-    except asyncio.CancelledError:
-        _cancelled(ex)
-        raise
-    finally:
-        if relay.clean:
-            up.release()
-        else:
-            up.close()  # stop the generation now: the connection is dropped, not pooled
-        m.inflight_streams.dec()
-        m.upstream_latency.labels(ROUTE_CHAT).observe(time.perf_counter() - t0)
-        await relay.finish_quietly()
-    return resp
 
 
 class _SSERelay:
@@ -444,10 +518,11 @@ class _SSERelay:
     end (its connection may go back to the pool).
     """
 
-    __slots__ = ("ex", "up", "resp", "sink", "sg", "splitter", "clean", "_ended")
+    __slots__ = ("ex", "up", "resp", "codec", "max_event", "sink", "sg", "splitter", "clean", "_ended")
 
-    def __init__(self, ex: Exchange, up: aiohttp.ClientResponse, resp: web.StreamResponse) -> None:
-        self.ex, self.up, self.resp = ex, up, resp
+    def __init__(self, ex: Exchange, up: aiohttp.ClientResponse, resp: web.StreamResponse, codec: Codec,
+                 max_event: int) -> None:
+        self.ex, self.up, self.resp, self.codec, self.max_event = ex, up, resp, codec, max_event
         self.sink = _Sink(resp)
         self.sg: StreamGuard | None = None
         self.splitter = SSESplitter()
@@ -462,11 +537,18 @@ class _SSERelay:
             await self._pump(sg)
         except ClientGone:
             _client_gone(ex)
+        except _EventTooLarge:
+            await self._fail("upstream_event_too_large",
+                             f"upstream sent an SSE event over server.max_event_bytes ({self.max_event} bytes)",
+                             "upstream_error")
         except (TimeoutError, aiohttp.ClientError) as exc:
             if sg.stopped:  # the guard aborted the upstream itself: a block, not a failure
                 ex.outcome.block()
+            elif isinstance(exc, asyncio.TimeoutError):
+                await self._fail("upstream_timeout", "upstream timed out mid-stream", "timeout_error")
             else:
-                await self._upstream_broke(exc)
+                await self._fail("upstream_unreachable", "upstream connection failed mid-stream", "upstream_error",
+                                 f"upstream_failed: {type(exc).__name__}")
         await self._finish(self.sink if ex.error is None else None)
         if not ex.outcome.client_gone:
             try:
@@ -483,6 +565,7 @@ class _SSERelay:
         readany = self.up.content.readany
         splitter = self.splitter
         feed = splitter.feed
+        max_event = self.max_event
         datas = self.ex.stream_data
         record = datas.append
         sink = self.sink
@@ -492,7 +575,10 @@ class _SSERelay:
         while not (eof or sg.stopped):
             chunk = await readany()
             if chunk:
+                big = splitter.pending + len(chunk) > max_event  # cheap: only a big read can hold a big event
                 events = feed(chunk)
+                if big and (splitter.pending > max_event or any(len(r) > max_event for r, _ in events)):
+                    raise _EventTooLarge
             else:
                 eof = True
                 tail = splitter.flush()
@@ -522,19 +608,16 @@ class _SSERelay:
         else:
             self.clean = True
 
-    async def _upstream_broke(self, exc: BaseException) -> None:
-        """The upstream failed mid-stream: the 200 is already sent, so say it in-band (the openai client raises
-        APIError on an error event) rather than end the stream silently."""
+    async def _fail(self, code: str, message: str, type: str, error: str | None = None) -> None:
+        """The stream cannot go on (the upstream failed, timed out or sent an over-size event): the 200 is already
+        sent, so say it in-band in the API's error form (the openai and anthropic clients raise on it) rather
+        than end the stream silently. ``error`` is the trace's ``ex.error`` (default ``code``)."""
         ex = self.ex
-        timeout = isinstance(exc, asyncio.TimeoutError)
-        ex.error = "upstream_timeout" if timeout else f"upstream_failed: {type(exc).__name__}"
+        ex.error = error or code
         log.warning("upstream stream failed: %s", ex.error)
         await self._finish(None)
         try:
-            await self.resp.write(sse_error_frame(
-                "upstream timed out mid-stream" if timeout else "upstream connection failed mid-stream",
-                "timeout_error" if timeout else "upstream_error",
-                "upstream_timeout" if timeout else "upstream_unreachable"))
+            await self.resp.write(self.codec.error_frame(message, type, None, code))
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             _client_gone(ex)
 
@@ -571,37 +654,39 @@ class _SSERelay:
 # ------------------------------------------------------------------------------------------------ pass-through
 
 
-async def _passthrough(request: web.Request) -> web.StreamResponse:
-    """Any other ``/v1/*`` call: same method, path, query and body; response relayed (streamed if the upstream
-    streams: SSE or no ``Content-Length``)."""
-    st: SidecarState = request.app["state"]
-    route = ROUTE_MODELS if request.path.rstrip("/") == "/v1/models" else ROUTE_PASS
-    if st.guard is None or not st.upstream.configured:
-        return _not_ready(st, route)
-    raw = await _read_body(request, st, route)
+async def _passthrough(request: web.Request, st: SidecarState, route: Route) -> web.StreamResponse:
+    """A ``server.passthrough_paths`` call: same method, canonical path, query and body; response relayed
+    (streamed if the upstream streams: SSE or no ``Content-Length``). Unguarded by the operator's choice."""
+    shape = _shape_of(request)
+    label = route.label
+    if st.guard is None or not st.upstream.base_url:
+        return _not_ready(st, shape, label)
+    raw = await _read_body(request, st, shape, label)
     if isinstance(raw, web.Response):
         return raw
-    headers = _upstream_request_headers(request, st)
+    headers = _upstream_request_headers(request, st, shape.name)
     t0 = time.perf_counter()
     try:
-        up = await st.upstream.send(request.method, request.path, headers, raw or None, request.query_string)
+        up = await st.upstream.send(request.method, route.path, headers, raw or None,
+                                    request.rel_url.raw_query_string)
     except UpstreamError as exc:
-        return _upstream_failed(st, route, exc)
-    st.metrics.upstream_ttfb.labels(route).observe(time.perf_counter() - t0)
+        return _upstream_failed(st, shape, label, exc)
+    st.metrics.upstream_ttfb.labels(label).observe(time.perf_counter() - t0)
     streamed = up.headers.get("Content-Type", "").startswith(_SSE) or (
         up.content_length is None and request.method != "HEAD" and up.status not in (204, 304))
     if streamed:
-        return await _pass_stream(request, st, route, up, t0)
-    return await _pass_whole(st, route, up, t0)
+        return await _pass_stream(request, st, label, up, t0)
+    return await _pass_whole(st, shape, label, up, t0)
 
 
-async def _pass_whole(st: SidecarState, route: str, up: aiohttp.ClientResponse, t0: float) -> web.Response:
+async def _pass_whole(st: SidecarState, shape: Codec, route: str, up: aiohttp.ClientResponse,
+                      t0: float) -> web.Response:
     """A pass-through response with a known length: read whole, then sent."""
     try:
         payload = await up.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
         up.close()
-        return _upstream_failed(st, route, _body_failure(exc))
+        return _upstream_failed(st, shape, route, _body_failure(exc))
     finally:
         up.release()
     st.metrics.upstream_latency.labels(route).observe(time.perf_counter() - t0)

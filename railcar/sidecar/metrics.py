@@ -6,8 +6,12 @@ the process registers (the publisher's ``railcar_publisher_*`` from :mod:`railca
 ``railcar_rail_*`` from :mod:`railcar.rails.metrics`, the process and GC collectors); a family name present in both is
 rendered once (the sidecar's own registry wins), so the exposition never holds a duplicate family.
 
-- ``railcar_requests_total{route,status}`` counter: answered requests, ``route`` one of ``chat_completions``,
-  ``models``, ``passthrough``, ``status`` the HTTP status sent to the agent.
+- ``railcar_requests_total{route,status}`` counter: answered requests, ``route`` a guarded API
+  (``chat_completions``, ``responses``, ``messages``, ``completions``, ``embeddings``), a ``server.passthrough_paths``
+  entry (``/v1/models``, ``/v1/models/*``) or ``refused``; ``status`` the HTTP status sent to the agent.
+- ``railcar_passthrough_requests_total{path}`` counter: unguarded requests, by the ``server.passthrough_paths`` entry.
+- ``railcar_refused_paths_total{code}`` counter: requests refused by routing (``unguarded_path``, ``invalid_path``,
+  ``unknown_path``, ``method_not_allowed``).
 - ``railcar_upstream_latency_seconds{route}`` histogram: request sent → upstream body fully received.
 - ``railcar_upstream_ttfb_seconds{route}`` histogram: request sent → upstream response headers received.
 - ``railcar_inflight_streams`` gauge: streamed responses currently being relayed.
@@ -70,6 +74,12 @@ class Metrics:
                                        buckets=_TTFB_BUCKETS, registry=self.registry)
         self.inflight_streams = Gauge("railcar_inflight_streams", "Streamed responses being relayed now.",
                                       registry=self.registry)
+        self.passthrough = Counter("railcar_passthrough_requests", "Requests forwarded unguarded because "
+                                   "server.passthrough_paths lists them, by the matching entry.", ("path",),
+                                   registry=self.registry)
+        self.refused_paths = Counter("railcar_refused_paths", "Requests refused before routing (no codec and not "
+                                     "listed, a path with no single meaning, or the wrong method), by reason.",
+                                     ("code",), registry=self.registry)
         self._req_children: dict[tuple[str, int], Counter] = {}
 
     def count(self, route: str, status: int) -> None:

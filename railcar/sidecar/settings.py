@@ -32,7 +32,7 @@ class ServerConfig:
                                                 "stream with the API's error.", bound=">0")
     read_timeout_s: float = opt(30.0, "Seconds a client may take to send its request headers and body (then the "
                                       "connection is closed).", bound=">0")
-    max_idle_connections: int = opt(128, "Idle keep-alive client connections kept open; the oldest idle ones are "
+    max_idle_connections: int = opt(1024, "Idle keep-alive client connections kept open; the oldest idle ones are "
                                          "closed past it.", bound=">0")
 
     def validate(self) -> list[Problem]:

@@ -2,7 +2,9 @@
 
 :class:`Upstream` maps a sidecar path (``/v1/chat/completions``) onto ``upstream.base_url``
 (``http://host:9000/v1`` → ``http://host:9000/v1/chat/completions``): the ``/v1`` prefix the agent used is
-replaced by the base URL's path, the query string kept. Errors before the response headers arrive are turned
+replaced by the base URL's path, the query string kept. Anthropic Messages (``/v1/messages``) go to
+``upstream.anthropic.base_url`` when set, written the way the Anthropic SDK takes it (``https://api.anthropic.com``,
+``/v1`` added unless present), with its own credential; else to ``upstream.base_url`` like the rest. Errors before the response headers arrive are turned
 into :class:`UpstreamError` with the HTTP status the agent gets: 502 when the upstream cannot be reached or the
 connection fails (including ``upstream.connect_timeout_s``), 504 when it accepted the request but sent no
 headers within ``upstream.read_timeout_s``. The same read timeout applies between body reads afterwards
@@ -43,12 +45,22 @@ class Upstream:
         self.config = config
         self.base_url = config.base_url.rstrip("/")
         self.api_key = config.api_key()
+        anth = config.anthropic
+        base = anth.base_url.rstrip("/")
+        self.anthropic_base = (base if base.endswith("/v1") else base + "/v1") if base else self.base_url
+        # Without its own key the Anthropic route uses the main credential (one gateway serving both APIs).
+        self.anthropic_key = anth.api_key() or self.api_key
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def configured(self) -> bool:
-        """``upstream.base_url`` is set (``/readyz`` and ``/v1/*`` answer 503 until it is)."""
-        return bool(self.base_url)
+        """An upstream is set (``upstream.base_url`` or ``upstream.anthropic.base_url``; ``/readyz`` answers 503
+        until one is)."""
+        return bool(self.base_url or self.anthropic_base)
+
+    def base_for(self, api: str) -> str:
+        """The base URL serving codec ``api`` (``anthropic_messages``: :attr:`anthropic_base`); ``""`` when unset."""
+        return self.anthropic_base if api == "anthropic_messages" else self.base_url
 
     async def start(self) -> aiohttp.ClientSession:
         """Create the pooled session (idempotent)."""
@@ -68,18 +80,21 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    def url_for(self, path: str, query_string: str = "") -> str:
-        """``/v1/x`` → ``<base_url>/x`` (``?query`` kept). Paths not under ``/v1`` are appended whole."""
+    def url_for(self, path: str, query_string: str = "", base: str | None = None) -> str:
+        """``/v1/x`` → ``<base>/x`` (``base`` default ``upstream.base_url``; ``?query`` kept). Paths not under
+        ``/v1`` are appended whole."""
         tail = path[3:] if path.startswith("/v1/") or path == "/v1" else path
-        url = self.base_url + tail
+        url = (self.base_url if base is None else base) + tail
         return f"{url}?{query_string}" if query_string else url
 
     async def send(self, method: str, path: str, headers: Mapping[str, str], data: bytes | None,
-                   query_string: str = "") -> aiohttp.ClientResponse:
-        """Send the request; return the response once its headers arrived (body unread: the caller must
-        ``release()`` or ``close()`` it). Raises :class:`UpstreamError` (502/504)."""
+                   query_string: str = "", base: str | None = None) -> aiohttp.ClientResponse:
+        """Send the request to ``base`` (default ``upstream.base_url``) + ``path``; return the response once its
+        headers arrived (body unread: the caller must ``release()`` or ``close()`` it). ``path`` is canonical
+        (:func:`railcar.sidecar.routes.normalise`) and sent as it is, never re-normalised. Raises
+        :class:`UpstreamError` (502/504)."""
         session = self._session or await self.start()
-        url = self.url_for(path, query_string)
+        url = URL(self.url_for(path, query_string, base), encoded=True)
         try:
             return await session.request(method, url, headers=headers, data=data, allow_redirects=False,
                                          compress=None)

@@ -132,6 +132,7 @@ async def test_client_disconnect_closes_upstream(make_config, start_sidecar):
 def _start_serve(port: int, upstream: str, grace: float) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
     env.update(RAILCAR_UPSTREAM_BASE_URL=upstream, RAILCAR_SERVER_PORT=str(port),
+               RAILCAR_GUARDRAILS_CONFIG_PATH="none",
                RAILCAR_SERVER_GRACE_PERIOD_S=str(grace), RAILCAR_SERVER_LOG_LEVEL="warning")
     return subprocess.Popen([sys.executable, "-m", "railcar", "serve"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)

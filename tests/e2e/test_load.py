@@ -35,6 +35,7 @@ async def test_500_concurrent_streams_bounded_memory():
         up.record_requests = False
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAILCAR_")}
         env.update(RAILCAR_UPSTREAM_BASE_URL=up.base_url, RAILCAR_SERVER_PORT=str(port),
+                   RAILCAR_GUARDRAILS_CONFIG_PATH="none",
                    RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_SERVER_GRACE_PERIOD_S="2")
         proc = subprocess.Popen([sys.executable, "-m", "railcar", "serve"], env=env,
                                 stderr=subprocess.PIPE)

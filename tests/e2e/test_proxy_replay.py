@@ -4,10 +4,12 @@ same sequence of SSE events (byte-exact), whatever the upstream's transport chun
 from __future__ import annotations
 
 import aiohttp
+import orjson
 import pytest
+from shared_fixtures import RECORDED_ANTHROPIC, RECORDED_RESPONSES
 
 from railcar.sidecar.sse import split_events
-from railcar.tools.replay_upstream import ReplayUpstream, _body_key
+from railcar.tools.replay_upstream import ReplayUpstream, _body_key, load_records
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, rec: dict, by_id: bool) -> tuple[int, str, bytes]:
@@ -31,6 +33,28 @@ async def test_all_records_relay_faithfully(records, make_config, start_sidecar,
                 if direct[1].startswith("text/event-stream"):
                     assert split_events(proxied[2]) == split_events(direct[2]), rec["id"]
                 assert proxied[2] == direct[2], rec["id"]
+
+
+@pytest.mark.parametrize("recorded, path, count", [(RECORDED_RESPONSES, "/responses", 186),
+                                                   (RECORDED_ANTHROPIC, "/messages", 153)])
+async def test_responses_and_anthropic_records_relay_faithfully(recorded, path, count, make_config, start_sidecar):
+    """Issue 12: the recorded Responses API and Anthropic Messages traffic (streaming and not, tool use, reasoning,
+    server tools, errors) through Railcar with no rails reaches the client as it reaches a direct client: byte for
+    byte for streams (``event:`` lines included), the same JSON otherwise."""
+    records = load_records(recorded)
+    assert len(records) == count
+    async with ReplayUpstream(records) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}))
+        async with aiohttp.ClientSession() as s:
+            for rec in records:
+                direct = await fetch(s, up.base_url + path, rec, by_id=True)
+                proxied = await fetch(s, sc.base_url + path, rec, by_id=True)
+                assert direct[0] == rec["status"], rec["id"]
+                assert proxied[:2] == direct[:2], rec["id"]
+                if direct[1].startswith("text/event-stream"):
+                    assert proxied[2] == direct[2], rec["id"]
+                else:
+                    assert orjson.loads(proxied[2]) == orjson.loads(direct[2]), rec["id"]
 
 
 async def test_match_by_body_without_replay_id(records, sidecar, replay_upstream):

@@ -133,18 +133,33 @@ async def test_stream_guard_stop_closes_upstream(make_config, start_sidecar):
     assert guard.ended == 1 and up.completed == 0
 
 
-async def test_passthrough_models_and_streamed_paths(sidecar, replay_upstream):
-    async with openai.AsyncOpenAI(base_url=sidecar.base_url, api_key="k", max_retries=0) as c:
+async def test_only_listed_paths_pass_through(replay_upstream, make_config, start_sidecar):
+    listed = ["/v1/models", "/v1/models/*", "/v1/files/*", "/v1/batches"]
+    sc = await start_sidecar(make_config(upstream={"base_url": replay_upstream.base_url},
+                                         server={"passthrough_paths": listed}))
+    async with openai.AsyncOpenAI(base_url=sc.base_url, api_key="k", max_retries=0) as c:
         models = [m.id async for m in c.models.list()]
     assert "gpt-4o" in models
     async with aiohttp.ClientSession() as s:
-        async with s.post(sidecar.base_url + "/responses?stream=4", json={"input": "x"}) as r:
+        async with s.post(sc.base_url + "/batches?stream=4", json={"input": "x"}) as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             body = await r.read()
-        async with s.delete(sidecar.base_url + "/files/abc") as r:
+        async with s.delete(sc.base_url + "/files/abc") as r:
             echo = await r.json()
+        n_up = len(replay_upstream.requests)
+        async with s.delete(sc.base_url + "/assistants/abc") as r:
+            refused = (r.status, await r.json())
+        async with s.get(sc.url("/metrics")) as r:
+            text = await r.text()
     assert body.count(b"data: ") == 5 and body.endswith(b"data: [DONE]\n\n")
     assert echo["method"] == "DELETE" and echo["path"] == "/v1/files/abc"
+    status, err = refused
+    assert status == 404 and err["error"]["code"] == "unguarded_path"
+    assert "/v1/assistants/abc" in err["error"]["message"] and "server.passthrough_paths" in err["error"]["message"]
+    assert len(replay_upstream.requests) == n_up  # the refused call never left the pod
+    assert 'railcar_passthrough_requests_total{path="/v1/files/*"} 1.0' in text
+    assert 'railcar_passthrough_requests_total{path="/v1/batches"} 1.0' in text
+    assert 'railcar_refused_paths_total{code="unguarded_path"} 1.0' in text
 
 
 async def test_health_ready_metrics(replay_upstream, make_config, start_sidecar):

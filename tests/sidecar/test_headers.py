@@ -49,7 +49,8 @@ async def test_headers_end_to_end(replay_upstream, make_config, start_sidecar, r
     key_file = tmp_path / "key"
     key_file.write_text("sk-from-file\n")
     cfg = make_config(upstream={"base_url": replay_upstream.base_url, "api_key_file": str(key_file),
-                                "default_headers": {"x-team": "red", "x-request-id": "default"}})
+                                "default_headers": {"x-team": "red", "x-request-id": "default"}},
+                      server={"passthrough_paths": ["/v1/embeddings-probe"]})
     sc = await start_sidecar(cfg)
     rec = records[0]
     async with aiohttp.ClientSession() as s:
@@ -67,3 +68,19 @@ async def test_headers_end_to_end(replay_upstream, make_config, start_sidecar, r
     assert "cookie" not in seen
     assert echo["path"] == "/v1/embeddings-probe" and echo["query"] == "q=1"
     assert echo["headers"]["authorization"] == "Bearer sk-from-file" and echo["headers"]["x-request-id"] == "e"
+
+
+def test_credentials_never_forwarded_or_traced():
+    client = {"Authorization": "Bearer agent", "x-api-key": "sk-ant-agent", "api-key": "azure-agent",
+              "Cookie": "s=1", "anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024", "x-trace": "t"}
+    traced = forwarded_headers(client)
+    assert traced == {"anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024", "x-trace": "t"}
+    # Anthropic: the configured key goes as x-api-key; the agent's Authorization is dropped with it
+    ant = upstream_headers(client, api_key="sk-ant-conf", credential_header="x-api-key")
+    assert ant["x-api-key"] == "sk-ant-conf" and "authorization" not in ant and "api-key" not in ant
+    # OpenAI-style: Bearer, and the agent's x-api-key does not ride along
+    oai = upstream_headers(client, api_key="sk-conf")
+    assert oai["authorization"] == "Bearer sk-conf" and "x-api-key" not in oai
+    # passing the agent's own credential is explicit
+    own = upstream_headers(client, api_key="sk-conf", pass_client_authorization=True, credential_header="x-api-key")
+    assert own["x-api-key"] == "sk-ant-agent" and own["authorization"] == "Bearer agent"
