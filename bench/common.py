@@ -52,13 +52,89 @@ def bench_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(cmd: list[str], env: Mapping[str, str], log: Path | None = None) -> subprocess.Popen:
+def start(cmd: list[str], env: Mapping[str, str], log: Path | None = None,
+          cpus: set[int] | None = None) -> subprocess.Popen:
     """Start ``cmd`` in the checkout root with stdout piped (the mock broker prints its address there) and stderr
-    to ``log`` (discarded when None)."""
+    to ``log`` (discarded when None), pinned to the CPU set ``cpus`` when given (``sched_setaffinity`` in the
+    child before exec, so its threads and children inherit it)."""
+    pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     if log is None:
-        return subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+        return subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+                                preexec_fn=pre)
     with open(log, "wb") as fh:
-        return subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=fh, cwd=ROOT)
+        return subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=fh, cwd=ROOT, preexec_fn=pre)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``/proc/<pid>/task/<tid>/children``, proc(5)); gone ones are skipped."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` summed over :func:`process_tree` of ``pid`` (a server that forks workers)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += cpu_seconds(p)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def memory_kb(pid: int, field: str = "VmHWM") -> int:
+    """``field`` of ``/proc/<pid>/status`` in KiB (``VmHWM``: peak resident set; ``VmRSS``: resident now), summed
+    over :func:`process_tree`; 0 for processes already gone."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset ``VmHWM`` of ``pid``'s tree to its current RSS (write ``5`` to ``/proc/<pid>/clear_refs``, Linux
+    >= 4.0, proc(5)); False when the kernel refuses (the peak then covers the whole run)."""
+    ok = True
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            ok = False
+    return ok
+
+
+def peer_config(upstream: str, sf: bool, default: dict, headers: dict | None = None) -> dict:
+    """The guardrail config every rails contender runs: the default config's regex output rails, chunk 200 /
+    context 50; for the NeMo server also its main model = the same upstream (``default_headers`` select the
+    synthetic text or delay, since the server does not forward client headers upstream)."""
+    cfg = {"rails": {"config": {"regex_detection": {"output": default["rails"]["config"]["regex_detection"]["output"]}},
+                     "output": {"flows": ["regex check output"],
+                                "streaming": {"enabled": True, "chunk_size": 200, "context_size": 50,
+                                              "stream_first": sf}}}}
+    if headers is None:
+        return cfg
+    params: dict = {"base_url": upstream, "api_key": "sk-bench"}
+    if headers:
+        params["default_headers"] = headers
+    return {"models": [{"type": "main", "engine": "openai", "model": "synthetic-model", "parameters": params}],
+            **cfg}
 
 
 async def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60,

@@ -135,7 +135,8 @@ async def main_async(args: argparse.Namespace) -> str:
                           "--tokens", str(TOKENS)], env, tmp / "upstream.log")
         procs.append(upstream)
         common = dict(env, RAILCAR_UPSTREAM_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
-                      RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_FILESET_ROOT=str(tmp / "fileset"))
+                      RAILCAR_SERVER_LOG_LEVEL="warning", RAILCAR_FILESET_ROOT=str(tmp / "fileset"),
+                      RAILCAR_GUARDRAILS_CONFIG_PATH="none")
         off = start([sys.executable, "-m", "railcar.cli", "serve"],
                     dict(common, RAILCAR_SERVER_PORT=str(off_port), RAILCAR_TELEMETRY_ENABLED="false"),
                     tmp / "sidecar-off.log")

@@ -1,17 +1,38 @@
-"""Proxy overhead benchmark (issue 2): the same synthetic upstream, direct vs through ``railcar serve``, in one run.
+"""Proxy benchmark (issues 2, 12, 15), measured the way an outside harness measures a sidecar.
 
-Three processes: the upstream (``python -m railcar.tools.replay_upstream --synthetic``), the sidecar (``railcar serve``
-with the pass-through guard, its CPU time read from ``/proc/<pid>/stat``), and this load generator (uvloop +
-aiohttp). Scenarios: concurrency 1, 32, 256 with 256-token streams and no delay, and concurrency 32 with a 5 ms
-inter-token delay (worker starts staggered over one stream's duration). For each target it reports requests/s, tokens/s, time to first token (first body bytes)
-p50/p99, end-to-end latency p50, and for the sidecar the TTFT and latency it adds over direct (p50 difference),
-its CPU milliseconds per request and its throughput as a fraction of direct.
+Protocol. Every part is its own process. The sidecars (and the peers) are pinned to core 1; the load generator
+(this process: uvloop + aiohttp), the synthetic upstream (``python -m railcar.tools.replay_upstream --synthetic``)
+and the Kafka broker (``python -m railcar.tools.mock_broker``) to core 0. A contender's CPU is utime + stime of its
+process tree from ``/proc/<pid>/stat`` (all threads, children summed), read before a run and again once the
+process has gone quiet after it (work deferred past the last byte, such as trace recording or the embedded
+consumer's scan, is the contender's too); its peak RSS is ``VmHWM`` of ``/proc/<pid>/status`` (reset before the
+c=256 point with ``/proc/<pid>/clear_refs``, so "RSS c=256" is that point's peak). Streams are 256 one-token deltas;
+TTFT is request sent to the first chunk carrying a token, at the load generator. The contenders run point by point
+in turn (every contender runs a point before the next point), so a burst of other load on the shared machine
+hits them alike.
 
-Usage: ``python bench/proxy.py [--quick] [--telemetry] [--concurrency 1,32] [--repeat N] [--out .notes/proxy.md]``;
-``--concurrency`` keeps only the no-delay scenarios at those concurrencies (a short run to compare two trees),
-``--repeat`` runs each scenario N times (one table row each: the spread shows the machine's noise). Trace recording
-(``[telemetry]``) is off unless ``--telemetry``, its fileset in a temp directory. Prints a markdown table and writes it to
-``--out``. Numbers depend on the machine's load: the upstream, the generator and the sidecar share its cores.
+Contenders (each a ``railcar serve`` unless named otherwise):
+
+- ``direct``: the load generator straight to the upstream (the baseline "added" figures subtract);
+- ``bare``: no rails, trace recording off;
+- ``rails``: the bundled default config (``guardrails.config_path = "default"``: regex input / output rails, the
+  inline hold-back on), trace recording off;
+- ``rails + recording``: the same plus trace recording published to Kafka (the mock broker);
+- ``embedded default``: nothing configured but the upstream and the fileset root: trace recording on, no Kafka, so
+  the consumer runs in-process (:mod:`railcar.streams.embedded`);
+- peers when installed (``pip install .[bench]``), else skipped with a line saying so: ``nemoguardrails server``
+  (stock, and with its logging off) with the same regex output rails (the catalog patterns expanded), streaming;
+  the LiteLLM proxy (no rails) in front of the same upstream.
+
+Points: c=1 and c=32 at 0 and 5 ms per token (the 5 ms streams' starts staggered over one stream's duration, as
+independent agents would start), c=256 at 0 ms (tails, RSS). Then, when the upstream and the sidecar speak them,
+an OpenAI Responses and an Anthropic Messages stream (issue 12): CPU per stream at c=32 vs the chat codec's, added
+TTFT p50 at c=1 with 5 ms per token; "n/a" when either side does not.
+
+Prints: per contender and point streams/s, tokens/s, TTFT p50/p99, added TTFT p50, CPU ms per stream and µs per
+delta; peak RSS per contender; publishing's extra CPU; ratios vs the peers; the issues' targets as met / not met.
+Usage: ``python bench/proxy.py [--quick] [--no-peers] [--out .notes/proxy.md]``; ``--quick`` (< 2 minutes) runs
+fewer streams per point.
 """
 
 from __future__ import annotations
@@ -20,164 +41,509 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
-from common import ROOT, bench_env, cpu_seconds, free_port, pct, run_table, start, stop, wait_http
+import yaml
+from common import (
+    ROOT,
+    bench_env,
+    free_port,
+    memory_kb,
+    pct,
+    peer_config,
+    reset_peak_rss,
+    run_table,
+    start,
+    stop,
+    tree_cpu_seconds,
+    wait_http,
+)
+
+from railcar.rails.guardrails_config import expand_catalog_markers
 
 TOKENS = 256
+SIDECAR_CPUS, LOAD_CPUS = {1}, {0}
+CHAT = b'{"model":"synthetic-model","stream":true,"messages":[{"role":"user","content":"count"}]}'
+# Issue 12's formats: the request each API's SDK sends, and the bytes that mark a token event in its stream.
+FORMATS = {
+    "chat": ("/v1/chat/completions", CHAT, {}),
+    "responses": ("/v1/responses", b'{"model":"synthetic-model","stream":true,"input":"count"}', {}),
+    "anthropic": ("/v1/messages", b'{"model":"synthetic-model","stream":true,"max_tokens":1024,'
+                  b'"messages":[{"role":"user","content":"count"}]}',
+                  {"anthropic-version": "2023-06-01", "x-api-key": "sk-bench"}),
+}
+FORMAT_MARK = {"responses": b"response.output_text.delta", "anthropic": b"content_block_delta"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One load point: ``concurrency`` workers, ``delay_ms`` per token, ``streams`` in all (``peer_streams`` for
+    the peers, which are 15-50x slower; 0: the peers skip it), request format ``fmt`` (a key of :data:`FORMATS`)."""
+
+    concurrency: int
+    delay_ms: float
+    streams: int
+    peer_streams: int
+    fmt: str = "chat"
+
+    @property
+    def label(self) -> str:
+        return f"{self.fmt} c={self.concurrency} {self.delay_ms:g} ms/token"
 
 
 @dataclass
-class Result:
-    """One load run: ``ttft`` / ``latency`` per request in seconds, ``tokens`` received, CPU seconds of the
-    sidecar and the upstream over the run (None when not measured)."""
+class Run:
+    """One contender at one point: per-stream TTFT (s), wall seconds, CPU seconds of the contender (None for
+    direct)."""
 
-    requests: int
+    streams: int
     seconds: float
     ttft: list[float]
-    latency: list[float]
-    tokens: int
-    cpu_s: float | None = None
-    upstream_cpu_s: float | None = None
+    cpu_s: float | None
 
     @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
+    def cpu_ms_per_stream(self) -> float | None:
+        return None if self.cpu_s is None else self.cpu_s / self.streams * 1000
 
     @property
-    def tps(self) -> float:
-        return self.tokens / self.seconds
+    def us_per_delta(self) -> float | None:
+        return None if self.cpu_s is None else self.cpu_s / (self.streams * TOKENS) * 1e6
 
 
-async def run_load(session: aiohttp.ClientSession, url: str, concurrency: int, total: int, delay_ms: float,
-                   sidecar_pid: int | None, upstream_pid: int | None = None, stagger_s: float = 0.0) -> Result:
-    """``total`` streamed requests of :data:`TOKENS` synthetic tokens (``delay_ms`` apart) to ``url`` from
-    ``concurrency`` workers, worker ``i`` starting ``i * stagger_s`` seconds late; ``RuntimeError`` on a non-200
-    or a short stream."""
-    body = b'{"model":"synthetic-model","stream":true,"messages":[{"role":"user","content":"count"}]}'
-    headers = {"Content-Type": "application/json", "x-synthetic-tokens": str(TOKENS),
-               "x-synthetic-delay-ms": str(delay_ms)}
+@dataclass
+class Contender:
+    """A target: ``base`` URL (``http://host:port``), its process (None for direct), ``peer`` True for the peers
+    (their requests select the delay by config, see :func:`request_for`)."""
+
+    name: str
+    base: str
+    proc: subprocess.Popen | None = None
+    peer: str = ""
+    runs: dict[Point, Run] = field(default_factory=dict)
+    rss_idle_kb: int = 0
+    rss_peak_kb: int = 0
+    rss_c256_kb: int = 0
+    failed: str = ""
+
+
+def log_name(name: str) -> str:
+    """The log file of contender ``name`` (its stderr) in the run's temp directory."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name) + ".log"
+
+
+def request_for(c: Contender, point: Point) -> tuple[str, bytes, dict[str, str]]:
+    """``(url, body, headers)`` of one stream of ``point`` to ``c``. Railcar and direct pass the synthetic-upstream
+    headers through; the NeMo server does not forward client headers, so its config id (``d0`` / ``d5``) carries the
+    delay; the LiteLLM proxy's model name does."""
+    path, body, extra = FORMATS[point.fmt]
+    delay = f"{point.delay_ms:g}"
+    headers = {"Content-Type": "application/json", **extra}
+    if c.peer == "nemo":
+        body = body[:-1] + b',"guardrails":{"config_id":"d' + delay.encode() + b'"}}'
+    elif c.peer == "litellm":
+        body = body.replace(b'"synthetic-model"', b'"synthetic-d' + delay.encode() + b'"')
+    else:
+        headers.update({"x-synthetic-tokens": str(TOKENS), "x-synthetic-delay-ms": delay})
+    return c.base + path, body, headers
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> float:
+    """Send one streamed request; returns its TTFT in seconds (first chunk carrying ``tok``). Raises
+    ``RuntimeError`` on a non-200 or a stream with fewer than :data:`TOKENS` tokens."""
+    t0 = time.perf_counter()
+    first = None
+    chunks = []
+    async with session.post(url, data=body, headers=headers) as r:
+        while chunk := await r.content.readany():
+            if first is None and b"tok" in chunk:
+                first = time.perf_counter()
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    n = raw.count(b"tok") - raw.count(b"tokens")  # "tok " per delta; usage fields hold "..._tokens"
+    if r.status != 200 or n < TOKENS or first is None:
+        raise RuntimeError(f"{url}: status {r.status}, {n} tokens: {raw[:200]!r}")
+    return first - t0
+
+
+async def run_point(session: aiohttp.ClientSession, c: Contender, point: Point, total: int) -> Run:
+    """``total`` streams of ``point`` to ``c`` from ``point.concurrency`` workers; CPU read before and after the
+    contender settles (:func:`settle`)."""
+    url, body, headers = request_for(c, point)
+    conc = min(point.concurrency, total)
+    stagger = TOKENS * point.delay_ms / 1000 / conc if point.delay_ms else 0.0
     ttft: list[float] = []
-    latency: list[float] = []
-    tokens = 0
     remaining = total
 
     async def worker(i: int) -> None:
-        nonlocal remaining, tokens
-        if stagger_s:
-            await asyncio.sleep(i * stagger_s)
+        nonlocal remaining
+        await asyncio.sleep(i * stagger)
         while remaining > 0:
             remaining -= 1
-            t0 = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as r:
-                first = None
-                n = 0
-                while chunk := await r.content.readany():
-                    if first is None:
-                        first = time.perf_counter()
-                    n += chunk.count(b'"tok "')
-                if r.status != 200 or n != TOKENS:
-                    raise RuntimeError(f"bad response: status {r.status}, {n} tokens")
-            end = time.perf_counter()
-            ttft.append(first - t0)
-            latency.append(end - t0)
-            tokens += n
+            ttft.append(await one_stream(session, url, body, headers))
 
-    cpu0 = cpu_seconds(sidecar_pid) if sidecar_pid else None
-    ucpu0 = cpu_seconds(upstream_pid) if upstream_pid else None
+    pid = c.proc.pid if c.proc else None
+    cpu0 = tree_cpu_seconds(pid) if pid else None
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(conc)))
     seconds = time.perf_counter() - t0
-    cpu = cpu_seconds(sidecar_pid) - cpu0 if sidecar_pid else None
-    ucpu = cpu_seconds(upstream_pid) - ucpu0 if upstream_pid else None
-    return Result(total, seconds, ttft, latency, tokens, cpu, ucpu)
+    cpu = (await settle(pid)) - cpu0 if pid else None
+    return Run(total, seconds, ttft, cpu)
+
+
+async def settle(pid: int, quiet_s: float = 0.003, step_s: float = 0.1, limit_s: float = 10.0) -> float:
+    """Wait until ``pid``'s tree uses < ``quiet_s`` CPU seconds per ``step_s`` (a backlog drained), at most
+    ``limit_s``; returns its CPU seconds then."""
+    prev = tree_cpu_seconds(pid)
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        await asyncio.sleep(step_s)
+        now = tree_cpu_seconds(pid)
+        if now - prev < quiet_s:
+            return now
+        prev = now
+    return prev
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+class Harness:
+    """Starts and stops the processes of one run under ``tmp``; ``contenders`` in start order."""
+
+    def __init__(self, tmp: Path, peers: bool) -> None:
+        self.tmp, self.peers = tmp, peers
+        self.env = bench_env(HF_HUB_OFFLINE="1", OPENAI_API_KEY="sk-bench",
+                             RAILCAR_FINGERPRINT_KEY="bench-fingerprint-key-0123456789abcdef")
+        self.procs: list[subprocess.Popen] = []
+        self.contenders: list[Contender] = []
+        self.notes: list[str] = []
+        self.up_port = free_port()
+        self.upstream = f"http://127.0.0.1:{self.up_port}/v1"
+
+    def spawn(self, cmd: list[str], env: dict[str, str], cpus: set[int], log: str) -> subprocess.Popen:
+        p = start(cmd, env, self.tmp / log, cpus=cpus)
+        self.procs.append(p)
+        return p
+
+    async def wait_ready(self, url: str, c: Contender) -> None:
+        """Wait until ``url`` answers 200; on failure re-raise with the end of ``c``'s log (its stderr)."""
+        try:
+            await wait_http(url, c.proc, timeout=180, interval=0.2)
+        except RuntimeError as exc:
+            log = self.tmp / log_name(c.name)
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{c.name}: {exc}\n{tail}") from None
+
+    async def start_all(self) -> None:
+        up = self.spawn([sys.executable, "-m", "railcar.tools.replay_upstream", "--synthetic", "--port",
+                         str(self.up_port), "--tokens", str(TOKENS)], self.env, LOAD_CPUS, "upstream.log")
+        broker = self.spawn([sys.executable, "-m", "railcar.tools.mock_broker", "--topic", "otlp_spans:8"],
+                            self.env, LOAD_CPUS, "broker.log")
+        bootstrap = (await asyncio.to_thread(broker.stdout.readline)).decode().strip()
+        await wait_http(self.upstream + "/models", up)
+        self.contenders.append(Contender("direct", f"http://127.0.0.1:{self.up_port}"))
+        base = {"RAILCAR_UPSTREAM_BASE_URL": self.upstream, "RAILCAR_SERVER_LOG_LEVEL": "warning",
+                "RAILCAR_FILESET_ROOT": str(self.tmp / "fileset")}
+        off = {"RAILCAR_TELEMETRY_ENABLED": "false"}
+        none = {"RAILCAR_GUARDRAILS_CONFIG_PATH": "none"}  # an unset config_path is the bundled default config
+        rails = {"RAILCAR_GUARDRAILS_CONFIG_PATH": "default"}
+        kafka = {"RAILCAR_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RAILCAR_TELEMETRY_SPOOL_DIR": str(self.tmp / "spool"),
+                 "RAILCAR_TELEMETRY_AGENT_ID": "bench-agent"}
+        for name, extra in (("bare", {**none, **off}), ("rails", {**rails, **off}), ("rails + recording", {**rails, **kafka}),
+                            ("embedded default", {"RAILCAR_FILESET_ROOT": str(self.tmp / "embedded-fileset")})):
+            port = free_port()
+            env = {**self.env, **base, **extra, "RAILCAR_SERVER_PORT": str(port)}
+            proc = self.spawn([sys.executable, "-m", "railcar.cli", "serve"], env, SIDECAR_CPUS, log_name(name))
+            self.contenders.append(Contender(name, f"http://127.0.0.1:{port}", proc))
+        for c in self.contenders[1:]:
+            await self.wait_ready(c.base + "/readyz", c)
+        if self.peers:
+            await self.start_nemo()
+            await self.start_litellm()
+        else:
+            self.notes.append("Peers skipped (--no-peers).")
+        await asyncio.sleep(1.0)  # let start-up work finish before the idle RSS is read
+        for c in self.contenders:
+            if c.proc:
+                c.rss_idle_kb = memory_kb(c.proc.pid, "VmRSS")
+
+    async def start_nemo(self) -> None:
+        exe = Path(sys.executable).parent / "nemoguardrails"
+        if not exe.exists():
+            self.notes.append("nemoguardrails server: not installed (`pip install .[bench]`), skipped.")
+            return
+        default = yaml.safe_load((ROOT / "railcar" / "rails" / "default_config" / "config.yml").read_text())
+        default = expand_catalog_markers(default, "railcar/rails/default_config")  # the same regexes Railcar runs
+        for delay in ("0", "5"):
+            d = self.tmp / "nemo" / f"d{delay}"
+            d.mkdir(parents=True)
+            cfg = peer_config(self.upstream, True, default, {"x-synthetic-delay-ms": delay})
+            (d / "config.yml").write_text(yaml.safe_dump(cfg))
+        quiet = ("import logging, sys; logging.disable(logging.CRITICAL); sys.argv = ['nemoguardrails'] + "
+                 "sys.argv[1:]; from nemoguardrails.__main__ import app; sys.exit(app())")
+        for name, cmd in (("nemoguardrails server", [str(exe)]),
+                          ("nemoguardrails server, logging off", [sys.executable, "-c", quiet])):
+            port = free_port()
+            proc = self.spawn(cmd + ["server", "--config", str(self.tmp / "nemo"), "--port", str(port),
+                                     "--disable-chat-ui", "--default-config-id", "d0"], self.env, SIDECAR_CPUS,
+                              log_name(name))
+            self.contenders.append(Contender(name, f"http://127.0.0.1:{port}", proc, peer="nemo"))
+            await self.wait_ready(f"http://127.0.0.1:{port}/v1/rails/configs", self.contenders[-1])
+
+    async def start_litellm(self) -> None:
+        exe = shutil.which("litellm", path=str(Path(sys.executable).parent)) or shutil.which("litellm")
+        if not exe:
+            self.notes.append("LiteLLM proxy: not installed (`pip install .[bench]`), skipped.")
+            return
+        models = [{"model_name": f"synthetic-d{d}",
+                   "litellm_params": {"model": "openai/synthetic-model", "api_base": self.upstream,
+                                      "api_key": "sk-bench", "extra_headers": {"x-synthetic-delay-ms": d}}}
+                  for d in ("0", "5")]
+        path = self.tmp / "litellm.yml"
+        path.write_text(yaml.safe_dump({"model_list": models}))
+        port = free_port()
+        proc = self.spawn([exe, "--config", str(path), "--port", str(port), "--host", "127.0.0.1", "--num_workers",
+                           "1"], {**self.env, "LITELLM_LOG": "ERROR"}, SIDECAR_CPUS, log_name("LiteLLM proxy"))
+        self.contenders.append(Contender("LiteLLM proxy", f"http://127.0.0.1:{port}", proc, peer="litellm"))
+        await self.wait_ready(f"http://127.0.0.1:{port}/health/liveliness", self.contenders[-1])
+
+
+async def supports(session: aiohttp.ClientSession, c: Contender, fmt: str) -> bool:
+    """Whether ``c`` streams ``fmt`` (a short synthetic stream in that API's event shape, status 200)."""
+    url, body, headers = request_for(c, Point(1, 0, 1, 1, fmt))
+    headers["x-synthetic-tokens"] = "4"
+    try:
+        async with session.post(url, data=body, headers=headers) as r:
+            raw = await r.read()
+            return r.status == 200 and FORMAT_MARK[fmt] in raw and raw.count(b"tok") >= 4
+    except aiohttp.ClientError:
+        return False
+
+
+def points(quick: bool) -> list[Point]:
+    """The chat points (streams per contender, for Railcar / for the peers)."""
+    if quick:
+        return [Point(1, 0, 8, 4), Point(1, 5, 2, 1), Point(32, 0, 32, 32), Point(32, 5, 32, 32),
+                Point(256, 0, 256, 0)]
+    return [Point(1, 0, 100, 20), Point(1, 5, 10, 4), Point(32, 0, 1024, 96), Point(32, 5, 128, 64),
+            Point(256, 0, 2048, 512)]
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    env = bench_env()
-    fileset = tempfile.mkdtemp(prefix="railcar-bench-fileset-")  # never the checkout's ./railcar-fileset
-    up_port, sc_port = free_port(), free_port()
-    upstream = start([sys.executable, "-m", "railcar.tools.replay_upstream", "--synthetic", "--port", str(up_port),
-                      "--tokens", str(TOKENS)], env)
-    sc_env = dict(env, RAILCAR_UPSTREAM_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
-                  RAILCAR_SERVER_PORT=str(sc_port), RAILCAR_SERVER_LOG_LEVEL="warning",
-                  RAILCAR_TELEMETRY_ENABLED=str(args.telemetry).lower(), RAILCAR_FILESET_ROOT=fileset)
-    sidecar = start([sys.executable, "-m", "railcar.cli", "serve"], sc_env)
-    scale = 0.25 if args.quick else 1.0
-    scenarios = [  # (concurrency, delay_ms, requests)
-        (1, 0.0, int(200 * scale)), (32, 0.0, int(1024 * scale)), (256, 0.0, int(1024 * scale)),
-        (32, 5.0, int(128 * scale) or 32),
-    ]
-    if args.concurrency:
-        wanted = {int(c) for c in args.concurrency.split(",")}
-        scenarios = [s for s in scenarios if s[0] in wanted and not s[1]]
-    scenarios = [s for s in scenarios for _ in range(args.repeat)]
-    rows = []
+    if len(os.sched_getaffinity(0)) >= 2:
+        os.sched_setaffinity(0, LOAD_CPUS)  # the load generator shares core 0 with the upstream
+    tmp = Path(tempfile.mkdtemp(prefix="railcar-bench-proxy-"))
+    h = Harness(tmp, peers=not args.no_peers)
+    t_start = time.perf_counter()
     try:
-        await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
-        await wait_http(f"http://127.0.0.1:{sc_port}/readyz", sidecar)
-        direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        proxy_url = f"http://127.0.0.1:{sc_port}/v1/chat/completions"
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-            for conc, delay, total in scenarios:
-                # warm both paths (connections, caches), then alternate direct/sidecar
-                await run_load(s, direct_url, conc, conc, delay, None)
-                await run_load(s, proxy_url, conc, conc, delay, sidecar.pid)
-                # With a token delay, streams last TOKENS*delay: stagger the workers' starts evenly over one
-                # stream's duration, as independent agents would, instead of 32 requests arriving in one burst.
-                stagger = TOKENS * delay / 1000 / conc if delay else 0.0
-                d = await run_load(s, direct_url, conc, total, delay, None, upstream.pid, stagger)
-                p = await run_load(s, proxy_url, conc, total, delay, sidecar.pid, upstream.pid, stagger)
-                rows.append((conc, delay, d, p))
-                print(f"done c={conc} delay={delay}ms", file=sys.stderr)
+        await h.start_all()
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=60)  # a stalled stream fails after 60 s of silence
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as s:
+            chat = points(args.quick)
+            for point in chat:
+                await measure_point(s, h.contenders, point)
+            fmt_points = await format_points(s, h.contenders, args.quick)
+        wall = time.perf_counter() - t_start
+        notes = h.notes + [c.failed for c in h.contenders if c.failed]
+        return render(h.contenders, chat, fmt_points, notes, wall, args.quick)
     finally:
-        stop((sidecar, upstream))
-        shutil.rmtree(fileset, ignore_errors=True)
-    return render(rows, args.telemetry)
+        stop(h.procs)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def render(rows: list[tuple[int, float, Result, Result]], telemetry: bool = False) -> str:
-    """The markdown table of ``rows`` (concurrency, delay ms, direct result, sidecar result) and the CPU summary."""
-    ms = lambda v: f"{v * 1000:.2f}"  # noqa: E731
-    out = [f"Proxy benchmark: {TOKENS}-token streams, synthetic upstream, pass-through guard, trace recording "
-           f"{'on' if telemetry else 'off'}, {os.cpu_count()} cores shared by upstream, load generator and sidecar.", "",
-           "| concurrency | token delay | target | req/s | tokens/s | TTFT p50 ms | TTFT p99 ms | latency p50 ms "
-           "| added TTFT p50 ms | added latency p50 ms | sidecar CPU ms/req | upstream CPU ms/req | sidecar CPU / upstream CPU "
-           "| throughput vs direct |",
-           "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for conc, delay, d, p in rows:
-        out.append(f"| {conc} | {delay:g} ms | direct | {d.rps:.1f} | {d.tps:,.0f} | {ms(pct(d.ttft, .5))} | "
-                   f"{ms(pct(d.ttft, .99))} | {ms(pct(d.latency, .5))} | | | | "
-                   f"{d.upstream_cpu_s / d.requests * 1000:.2f} | | 1.00 |")
-        out.append(f"| {conc} | {delay:g} ms | sidecar | {p.rps:.1f} | {p.tps:,.0f} | {ms(pct(p.ttft, .5))} | "
-                   f"{ms(pct(p.ttft, .99))} | {ms(pct(p.latency, .5))} | "
-                   f"{ms(pct(p.ttft, .5) - pct(d.ttft, .5))} | {ms(pct(p.latency, .5) - pct(d.latency, .5))} | "
-                   f"{p.cpu_s / p.requests * 1000:.2f} | {p.upstream_cpu_s / p.requests * 1000:.2f} | "
-                   f"{p.cpu_s / p.upstream_cpu_s:.2f} | {p.rps / d.rps:.2f} |")
-    cpu = [(conc, delay, p.cpu_s / p.requests * 1000, p.cpu_s / p.upstream_cpu_s) for conc, delay, _, p in rows]
-    out += ["", "Sidecar CPU per 256-token request (target <= 2 ms): " + "; ".join(
-        f"c={c} {d:g} ms/token: {v:.2f} ms ({r:.2f}x the upstream's)" for c, d, v, r in cpu) + "."]
-    out += ["", "The upstream's CPU per request is the baseline measured in the same run: it does the same kind of "
-            "per-token work (wake up, write one event), so the ratio shows the sidecar's cost in units of a minimal "
-            "aiohttp streamer on this machine.",
-            "", "Targets (issue 2): sidecar CPU <= 2 ms per 256-token request; added TTFT p50 <= 1 ms at "
-            "concurrency 1 and at 32 with 5 ms delay; >= 50% of direct throughput at concurrency 32."]
+async def measure_point(s: aiohttp.ClientSession, contenders: list[Contender], point: Point) -> None:
+    """Run ``point`` on every contender in turn (a warm-up first); the c=256 point resets and reads the peak RSS.
+    A peer that fails (or stalls past the read timeout) is reported and left out of later points, not fatal."""
+    for c in contenders:
+        n = point.peer_streams if c.peer else point.streams
+        if not n or c.failed:
+            continue
+        try:
+            await measure_one(s, c, point, n)
+        except (RuntimeError, TimeoutError, aiohttp.ClientError) as exc:
+            if not c.peer:
+                raise
+            c.failed = f"{c.name}: failed at {point.label} ({type(exc).__name__}: {str(exc)[:160]}); left out."
+            print(c.failed, file=sys.stderr, flush=True)
+    for c in contenders:
+        if c.proc:
+            c.rss_peak_kb = max(c.rss_peak_kb, c.rss_c256_kb, memory_kb(c.proc.pid, "VmHWM"))
+
+
+async def measure_one(s: aiohttp.ClientSession, c: Contender, point: Point, n: int) -> None:
+    """Warm ``c`` up (pacing does not matter to connections and caches), then run ``n`` streams of ``point``."""
+    await run_point(s, c, Point(point.concurrency, 0, 0, 0, point.fmt), min(n, max(2, point.concurrency // 8)))
+    if c.proc and point.concurrency == 256:
+        reset_peak_rss(c.proc.pid)
+    r = c.runs[point] = await run_point(s, c, point, n)
+    if c.proc and point.concurrency == 256:
+        c.rss_c256_kb = memory_kb(c.proc.pid, "VmHWM")
+    print(f"{point.label} {c.name}: {r.streams / r.seconds:.1f} streams/s, TTFT p50 {pct(r.ttft, .5) * 1000:.1f} ms,"
+          f" CPU {_f(r.cpu_ms_per_stream, '.2f')} ms/stream", file=sys.stderr, flush=True)
+
+
+async def format_points(s: aiohttp.ClientSession, contenders: list[Contender], quick: bool) -> dict[str, list]:
+    """Issue 12: the Responses and Anthropic points on direct / bare / rails, when both the upstream and the
+    sidecar speak the format; ``{fmt: [points]}`` (empty list: not supported)."""
+    out: dict[str, list] = {}
+    chosen = [c for c in contenders if c.name in ("direct", "bare", "rails")]
+    for fmt in ("responses", "anthropic"):
+        ok = [await supports(s, c, fmt) for c in chosen]
+        if not all(ok):
+            out[fmt] = []
+            continue
+        pts = [Point(32, 0, 32 if quick else 512, 0, fmt), Point(1, 5, 2 if quick else 8, 0, fmt)]
+        for point in pts:
+            await measure_point(s, chosen, point)
+        out[fmt] = pts
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _ms(v: float | None) -> str:
+    return "" if v is None else f"{v * 1000:.2f}"
+
+
+def _f(v: float | None, fmt: str = ".1f") -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def point_table(contenders: list[Contender], pts: list[Point]) -> list[str]:
+    """One row per (point, contender): streams/s, tokens/s, TTFT p50/p99 ms, added TTFT p50 ms vs direct, CPU ms
+    per stream, µs per delta."""
+    out = ["| point | contender | streams/s | tokens/s | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms "
+           "| CPU ms/stream | µs CPU/delta |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in pts:
+        direct = next((c.runs[p] for c in contenders if c.name == "direct" and p in c.runs), None)
+        for c in contenders:
+            r = c.runs.get(p)
+            if r is None:
+                continue
+            added = pct(r.ttft, .5) - pct(direct.ttft, .5) if direct and c.name != "direct" else None
+            out.append(f"| {p.label} | {c.name} | {r.streams / r.seconds:.1f} | {r.streams * TOKENS / r.seconds:,.0f} "
+                       f"| {_ms(pct(r.ttft, .5))} | {_ms(pct(r.ttft, .99))} | {_ms(added)} "
+                       f"| {_f(r.cpu_ms_per_stream, '.2f')} | {_f(r.us_per_delta)} |")
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+class Figures:
+    """Look-ups over the finished runs: ``run(name, point)`` or None."""
+
+    def __init__(self, contenders: list[Contender]) -> None:
+        self.by_name = {c.name: c for c in contenders}
+
+    def run(self, name: str, point: Point) -> Run | None:
+        c = self.by_name.get(name)
+        return c.runs.get(point) if c else None
+
+    def added_p50(self, name: str, point: Point) -> float | None:
+        r, d = self.run(name, point), self.run("direct", point)
+        return None if r is None or d is None else (pct(r.ttft, .5) - pct(d.ttft, .5)) * 1000
+
+
+def targets(f: Figures, chat: list[Point], fmt_points: dict[str, list]) -> list[str]:
+    """The issues' targets, each as ``| target | measured | met / not met |``."""
+    c1_5, c32_0, c32_5, c256 = (next(p for p in chat if (p.concurrency, p.delay_ms) == k)
+                                for k in ((1, 5), (32, 0), (32, 5), (256, 0)))
+    rows = []
+    for name, limit in (("bare", 60), ("rails", 90)):
+        vals = [f.run(name, p).us_per_delta for p in (c1_5, c32_5)]
+        rows.append((f"µs CPU per delta at 5 ms/token, c=1 and c=32, {name} <= {limit} (#15)",
+                     f"{vals[0]:.1f} and {vals[1]:.1f}", all(v <= limit for v in vals)))
+    bare99, rec99 = pct(f.run("bare", c256).ttft, .99), pct(f.run("rails + recording", c256).ttft, .99)
+    rows.append(("TTFT p99 at c=256, rails + recording <= 2x bare (#15)",
+                 f"{rec99 * 1000:.0f} ms vs {bare99 * 1000:.0f} ms ({rec99 / bare99:.2f}x)", rec99 <= 2 * bare99))
+    emb = f.by_name["embedded default"]
+    rows.append(("embedded default RSS at c=256 <= 150 MB (#15)", f"{emb.rss_c256_kb / 1024:.0f} MB",
+                 emb.rss_c256_kb <= 150 * 1024))
+    for p in (c32_0, c32_5):
+        extra = f.run("rails + recording", p).cpu_s / f.run("rails", p).cpu_s - 1
+        rows.append((f"publishing <= 10% extra sidecar CPU per stream, {p.label} (#15)", f"{extra * 100:+.1f}%",
+                     extra <= 0.10))
+    for name in ("bare", "rails"):
+        v = f.added_p50(name, c1_5)
+        rows.append((f"added TTFT p50 <= 1 ms at c=1, 5 ms/token, {name} (#15)", f"{v:.2f} ms", v <= 1.0))
+    for fmt in ("responses", "anthropic"):
+        rows += format_targets(f, fmt, fmt_points.get(fmt) or [], c32_0)
+    return ["| target (issue) | measured | |", "|---|---|---|"] + [f"| {t} | {m} | {_verdict(ok)} |"
+                                                                  for t, m, ok in rows]
+
+
+def format_targets(f: Figures, fmt: str, pts: list[Point], chat_c32: Point) -> list[tuple[str, str, bool | None]]:
+    """Issue 12 for ``fmt``: CPU per stream within 1.5x of chat's (c=32, rails and bare), added TTFT p50 <= 1 ms."""
+    if not pts:
+        return [(f"{fmt}: CPU per 256-token stream <= 1.5x chat's; added TTFT p50 <= 1 ms (#12)",
+                 "n/a (the upstream or the sidecar does not stream this format yet)", None)]
+    rows = []
+    for name in ("bare", "rails"):
+        r, chat = f.run(name, pts[0]), f.run(name, chat_c32)
+        ratio = r.cpu_s / r.streams / (chat.cpu_s / chat.streams)
+        rows.append((f"{fmt}: CPU per stream <= 1.5x chat's, c=32, {name} (#12)",
+                     f"{r.cpu_ms_per_stream:.2f} ms vs {chat.cpu_ms_per_stream:.2f} ms ({ratio:.2f}x)", ratio <= 1.5))
+        v = f.added_p50(name, pts[1])
+        rows.append((f"{fmt}: added TTFT p50 <= 1 ms, c=1 5 ms/token, {name} (#12)", f"{v:.2f} ms", v <= 1.0))
+    return rows
+
+
+def peer_lines(f: Figures, chat: list[Point]) -> list[str]:
+    """Ratios of Railcar (rails) vs each peer present: tokens/s at c=32 0 ms, CPU per stream at c=32 0 and 5 ms."""
+    out = []
+    ours = "rails"
+    for peer in ("nemoguardrails server", "nemoguardrails server, logging off", "LiteLLM proxy"):
+        if peer not in f.by_name:
+            continue
+        parts = []
+        for p in chat:
+            a, b = f.run(ours, p), f.run(peer, p)
+            if a is None or b is None:
+                continue
+            if p.concurrency == 32 and not p.delay_ms:
+                parts.append(f"tokens/s at {p.label} {b.seconds / b.streams / (a.seconds / a.streams):.1f}x the peer's")
+            if p.concurrency in (1, 32):
+                parts.append(f"CPU per stream at {p.label} {b.cpu_ms_per_stream / a.cpu_ms_per_stream:.1f}x less")
+        if parts:
+            out.append(f"- Railcar rails + hold-back vs {peer}: " + "; ".join(parts) + ".")
+    return out
+
+
+def render(contenders: list[Contender], chat: list[Point], fmt_points: dict[str, list], notes: list[str],
+           wall: float, quick: bool) -> str:
+    """The markdown report of one run."""
+    f = Figures(contenders)
+    out = [f"Proxy benchmark{' (--quick)' if quick else ''}: {TOKENS}-token streams from the synthetic upstream; "
+           f"contenders pinned to core {min(SIDECAR_CPUS)}, load generator + upstream + broker on core "
+           f"{min(LOAD_CPUS)} ({os.cpu_count()} cores, shared with other work); CPU from /proc/<pid>/stat of the "
+           f"contender, RSS from VmHWM. Wall time {wall:.0f} s.", ""]
+    out += targets(f, chat, fmt_points) + [""]
+    out += point_table(contenders, chat + [p for pts in fmt_points.values() for p in pts]) + [""]
+    out += ["| contender | RSS idle MB | peak RSS c=256 MB | peak RSS whole run MB |", "|---|---:|---:|---:|"]
+    out += [f"| {c.name} | {c.rss_idle_kb / 1024:.0f} | {_f(c.rss_c256_kb / 1024 if c.rss_c256_kb else None, '.0f')} "
+            f"| {c.rss_peak_kb / 1024:.0f} |"
+            for c in contenders if c.proc]
+    pub = [f"{p.label} {(f.run('rails + recording', p).cpu_s / f.run('rails', p).cpu_s - 1) * 100:+.1f}%"
+           for p in chat]
+    out += ["", "Publishing's extra sidecar CPU per stream (rails + recording vs rails): " + "; ".join(pub) + "."]
+    out += [""] + (peer_lines(f, chat) or ["- No peer ran: no ratios."]) + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a quarter of the requests")
-    p.add_argument("--telemetry", action="store_true",
-                   help="keep the sidecar's trace recording on (default off: this measures the proxy)")
-    p.add_argument("--concurrency", default="",
-                   help="comma-separated concurrencies: only the no-delay scenarios at those (e.g. 1,32)")
-    p.add_argument("--repeat", type=int, default=1, help="run each scenario this many times (one row each)")
-    p.add_argument("--out", default=str(ROOT / ".notes" / "proxy.md"), help="markdown file for the table")
+    p.add_argument("--quick", action="store_true", help="fewer streams per point (< 2 minutes)")
+    p.add_argument("--no-peers", action="store_true", help="skip nemoguardrails server and LiteLLM")
+    p.add_argument("--out", default=str(ROOT / ".notes" / "proxy.md"), help="markdown file for the report")
     args = p.parse_args()
     return run_table(main_async, args, args.out)
 

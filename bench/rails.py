@@ -40,7 +40,7 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from common import ROOT, bench_env, free_port, stop, wait_http, write_notes
+from common import ROOT, bench_env, free_port, peer_config, stop, wait_http, write_notes
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -149,23 +149,6 @@ def pool(runs: list[dict]) -> dict:
                       "wall": sum(r["wall"] for r in raws), "ttfts": [t for r in raws for t in r["ttfts"]]})
 
 
-def peer_config(upstream: str, sf: bool, default: dict, headers: dict | None = None) -> dict:
-    """The guardrail config every contender runs: the default config's regex output rails, chunk 200 / context 50;
-    for the NeMo server also its main model = the same upstream (``default_headers`` select the synthetic text
-    or delay)."""
-    cfg = {"rails": {"config": {"regex_detection": {"output": default["rails"]["config"]["regex_detection"]["output"]}},
-                     "output": {"flows": ["regex check output"],
-                                "streaming": {"enabled": True, "chunk_size": 200, "context_size": 50,
-                                              "stream_first": sf}}}}
-    if headers is None:
-        return cfg
-    params: dict = {"base_url": upstream, "api_key": "sk-bench"}
-    if headers:
-        params["default_headers"] = headers
-    return {"models": [{"type": "main", "engine": "openai", "model": "synthetic-model", "parameters": params}],
-            **cfg}
-
-
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
@@ -194,7 +177,7 @@ async def main() -> int:
                                       cwd=ROOT, stdout=subprocess.DEVNULL, env=env))
         wait_port(up_port, procs[-1])
         upstream = f"http://127.0.0.1:{up_port}/v1"
-        default = yaml.safe_load((ROOT / "rails" / "default_config" / "config.yml").read_text())
+        default = yaml.safe_load((ROOT / "railcar" / "rails" / "default_config" / "config.yml").read_text())
         contenders: list[tuple[str, str]] = []
 
         def railcar(name: str, config_path: str | None, overlay: str | None = None) -> None:
@@ -212,7 +195,7 @@ async def main() -> int:
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             contenders.append((name, f"http://127.0.0.1:{port}"))
 
-        railcar("passthrough", None)
+        railcar("passthrough", "none")
         # One NeMo server, one config id per (scenario, stream_first): the synthetic text / delay reach the shared
         # upstream as the model's default headers, since the server does not forward client headers upstream.
         scenarios = {"tp": {}, "ttft": {"x-synthetic-delay-ms": "5"},

@@ -4,10 +4,22 @@
 
 After each fetched batch, in this order: the fileset commit (``railcar.streams.fileset``: this writer's state file, the
 merged snapshot replaced atomically, suggestions appended by id, all under the fileset lock) — durable — then the
-new findings published to ``[kafka] findings_topic`` (JSON, key the finding id), then the offsets committed. A
-consumer killed between two of these steps re-reads records after its last committed offset; finding ids are
-stable (detector, fingerprint, agent, path) and its state is restored from its writer file, so no finding is lost
-or duplicated (only an occurrence ``count`` may count a re-read record twice).
+findings records published to ``[kafka] findings_topic``, then the offsets committed.
+
+Findings topic, at least once: the writer state committed with the findings also holds the *outbox* — every
+``(finding id, revision)`` changed by the batch (a new finding, or a recurrence: new count, location) and not yet
+acknowledged by the broker — and the position reached in each partition. Records are sent by an idempotent
+producer (``enable_idempotence``, ``acks=all``), value the findings record (JSON,
+``railcar/streams/findings_record.schema.json``), key the finding id, header ``railcar.finding.revision``; an
+acknowledged record leaves the outbox at the next commit. A consumer killed anywhere (even right after the fileset
+commit) restores its state from its writer file, sends the outbox again before consuming (same id, revision and
+content) and skips re-read records below its committed positions, so no finding is missing from the topic, none is
+duplicated in the fileset, and counts are exact. Downstream deduplication is one key: ``(id, revision)``; the
+latest revision of an id is the current state (so the topic can be compacted by key).
+
+The broker unreachable at start: the member waits, retrying with exponential backoff (0.5 s doubling to 30 s,
+one warning per attempt naming ``[kafka] bootstrap_servers``), and ``/readyz`` answers 503 ``waiting for kafka``
+meanwhile; :meth:`ConsumerGroupWorker.stop` ends the wait.
 
 Several consumers of one group: each instance is one fileset writer (own state file) and the snapshot is the
 merge of all writers' states rebuilt under the lock, so they never overwrite each other and a suggestion id is
@@ -38,6 +50,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from railcar.rails.scanner import Scanner
@@ -76,6 +89,13 @@ class ConsumerGroupWorker:
         self.metrics = consumer_metrics(registry)
         self.proc = build_processor(config, scanner=scanner, writer_id=writer_id or default_writer_id(self.k),
                                     registry=registry)
+        self.agg = self.proc.agg
+        self.agg.outbox_enabled = True  # the findings topic: pending publishes ride in the fileset commit
+        self.agg.max_locations = config.detection.max_locations_per_finding
+        self.published = 0  # findings records acknowledged by the broker (repeats after a crash included)
+        self.skipped = 0    # re-read records already counted in the committed state
+        self.waiting = False  # True while the broker is unreachable at start (``/readyz`` says so)
+        self.backoff_s = (0.5, 30.0)  # first and longest wait between connection attempts
         self.consumer_kwargs = consumer_kwargs
         self._stop = asyncio.Event()
         self.dead_lettered = 0
@@ -124,39 +144,111 @@ class ConsumerGroupWorker:
                 n += len(recs)
         return batch
 
-    async def run(self, max_records: int = 1000) -> None:
-        """Consume until :meth:`stop`; per batch: process, fileset commit, findings topic, offset commit."""
-        quiet_aiokafka()  # a broker outage must not flood the log with aiokafka's repeats
+    async def _start_clients(self) -> tuple[Any, Any] | None:
+        """``(consumer, producer)`` started, waiting with exponential backoff while the broker is unreachable;
+        None when :meth:`stop` was called meanwhile. Raises what aiokafka raises for anything but an unreachable
+        broker (a bad TLS or SASL setting)."""
         opts = self.k.client_options()
-        consumer = AIOKafkaConsumer(group_id=self.k.group_id, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", **opts, **self.consumer_kwargs)
-        consumer.subscribe([self.k.trace_topic], listener=_Listener(self))
-        producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=5)
-        await producer.start()
-        await consumer.start()
+        delay, longest = self.backoff_s
+        while not self._stop.is_set():
+            consumer = AIOKafkaConsumer(group_id=self.k.group_id, enable_auto_commit=False,
+                                        auto_offset_reset="earliest", **opts, **self.consumer_kwargs)
+            consumer.subscribe([self.k.trace_topic], listener=_Listener(self))
+            producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=5,
+                                        max_batch_size=self.k.max_batch_size,
+                                        max_request_size=self.k.max_request_size)
+            try:
+                await producer.start()
+                await consumer.start()
+                self.waiting = False
+                return consumer, producer
+            except (KafkaError, OSError) as exc:
+                self.waiting = True
+                with contextlib.suppress(Exception):  # half-started clients: release their sockets
+                    await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("kafka at %s not reachable (%s); retrying in %.1f s", self.k.bootstrap_servers,
+                            type(exc).__name__, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, longest)
+        return None
+
+    async def run(self, max_records: int = 1000) -> None:
+        """Consume until :meth:`stop`; per batch: process, fileset commit, findings topic, offset commit. The
+        outbox a previous run left is sent first."""
+        quiet_aiokafka()  # a broker outage must not flood the log with aiokafka's repeats
+        clients = await self._start_clients()
+        if clients is None:
+            return
+        consumer, producer = clients
+        acked = 0
         try:
+            acked += await self._publish(producer)
             while not self._stop.is_set():
                 batch = await self._fetch(consumer, max_records)
                 if batch:
-                    await self._handle(batch, producer)
+                    acked = await self._handle(batch, producer)  # its commit made earlier ones durable
                     await consumer.commit()
                     self.batches += 1
+                if self.agg.pending():
+                    acked += await self._publish(producer)  # what a failed send left behind
+                elif acked and not batch:  # idle: record the acknowledgements so a restart does not resend them
+                    await asyncio.to_thread(self.proc.commit)
+                    acked = 0
                 self._update_rate()
                 await self._update_lag(consumer)
+            if acked:  # record the acknowledgements so a restart does not send them again
+                await asyncio.to_thread(self.proc.commit)
         finally:
             self.joined = False
             self._update_rate(force=True)
             await consumer.stop()
             await producer.stop()
 
-    async def _handle(self, batch: dict[Any, list[Any]], producer: Any) -> None:
+    async def _publish(self, producer: Any) -> int:
+        """Send the outbox (the findings records sealed by the last commit, or left by a previous run) and wait
+        for the broker; returns how many were acknowledged. A record that fails stays in the outbox (logged) and
+        is sent again after the next batch."""
+        sent = []
+        for rec in self.agg.pending():
+            headers = [("railcar.finding.revision", str(rec["revision"]).encode())]
+            try:
+                fut = await producer.send(self.k.findings_topic, orjson.dumps(rec), key=rec["id"].encode(),
+                                          headers=headers)
+            except KafkaError as exc:
+                log.warning("findings record %s not sent (%s); kept for retry", rec["id"], type(exc).__name__)
+                break
+            sent.append((rec["id"], rec["revision"], fut))
+        acked = 0
+        for fid, rev, fut in sent:
+            try:
+                await fut
+            except KafkaError as exc:
+                log.warning("findings record %s not acknowledged (%s); kept for retry", fid, type(exc).__name__)
+                continue
+            acked += self.agg.acknowledge(fid, rev)
+        self.published += acked
+        return acked
+
+    async def _handle(self, batch: dict[Any, list[Any]], producer: Any) -> int:
+        """Process one batch, commit the fileset, publish the outbox; returns the records acknowledged."""
         dlq = []
-        for records in batch.values():
+        positions = self.agg.positions
+        for tp, records in batch.items():
+            pos_key = f"{tp.topic}/{tp.partition}"
+            done = positions.get(pos_key, -1)
             for r in records:
+                if r.offset < done:  # counted in the committed state before a crash: re-read, not recounted
+                    self.skipped += 1
+                    continue
                 try:
                     self.proc.process(r.value)
                 except otlp.OTLPDecodeError as exc:
                     dlq.append((r, str(exc)))
+            if records:
+                positions[pos_key] = max(done, records[-1].offset + 1)
         for r, reason in dlq:
             headers = [("railcar.dlq.reason", reason.encode()), ("railcar.dlq.topic", r.topic.encode()),
                        ("railcar.dlq.partition", str(r.partition).encode()),
@@ -165,10 +257,8 @@ class ConsumerGroupWorker:
             self.dead_lettered += 1
             self.metrics["dlq"].inc()
             log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset, reason)
-        new = await asyncio.to_thread(self.proc.commit)  # durable before offsets move
-        futs = [await producer.send(self.k.findings_topic, orjson.dumps(f), key=f["id"].encode()) for f in new]
-        if futs:
-            await asyncio.gather(*futs)
+        await asyncio.to_thread(self.proc.commit)  # findings, outbox and positions durable before offsets move
+        return await self._publish(producer)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -195,7 +285,8 @@ def health_app(worker: ConsumerGroupWorker) -> web.Application:
     """The ``railcar consume`` HTTP app (aiohttp ``web.Application``) for ``worker``.
 
     ``GET /healthz`` -> 200 ``{"status": "ok"}``; ``GET /readyz`` -> 200 ``{"status": "ready", "partitions":
-    [..]}`` once ``worker.joined``, else 503 ``{"status": "not ready", ...}``; ``GET /metrics`` -> the Prometheus
+    [..], "bootstrap_servers": ..}`` once ``worker.joined``, else 503 ``{"status": "waiting for kafka", ...}``
+    while the broker is unreachable, or ``{"status": "not ready", ...}``; ``GET /metrics`` -> the Prometheus
     text exposition (format 0.0.4) of ``worker.registry``: ``railcar_consumer_lag{partition}``,
     ``railcar_consumer_records_total``, ``railcar_consumer_records_per_second``,
     ``railcar_consumer_findings_total{type}``, ``railcar_consumer_dead_lettered_total``. Other paths: 404.
@@ -205,8 +296,9 @@ def health_app(worker: ConsumerGroupWorker) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        body = {"status": "ready" if worker.joined else "not ready", "group": worker.k.group_id,
-                "topic": worker.k.trace_topic, "partitions": sorted(worker.assigned)}
+        status = "ready" if worker.joined else "waiting for kafka" if worker.waiting else "not ready"
+        body = {"status": status, "group": worker.k.group_id, "topic": worker.k.trace_topic,
+                "partitions": sorted(worker.assigned), "bootstrap_servers": worker.k.bootstrap_servers}
         return web.json_response(body, status=200 if worker.joined else 503)
 
     async def metrics(request: web.Request) -> web.Response:

@@ -23,8 +23,9 @@ from railcar.core.jsonpath import iter_strings, key_path
 from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
 from railcar.streams import schema as S
+from railcar.streams.deep import DeepScanner
 from railcar.streams.fileset import Fileset
-from railcar.streams.findings import FindingsAggregator
+from railcar.streams.findings import FindingsAggregator, tiers_name
 from railcar.streams.lru import LRU
 
 __all__ = ["SecurityProcessor", "consumer_metrics", "iter_findings"]
@@ -53,6 +54,9 @@ def consumer_metrics(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
     return m
 
 
+_DEEP_MIN_LEN = 8  # shorter strings (flags, finish reasons, roles) are skipped by the deep tier: no credential is so short
+
+
 class _Trace:
     __slots__ = ("texts", "chains", "text_chars")
 
@@ -79,14 +83,21 @@ class SecurityProcessor:
     ``max_traces`` and ``max_text_chars`` bound the content kept to rebuild deduped conversations: the least
     recently seen traces are forgotten first (a span can carry up to 512 KiB of text, so a count alone could hold
     gigabytes). Scanning never depends on that memory: each text is scanned when its span arrives.
+    ``deep``: the deep tier (:class:`railcar.streams.deep.DeepScanner`, ``detection.deep``), run once per span over
+    all its scanned strings, minus the spans the catalog matched; None: the catalog only. ``max_locations``: locations
+    kept per finding (``detection.max_locations_per_finding``).
     :func:`railcar.streams.pipeline.build_processor` builds one from the config.
     """
 
     def __init__(self, scanner: Scanner, fileset: Fileset, writer_id: str, *, max_traces: int = 10000,
-                 max_text_chars: int = 64 * 1024 * 1024, metrics: dict[str, Any] | None = None) -> None:
+                 max_text_chars: int = 64 * 1024 * 1024, metrics: dict[str, Any] | None = None,
+                 deep: DeepScanner | None = None, max_locations: int = 100) -> None:
         self.scanner, self.fileset, self.writer_id = scanner, fileset, writer_id
-        self.agg = FindingsAggregator(scanner.detectors, source="consume")
+        self.deep = deep
+        self._pending: list[tuple[str, str, list[tuple[int, int]]]] = []  # this span's strings for the deep tier
+        self.agg = FindingsAggregator(scanner.detectors, source="consume", max_locations=max_locations)
         self.agg.restore(fileset.load_state(writer_id))
+        self.agg.note_scan(tiers=tiers_name(deep))
         self._published: set[str] = {f.id for f in self.agg.findings()}
         self._traces: LRU[bytes, _Trace] = LRU(max_traces, _Trace, on_evict=self._forget)
         self.max_text_chars = max_text_chars
@@ -112,7 +123,9 @@ class SecurityProcessor:
     def _span(self, res: dict[str, Any], sp: Any) -> None:
         attrs = otlp.attributes_of(sp.attributes)
         agent = str(attrs.get(S.AGENT_ID) or res.get(S.AGENT_ID) or res.get(S.SERVICE_NAME, ""))
-        loc = {"agent": agent, "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex()}
+        loc = {"agent": agent, "namespace": str(res.get(S.K8S_NAMESPACE_NAME, "")), "trace_id": sp.trace_id.hex(),
+               "span_id": sp.span_id.hex(), "outcome": "blocked" if attrs.get(S.RAILS_BLOCKED) else "delivered"}
+        self._pending = []  # a span that raised must not hand its strings to the next one
         tr = self._traces.get(sp.trace_id)
         events = [(ev.name, otlp.attributes_of(ev.attributes)) for ev in sp.events]  # decoded once
         self._read_events(tr, events, loc)
@@ -121,6 +134,8 @@ class SecurityProcessor:
         self._register_chains(tr, str(attrs.get(S.INPUT_PREFIX, "")), entries, out_entry)
         self._scan_events(events, loc)
         self._scan_attributes(attrs, entries, out_entry, loc)
+        if self._pending:
+            self._deep_pass(loc)
         model = str(attrs.get(S.RESPONSE_MODEL) or attrs.get(S.REQUEST_MODEL) or "")
         if model:
             self.agg.observe_model_path(agent, model, attrs.get(S.RAILS_ACTIVATED) or ())
@@ -197,8 +212,18 @@ class SecurityProcessor:
         found = ((path, val),) if isinstance(val, str) else iter_strings(val, path)  # the common case: no walk
         for p, text in found:
             if text:  # scan_text starts with the literal prefilter: no separate gate() pass
-                for m in self.scanner.scan_text(text, p):
+                ms = self.scanner.scan_text(text, p)
+                for m in ms:
                     self.agg.add_match(m, loc)
+                if self.deep is not None and len(text) >= _DEEP_MIN_LEN:
+                    self._pending.append((p, text, [(m.start, m.end) for m in ms]))
+
+    def _deep_pass(self, loc: dict[str, Any]) -> None:
+        """The deep tier over the span's strings (one native scan), skipping what the catalog matched."""
+        items, self._pending = self._pending, []
+        assert self.deep is not None
+        for m in self.deep.scan_strings(items):
+            self.agg.add_match(m, loc)
 
     def messages(self, trace_id: bytes, chain: str) -> list[dict[str, Any]]:
         """The conversation's message list ending at chain ref ``chain`` (16 hex,
@@ -226,9 +251,10 @@ class SecurityProcessor:
         return [f.as_dict() for f in new]
 
 
-def iter_findings(values: Iterable[bytes], scanner: Scanner, fileset: Fileset, writer_id: str) -> list[dict[str, Any]]:
+def iter_findings(values: Iterable[bytes], scanner: Scanner, fileset: Fileset, writer_id: str,
+                  deep: DeepScanner | None = None) -> list[dict[str, Any]]:
     """Process record values in-process and commit once; returns the new findings (scripts, tests)."""
-    proc = SecurityProcessor(scanner, fileset, writer_id, metrics=consumer_metrics(CollectorRegistry()))
+    proc = SecurityProcessor(scanner, fileset, writer_id, metrics=consumer_metrics(CollectorRegistry()), deep=deep)
     for v in values:
         proc.process(v)
     return proc.commit()

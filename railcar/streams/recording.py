@@ -41,7 +41,8 @@ def start_recording(config: StreamsSettings,
     (``close`` on shutdown). ``observer`` is None when ``[telemetry] enabled`` is false. ``scanner``: the
     process's catalog scanner (when None: built from ``[detection]`` with :func:`recorded_kinds`).
 
-    Must be called with a running loop (it starts background tasks). Raises what
+    Must be called with a running loop (it starts the sink's background task and the recorder's worker thread,
+    which hands each encoded record back to this loop for ``sink.publish``). Raises what
     :func:`railcar.streams.pipeline.build_processor` raises for the embedded sink.
     """
     tel = config.telemetry

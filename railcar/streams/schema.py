@@ -13,7 +13,9 @@ semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-
   messages after them are listed in ``railcar.input.messages`` (:data:`INPUT_MESSAGES`, JSON list of message
   entries ``{"role", "ref", "name"?, "tool_call_id"?, "tool_calls"?: [{"id", "name", "args_ref"}]}``). The chain
   hash of a message list is :func:`chain_ref` applied per message, so a consumer rebuilds the list by walking it.
-- ``railcar.output.message`` (:data:`OUTPUT_MESSAGE`): the answer as one such entry, plus
+- ``railcar.output.message`` (:data:`OUTPUT_MESSAGE`): the answer as one such entry (``role`` ``assistant``,
+  ``ref`` of its text, ``reasoning_ref`` / ``refusal_ref`` (:data:`REASONING_REF`, :data:`REFUSAL_REF`) of its
+  reasoning and refusal texts when it has them, ``tool_calls``), plus
   ``railcar.request.tools_ref`` (:data:`REQUEST_TOOLS_REF`) and ``railcar.request.stream``.
 - ``railcar.rails.activated`` (string array, when any) and ``railcar.rails.blocked`` /
   ``railcar.rails.blocked_rail`` (only when a rail blocked).
@@ -21,8 +23,10 @@ semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-
   for detector, kind, path, fingerprint, masked_preview, confidence, severity (never the value):
   :func:`redaction_attributes` / :func:`redaction_note`.
 
-The trace is the conversation (the trace id serves as ``gen_ai.conversation.id``); the agent is the resource's
-``gen_ai.agent.id``.
+Every wire API (``exchange.api``: Chat Completions, Responses, Anthropic Messages, Completions, embeddings) uses
+this one layout; its request turns become the message entries (:mod:`railcar.streams.conversation`). The trace is
+the conversation; ``gen_ai.conversation.id`` is the id the request or the agent named, else the trace id. The agent
+is the resource's ``gen_ai.agent.id``.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ E = TypeVar("E", bound=Mapping[str, Any])
 __all__ = [
     "AGENT_ID", "ARGS_REF", "CONTENT_EVENT", "ENTRY_ATTRS", "ERROR_TYPE", "HTTP_STATUS_CODE", "INPUT_MESSAGES",
     "INPUT_PREFIX", "K8S_NAMESPACE_NAME", "K8S_POD_NAME", "OPERATION_NAME", "ORIGINAL_LENGTH", "OUTPUT_MESSAGE",
-    "OWN_ATTRS", "OWN_CONTENT_KEYS", "RAILS_ACTIVATED", "RAILS_BLOCKED", "RAILS_BLOCKED_RAIL", "REDACTION_EVENT",
+    "OWN_ATTRS", "OWN_CONTENT_KEYS", "RAILS_ACTIVATED", "REASONING_REF", "REFUSAL_REF", "RAILS_BLOCKED", "RAILS_BLOCKED_RAIL", "REDACTION_EVENT",
     "REDACTION_PREFIX", "REF", "REQUEST_MAX_TOKENS", "REQUEST_MODEL", "REQUEST_STREAM", "REQUEST_TEMPERATURE",
     "REQUEST_TOOLS_REF", "REQUEST_TOP_P", "RESPONSE_FINISH_REASONS", "RESPONSE_ID", "RESPONSE_MODEL",
     "SERVICE_NAME", "TEXT", "TRUNCATED", "USAGE_INPUT_TOKENS", "USAGE_OUTPUT_TOKENS", "chain_ref", "chain_walk",
@@ -83,13 +87,15 @@ TEXT = "text"                        # content event: the (redacted, maybe cut) 
 TRUNCATED = "truncated"              # content event: True when the text was cut
 ORIGINAL_LENGTH = "original_length"  # content event: characters of the whole redacted text
 ARGS_REF = "args_ref"                # message entry tool call: content_ref of its arguments
+REASONING_REF = "reasoning_ref"      # output entry: content_ref of the answer's reasoning text
+REFUSAL_REF = "refusal_ref"          # output entry: content_ref of the answer's refusal text
 
 REDACTION_EVENT = "railcar.redaction"
 REDACTION_PREFIX = REDACTION_EVENT + "."
 
 # Values Railcar derives itself (hashes, counters), never scanned as content: a 16-hex ref made only of digits can
 # pass a card's Luhn check.
-OWN_CONTENT_KEYS = frozenset({REF, ARGS_REF, TRUNCATED, ORIGINAL_LENGTH})
+OWN_CONTENT_KEYS = frozenset({REF, ARGS_REF, REASONING_REF, REFUSAL_REF, TRUNCATED, ORIGINAL_LENGTH})
 OWN_ATTRS = frozenset({INPUT_PREFIX, REQUEST_TOOLS_REF})
 # Attributes holding JSON message entries (a list, or one entry).
 ENTRY_ATTRS = frozenset({INPUT_MESSAGES, OUTPUT_MESSAGE})

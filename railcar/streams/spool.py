@@ -10,8 +10,10 @@ A segment is a sequence of frames ``>I length | >I crc32(payload) | payload`` wh
 :meth:`Spool.append` call ends with one ``fsync`` (batch appends to amortise it). When the spool's total size
 exceeds ``max_bytes`` whole oldest segments are deleted and their records counted in :attr:`Spool.dropped`.
 Replay reads oldest first (:meth:`Spool.peek`), and :meth:`Spool.ack` advances the durable cursor, deleting
-segments fully replayed, so a process killed mid-replay resumes after the last acknowledged record. A torn frame
-at the end of a segment (a crash mid-write) ends that segment's records.
+segments fully replayed (the newest one too once everything is acknowledged, so a drained spool holds 0 bytes),
+so a process killed mid-replay resumes after the last acknowledged record. A torn frame at the end of a segment (a
+crash mid-write) ends that segment's records. The spool holds trace records: the directory is 0700 and its files
+0600 (set on open, whatever the umask or an older version left).
 
 :class:`MemorySpool` has the same interface without a directory (``[telemetry] spool_dir`` empty).
 """
@@ -75,7 +77,11 @@ class Spool:
             raise ValueError("spool: max_bytes and segment_bytes must be > 0")
         self.dir = Path(directory)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir, 0o700)  # mkdir's mode is masked by the umask and ignored for an existing directory
+            for p in self.dir.iterdir():
+                if p.is_file():
+                    os.chmod(p, 0o600)
         except OSError as exc:
             raise SpoolError(f"telemetry.spool_dir: cannot create {str(self.dir)!r}: {exc.strerror}") from None
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
@@ -86,12 +92,17 @@ class Spool:
             frames = _read_frames(p)
             self._segments[int(p.stem)] = [p.stat().st_size, len(frames)]
         self._cursor_seq, self._cursor_off = self._load_cursor()
+        # The sequence number of the newest segment ever used: a new segment always gets a higher one.
+        self._last_seq = max(max(self._segments, default=0), self._cursor_seq - 1)
+        self._fh: BinaryIO | None = None
         for seq in [s for s in self._segments if s < self._cursor_seq]:
             self._delete(seq)  # fully replayed before a crash, not yet deleted
         self._pending = sum(c for _, c in self._segments.values())
         if self._cursor_seq in self._segments and self._cursor_off:
             self._pending -= len([f for f in _read_frames(self._path(self._cursor_seq)) if f[0] <= self._cursor_off])
-        self._fh: BinaryIO | None = None
+        if not self._pending:
+            for seq in list(self._segments):
+                self._delete(seq)  # drained (e.g. by a version that kept the newest segment)
         self._fh_seq = -1
         self._peeked: list[tuple[int, bytes, bytes]] = []  # frames of the last peek not yet acknowledged
 
@@ -108,7 +119,7 @@ class Spool:
 
     def _save_cursor(self) -> None:
         tmp = self.dir / "cursor.tmp"
-        with open(tmp, "w") as fh:
+        with os.fdopen(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "w") as fh:
             fh.write(f"{self._cursor_seq} {self._cursor_off}")
             fh.flush()
             os.fsync(fh.fileno())
@@ -139,15 +150,16 @@ class Spool:
         """Append ``(key, value)`` records durably (one fsync per call), then enforce the size cap."""
         if not records:
             return
-        last = max(self._segments) if self._segments else 0
-        if not self._segments or self._segments[last][0] >= self.segment_bytes:
-            last += 1
-            self._segments[last] = [0, 0]
+        if not self._segments or self._segments[self._last_seq][0] >= self.segment_bytes:
+            self._last_seq += 1
+            self._segments[self._last_seq] = [0, 0]
+        last = self._last_seq
         fh = self._fh
         if fh is None or self._fh_seq != last:
             if fh is not None:
                 fh.close()
-            fh = open(self._path(last), "ab")
+            fd = os.open(self._path(last), os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+            fh = os.fdopen(fd, "ab")
             self._fh, self._fh_seq = fh, last
         blob = b"".join(_pack(k, v) for k, v in records)
         fh.write(blob)
@@ -198,7 +210,9 @@ class Spool:
         self._pending -= len(frames)
         self._peeked = self._peeked[len(frames):]
         seq = self._cursor_seq
-        if self._cursor_off >= self._segments.get(seq, [0])[0] and seq != max(self._segments):
+        # A fully replayed segment goes; the newest one too when nothing is left (the next append starts a new one).
+        if self._segments and self._cursor_off >= self._segments.get(seq, [0])[0] and (
+                seq != max(self._segments) or not self._pending):
             self._delete(seq)
             self._cursor_seq, self._cursor_off = (min(self._segments) if self._segments else seq + 1), 0
         self._save_cursor()

@@ -25,7 +25,9 @@ def test_reassembles_streamed_content_and_tool_calls() -> None:
     ans = reassemble(ex)
     assert ans["content"] == "Hello"
     assert ans["tool_calls"] == [{"id": "call_1", "name": "get", "arguments": '{"a": 1}'}]
-    assert ans["finish_reasons"] == ["tool_calls"] and ans["usage"]["completion_tokens"] == 3
+    attrs = ans["attributes"]
+    assert attrs["gen_ai.response.finish_reasons"] == ["tool_calls"] and attrs["gen_ai.usage.output_tokens"] == 3
+    assert attrs["gen_ai.provider.name"] == "openai" and ans["terminated"]
     # Whole calls without ``index`` (some OpenAI-compatible providers) are separate calls, as the tool rails see them.
     ex.stream_data = [_chunk({"tool_calls": [{"id": "c_a", "function": {"name": "f", "arguments": "{}"}},
                                              {"id": "c_b", "function": {"name": "g", "arguments": '{"b": 2}'}}]})]
@@ -39,5 +41,6 @@ def test_reassembly_skips_a_malformed_chunk_and_keeps_the_last_model() -> None:
                           {"index": 0, "delta": {"content": "c"}, "finish_reason": "length"},
                           {"index": 1, "delta": {"content": "other choice"}}]}), b"[DONE]"]
     ans = reassemble(ex)
-    assert ans["content"] == "abc" and ans["finish_reasons"] == ["length"]
-    assert ans["model"] == "m-final" and ans["id"] == "c2"
+    attrs = ans["attributes"]
+    assert ans["content"] == "abc" and attrs["gen_ai.response.finish_reasons"] == ["length"]
+    assert attrs["gen_ai.response.model"] == "m-final" and attrs["gen_ai.response.id"] == "c2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import aiohttp
 import orjson
@@ -115,6 +116,7 @@ async def test_railcar_serve_without_kafka_writes_the_local_fileset(records, rep
     secret = GENERATORS["aws_access_key_id"](rng)
     rec = next(r for r in records if r.get("status") == 200 and r["stream"] and r["request"].get("messages"))
     serve = railcar_process("serve", {"RAILCAR_UPSTREAM_BASE_URL": replay_upstream.base_url,
+                                      "RAILCAR_GUARDRAILS_CONFIG_PATH": "none",  # no rails: the key reaches the trace
                                       "RAILCAR_FILESET_ROOT": str(tmp_path / "fs"),
                                       "RAILCAR_TELEMETRY_AGENT_ID": "agent-serve",
                                       "RAILCAR_FINGERPRINT_KEY": "k" * 32})
@@ -145,3 +147,79 @@ async def test_railcar_serve_without_kafka_writes_the_local_fileset(records, rep
     assert any(aws[0]["id"] in s["finding_ids"] for s in sugg)
     blob = b"".join(p.read_bytes() for p in (tmp_path / "fs").rglob("*") if p.is_file())
     assert secret.encode() not in blob
+
+
+async def test_scanning_and_fileset_writes_run_off_the_event_loop_thread(make_config, scanner, tmp_path,
+                                                                        monkeypatch) -> None:
+    # Issue 15: the embedded consumer never competes with the proxy for the loop. Record the thread each piece of
+    # work ran on: the scan (process) and the fileset write (commit) must run on the pipeline's worker thread.
+    cfg = make_config(fileset={"root": str(tmp_path)})
+    pipe = EmbeddedPipeline(cfg, scanner=scanner, commit_interval_s=0.05, registry=CollectorRegistry())
+    ran: dict[str, set[int]] = {"process": set(), "commit": set()}
+    real_process, real_commit = pipe.proc.process, pipe.proc.commit
+
+    def process(value: bytes) -> int:
+        ran["process"].add(threading.get_ident())
+        return real_process(value)
+
+    def commit():
+        ran["commit"].add(threading.get_ident())
+        return real_commit()
+
+    monkeypatch.setattr(pipe.proc, "process", process)
+    monkeypatch.setattr(pipe.proc, "commit", commit)
+    loop_thread = threading.get_ident()
+    await pipe.start()
+    token = GENERATORS["github_token"](random.Random(8))
+    for i in range(5):
+        assert pipe.publish(*_record(scanner, f"token {token} #{i}"))
+    await pipe.close()
+    assert pipe.stats["processed"] == 5 and pipe.stats["commits"] >= 1
+    assert ran["process"] == {pipe.ident} and ran["commit"] == {pipe.ident}
+    assert pipe.ident != loop_thread
+    snap = open_fileset(str(tmp_path)).read_snapshot()
+    assert [f["detector"] for f in snap["findings"]] == ["github_token"]
+
+
+async def test_publish_never_waits_for_a_busy_consumer_and_counts_drops_on_metrics(make_config, scanner,
+                                                                                  tmp_path, monkeypatch) -> None:
+    # The worker is held inside its first record: publish keeps returning at once, fills the byte bound, then
+    # drops and counts (stats and railcar_embedded_dropped_total); nothing waits for the consumer.
+    cfg = make_config(fileset={"root": str(tmp_path)})
+    value = _record(scanner, "hello")[1]
+    registry = CollectorRegistry()
+    pipe = EmbeddedPipeline(cfg, scanner=scanner, registry=registry, max_pending_bytes=3 * len(value))
+    gate, entered = threading.Event(), threading.Event()
+    real_process = pipe.proc.process
+
+    def held(v: bytes) -> int:
+        entered.set()
+        gate.wait()
+        return real_process(v)
+
+    monkeypatch.setattr(pipe.proc, "process", held)
+    await pipe.start()
+    assert pipe.publish(b"k", value)
+    assert await asyncio.to_thread(entered.wait, 10)  # the worker holds record 1
+    results = [pipe.publish(b"k", value) for _ in range(5)]
+    assert results == [True] * 3 + [False] * 2 and pipe.pending_bytes == 3 * len(value)
+    assert pipe.stats["dropped"] == 2 and registry.get_sample_value("railcar_embedded_dropped_total") == 2
+    gate.set()
+    await pipe.close()
+    assert pipe.stats["processed"] == 4 and pipe.pending == 0 and pipe.pending_bytes == 0
+
+
+async def test_publish_from_another_thread_is_processed(make_config, scanner, tmp_path) -> None:
+    # The recorder may build spans off the loop and publish from its own thread: publish is thread-safe.
+    cfg = make_config(fileset={"root": str(tmp_path)})
+    pipe = EmbeddedPipeline(cfg, scanner=scanner, registry=CollectorRegistry())
+    await pipe.start()
+    values = [_record(scanner, f"message {i}")[1] for i in range(20)]
+
+    def publish_all() -> list[bool]:
+        return [pipe.publish(b"k", v) for v in values]
+
+    assert await asyncio.to_thread(publish_all) == [True] * 20
+    await pipe.close()
+    assert pipe.stats["processed"] == 20 and pipe.stats["dropped"] == 0
+    assert open_fileset(str(tmp_path)).read_snapshot()["last_scan"]["records_scanned"] == 20

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from railcar.core.exchange import Exchange
 from railcar.streams import otlp
 from railcar.streams.fileset import FILESET
-from railcar.streams.pipeline import KEY_FILE, build_processor, build_scanner, configured_fileset
+from railcar.streams.pipeline import KEY_FILE, build_deep, build_processor, build_scanner, configured_fileset
 from railcar.streams.recorder import TraceRecorder
 
 
@@ -44,3 +44,22 @@ def test_processor_writes_the_configured_fileset_and_resumes_its_writer(make_con
     # the same writer restarted: its findings are restored, so none is handed out as new again
     resumed = build_processor(cfg, writer_id="w1", scanner=proc.scanner, registry=CollectorRegistry())
     assert [f.detector for f in resumed.agg.findings()] == ["github_token"] and resumed.commit() == []
+
+
+def test_the_deep_tier_follows_detection_deep_and_shares_the_catalog_key(make_config, tmp_path) -> None:
+    cfg = make_config(fileset={"root": str(tmp_path)})
+    assert cfg.detection.deep  # on by default in the consumer
+    proc = build_processor(cfg, writer_id="w1", registry=CollectorRegistry())
+    assert proc.deep is not None and proc.deep.key == proc.scanner.key
+    off = make_config(detection={"deep": False}, fileset={"root": str(tmp_path)})
+    assert build_processor(off, writer_id="w2", registry=CollectorRegistry()).deep is None
+    # `railcar scan --deep` turns it on whatever the config says
+    assert build_deep(off, proc.scanner, deep=True) is not None
+    assert build_deep(cfg, build_scanner(make_config(detection={"kinds": ["pii"]}))) is None  # nothing to find
+    rng = random.Random(3)
+    shopify = "shpat_" + "".join(rng.choice("0123456789abcdef") for _ in range(32))
+    ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": f"token {shopify}"}]})
+    ex.response_body = orjson.dumps({"model": "m", "choices": [{"index": 0, "message": {"content": "ok"}}]})
+    proc.process(TraceRecorder(proc.scanner, None, otlp.make_resource(agent_id="a")).build(ex)[1])
+    [f] = proc.commit()
+    assert (f["detector"], f["masked_preview"]) == ("betterleaks.shopify-access-token", shopify[:4] + "…" + shopify[-4:])

@@ -95,6 +95,7 @@ async def test_broker_down_10s_under_50_streams(tmp_path, railcar_process) -> No
             spool = tmp_path / "spool-a"
             procs = {
                 side: railcar_process("serve", {**FAST_KAFKA, "RAILCAR_UPSTREAM_BASE_URL": up.base_url,
+                                                "RAILCAR_GUARDRAILS_CONFIG_PATH": "none",
                                                 "RAILCAR_KAFKA_BOOTSTRAP_SERVERS": mc.bootstrap,
                                                 "RAILCAR_TELEMETRY_SPOOL_DIR": str(spool_dir),
                                                 "RAILCAR_FILESET_ROOT": str(tmp_path / "fs")},
@@ -163,7 +164,7 @@ async def test_sigkilled_sidecar_delivers_its_spool_after_restart(mock_cluster, 
     spool_dir = tmp_path / "spool"
     n = 20
     async with ReplayUpstream(synthetic=True, tokens=8) as up:
-        env = {**FAST_KAFKA, "RAILCAR_UPSTREAM_BASE_URL": up.base_url,
+        env = {**FAST_KAFKA, "RAILCAR_UPSTREAM_BASE_URL": up.base_url, "RAILCAR_GUARDRAILS_CONFIG_PATH": "none",
                "RAILCAR_KAFKA_BOOTSTRAP_SERVERS": mock_cluster.bootstrap,
                "RAILCAR_TELEMETRY_SPOOL_DIR": str(spool_dir), "RAILCAR_FILESET_ROOT": str(tmp_path / "fs")}
         mock_cluster.broker_down(1)

@@ -81,7 +81,8 @@ def test_twenty_turns_publish_only_new_content(scanner: Scanner) -> None:
         new_sizes.append(len(user) + len(answer) + (len(messages[0]["content"]) if turn == 0 else 0))
     assert len({k for k, _ in out}) == 1  # one conversation, one trace, one key
     for (_, value), new in zip(out, new_sizes):
-        assert len(value) <= 1.5 * new, (len(value), new)
+        # + a fixed ~130 bytes: the semconv attributes every span carries (provider, API type, conversation id)
+        assert len(value) <= 1.5 * new + 160, (len(value), new)
     # The last span lists only the new user message after a prefix covering the whole history.
     _, _, attrs = _span(out[-1][1])
     assert attrs["railcar.input.prefix"] and len(orjson.loads(attrs["railcar.input.messages"])) == 1
