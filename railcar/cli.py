@@ -37,6 +37,8 @@ def _add_command_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--max-bytes", type=int, default=1_000_000_000,
                        help="stop after this many bytes, most recent files first (default 1 GB)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--deep", action="store_true",
+                       help="also run the deep rules library (Kingfisher, offline) over what the catalog did not claim")
     elif name == "demo":
         p.add_argument("--out", default="./railcar-demo", help="directory for the fileset and report.html")
         p.add_argument("--sessions", type=int, default=0, help="limit recorded sessions (0: all)")

@@ -117,6 +117,10 @@ GENERATORS = {
     "github_fine_grained_pat": lambda r: "github_pat_" + _r(r, ALNUM, 22) + "_" + _r(r, ALNUM, 59),
     "gitlab_token": lambda r: "glpat-" + _r(r, ALNUM + "_-", 19) + _r(r, ALNUM, 1),
     "slack_token": lambda r: f"xoxb-{_r(r, string.digits, 12)}-{_r(r, string.digits, 13)}-{_r(r, ALNUM, 24)}",
+    "slack_legacy_token": lambda r: f"xoxs-{_r(r, string.digits, 12)}-{_r(r, string.digits, 9)}-"
+                                    f"{_r(r, string.digits, 10)}-{_r(r, '0123456789abcdef', 10)}",
+    "gitlab_session_cookie": lambda r: _r(r, string.digits + string.ascii_lowercase, 32),
+    "aws_bedrock_api_key": lambda r: "ABSK" + _r(r, ALNUM + "+/", 132),
     "slack_webhook_url": lambda r: (f"https://hooks.slack.com/services/T{_r(r, string.ascii_uppercase, 8)}/"
                                     f"B{_r(r, string.ascii_uppercase, 8)}/{_r(r, ALNUM, 24)}"),
     "stripe_key": lambda r: r.choice(["sk_live_", "rk_live_", "sk_test_"]) + _r(r, ALNUM, 24),
@@ -143,7 +147,7 @@ GENERATORS = {
     "phone_number": _phone,
 }
 
-CONTEXT = {"cohere_api_key": "COHERE_API_KEY={v}", "mistral_api_key": "export MISTRAL_API_KEY=\"{v}\""}
+CONTEXT = {"gitlab_session_cookie": "Cookie: _gitlab_session={v}", "cohere_api_key": "COHERE_API_KEY={v}", "mistral_api_key": "export MISTRAL_API_KEY=\"{v}\""}
 
 
 def hard_negative(rng: random.Random) -> str:

@@ -2,9 +2,10 @@
 
 Runs a :class:`railcar.streams.consumer.ConsumerGroupWorker` on ``[kafka] trace_topic`` (group ``[kafka] group_id``)
 until SIGINT/SIGTERM and serves :func:`railcar.streams.consumer.health_app` on ``[server] host:port`` (the Helm
-chart sets ``0.0.0.0:9464``): ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Exit codes: 0 after a clean
-stop, 1 when the port cannot be bound, 2 when ``[kafka] bootstrap_servers`` is empty (without Kafka,
-``railcar serve`` scans in-process).
+chart sets ``0.0.0.0:9464``): ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. A broker that is not reachable
+yet is waited for with backoff (a warning per attempt naming ``[kafka] bootstrap_servers``, ``/readyz`` 503
+``waiting for kafka``), never an exit. Exit codes: 0 after a clean stop, 1 when the port cannot be bound, 2 when
+``[kafka] bootstrap_servers`` is empty (without Kafka, ``railcar serve`` scans in-process).
 """
 
 from __future__ import annotations

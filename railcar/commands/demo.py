@@ -3,9 +3,11 @@
 What runs (all in this process, all on ``127.0.0.1``):
 
 1. the replay upstream (:mod:`railcar.tools.replay_upstream`) answering with the recorded interactions of
-   ``--recorded``, else of the bundled sample ``railcar/tools/demo_data/recorded_sample.jsonl`` (24 interactions
-   from the same MIT-licensed pydantic-ai cassettes; ``./dev demo`` passes the full recorded set when the checkout
-   has ``../shared`` beside it);
+   ``--recorded`` (Chat Completions) and of the ``responses.jsonl`` / ``anthropic_messages.jsonl`` beside it, else
+   of the bundled samples ``railcar/tools/demo_data/recorded_*sample.jsonl`` (whole cassettes from the same
+   MIT-licensed pydantic-ai recordings; ``./dev demo`` passes the full recorded set when the checkout has
+   ``../shared`` beside it); Chat and Responses calls reach it through ``upstream.base_url``, Anthropic Messages
+   calls through ``[upstream.anthropic]`` (its ``base_url`` emptied: the same upstream);
 2. an embedded Kafka-protocol broker: librdkafka's mock cluster (:mod:`railcar.tools.mock_broker`);
 3. one sidecar per demo agent (``support-agent``, ``coding-agent``, ``research-agent``; the same guard) with the
    default guardrail config (``guardrails.config_path = "default"`` unless the config names another), each with a
@@ -13,18 +15,23 @@ What runs (all in this process, all on ``127.0.0.1``):
 4. the security consumer group (:class:`railcar.streams.consumer.ConsumerGroupWorker`) writing the fileset
    ``<out>/nemo-agent-security/`` and the findings topic.
 
-Sessions: the recorded interactions grouped by the cassette they were recorded in (one agent run each), in file
-order, interactions of a session in order, ``--sessions N`` keeps the first N; plus the leaking sessions of
-:mod:`railcar.tools.demo_data.leaks` (a stream leaking an AWS key, a stream leaking a private key, a tool result with an
-e-mail address and SSN, a non-streaming answer with a Google API key, a prompt injection). Every call goes through
-the sidecar with the real ``openai`` client (streaming and not), with ``x-replay-id`` naming the record to replay
-and a W3C ``traceparent`` whose trace id identifies the session, so findings map back to sessions.
+Sessions: the recorded interactions of each API grouped by the cassette they were recorded in (one agent run
+each), in file order, interactions of a session in order, ``--sessions N`` keeps the first N of each API; plus the
+leaking sessions of :mod:`railcar.tools.demo_data.leaks`: on Chat Completions a stream leaking an AWS key, a stream
+leaking a private key, a tool result with an e-mail address and SSN, a non-streaming answer with a Google API key, a
+prompt injection; on the Responses API and Anthropic Messages each a stream leaking a key split across text deltas,
+a streamed tool call with an AWS key split across its argument deltas, a prompt injection. Every call goes through
+the sidecar with the real SDK of its API (``openai`` ``chat.completions`` / ``responses``, ``anthropic``
+``messages``; streaming and not), with ``x-replay-id`` naming the record to replay and a W3C ``traceparent`` whose
+trace id identifies the session, so findings map back to sessions.
 
 Outputs under ``--out`` (default ``./railcar-demo``): the fileset, ``report.html`` (:mod:`railcar.tools.report`) and
 ``demo-summary.json`` (per-session outcome: calls, blocks with rail, the closing frames of blocked streams,
 expected and found detectors; masked previews only). A previous demo fileset in ``<out>/nemo-agent-security`` is
 replaced. Prints a summary (``rich``). Exit code 0 after a complete run; 1 when the pipeline lost events, a blocked
-stream did not end with the error chunk, or a leaking session produced no finding.
+stream did not end with its API's error frames (Chat: the error chunk then ``[DONE]``; Responses and Anthropic: an
+``event: error`` naming the rail), a leaking session's expected block did not happen, or a leaking session produced
+no finding.
 """
 
 from __future__ import annotations
@@ -33,20 +40,17 @@ import argparse
 import asyncio
 import copy
 import hashlib
-import inspect
 import logging
 import random
 import shutil
 import sys
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import orjson
 import uvloop
 from aiohttp import web
@@ -55,31 +59,37 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from railcar.core.exchange import Exchange, Outcome
+from railcar.commands.demo_calls import CallResult, Clients, Outcomes, Tap, apply_decision, apply_tap, send
 from railcar.core.guard import PassThrough
-from railcar.core.wire import BLOCKED_CODE, VIOLATION_TYPE
 from railcar.rails.guard import RailsGuard, build_guard
 from railcar.rails.scanner import Scanner
 from railcar.settings import RailcarConfig
+from railcar.sidecar import transport
 from railcar.sidecar.app import create_app
-from railcar.sidecar.sse import split_events
 from railcar.streams import otlp
 from railcar.streams.consumer import ConsumerGroupWorker
 from railcar.streams.fileset import FILESET
 from railcar.streams.pipeline import build_scanner, configured_fileset
 from railcar.streams.producer import Publisher
 from railcar.streams.recorder import TraceRecorder
-from railcar.tools.demo_data.leaks import Leak, build_leaks
+from railcar.tools.demo_data.leaks import Leak, build_api_leaks, build_leaks
 from railcar.tools.mock_broker import MockCluster
-from railcar.tools.replay_upstream import ReplayUpstream, load_records
+from railcar.tools.replay_upstream import ReplayUpstream, load_records, record_api
 from railcar.tools.report import render_report
 
-__all__ = ["main", "run_demo", "find_recorded", "recorded_sessions", "Session", "CallResult", "BUNDLED_SAMPLE",
-           "AGENTS"]
+__all__ = ["main", "run_demo", "find_recorded", "find_recorded_apis", "recorded_sessions", "Session", "CallResult",
+           "BUNDLED_SAMPLE", "BUNDLED_APIS", "AGENTS"]
 
 log = logging.getLogger("railcar.demo")
 
-BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "tools" / "demo_data" / "recorded_sample.jsonl"
+_DEMO_DATA = Path(__file__).resolve().parents[1] / "tools" / "demo_data"
+BUNDLED_SAMPLE = _DEMO_DATA / "recorded_sample.jsonl"
+# the other APIs' recorded files: their name beside --recorded (as in ../shared/fixtures/recorded), and the bundled
+# sample used when there is none
+BUNDLED_APIS = {"openai_responses": ("responses.jsonl", _DEMO_DATA / "recorded_responses_sample.jsonl"),
+                "anthropic_messages": ("anthropic_messages.jsonl", _DEMO_DATA / "recorded_anthropic_sample.jsonl")}
+# a session's name prefix per API (the chat sessions keep their cassette's name)
+_PREFIX = {"openai_chat": "", "openai_responses": "responses/", "anthropic_messages": "anthropic/"}
 AGENTS = ("support-agent", "coding-agent", "research-agent")
 CONCURRENCY = 8
 
@@ -98,12 +108,23 @@ def find_recorded(explicit: str = "") -> Path:
     return p
 
 
+def find_recorded_apis(chat: Path) -> dict[str, Path]:
+    """The recorded Responses and Anthropic Messages files to replay beside the chat file ``chat``: by API, the file
+    of :data:`BUNDLED_APIS`' name in ``chat``'s directory when ``chat`` is not the bundled sample and it exists, else
+    the bundled sample of that API."""
+    out = {}
+    for api, (name, bundled) in BUNDLED_APIS.items():
+        beside = chat.parent / name
+        out[api] = beside if chat != BUNDLED_SAMPLE and beside.is_file() else bundled
+    return out
+
+
 @dataclass
 class Session:
     """One agent run to drive: ``calls`` ``[(record_id, request_body)]`` in order; ``trace_id`` 32 hex chars;
     ``leak`` the planted-leak title (``""`` for a clean recorded session); ``expect`` detector ids to be found;
     ``blocks`` the block expected (``"stream"``, ``"output"``, ``"input"`` or ``""``, see
-    :class:`railcar.tools.demo_data.leaks.Leak`)."""
+    :class:`railcar.tools.demo_data.leaks.Leak`); ``api`` the wire API of its calls (a codec name)."""
 
     name: str
     agent: str
@@ -112,23 +133,35 @@ class Session:
     leak: str = ""
     expect: tuple[str, ...] = ()
     blocks: str = ""
+    api: str = "openai_chat"
 
 
 def recorded_sessions(records: list[dict[str, Any]], limit: int = 0) -> list[Session]:
-    """Group ``records`` by their cassette (``source.repo`` + ``source.path``; the record id when absent), in
-    file order; ``limit`` > 0 keeps the first ``limit`` sessions. Agents are assigned round robin."""
-    groups: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+    """Group ``records`` by API (:func:`railcar.tools.replay_upstream.record_api`) and cassette (``source.repo`` +
+    ``source.path``; the record id when absent), in file order; ``limit`` > 0 keeps the first ``limit`` sessions of
+    each API. Agents are assigned round robin; names are unique (non-chat ones prefixed ``responses/`` /
+    ``anthropic/``)."""
+    groups: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
     for r in records:
         src = r.get("source") or {}
         key = f"{src.get('repo', '')}:{src.get('path', '')}" if src.get("path") else r["id"]
-        groups.setdefault(key, []).append(r)
-    out = []
-    for i, (key, recs) in enumerate(groups.items()):
-        if limit and i >= limit:
-            break
+        groups.setdefault((record_api(r), key), []).append(r)
+    out: list[Session] = []
+    per_api: Counter[str] = Counter()
+    names: set[str] = set()
+    for (api, key), recs in groups.items():
+        per_api[api] += 1
+        if limit and per_api[api] > limit:
+            continue
         recs.sort(key=lambda r: (r.get("source") or {}).get("interaction_index", 0))
-        name = recs[0]["id"].rsplit("-", 1)[0] if recs[0]["id"][-1:].isdigit() else recs[0]["id"]
-        out.append(Session(name=name, agent=AGENTS[i % len(AGENTS)], trace_id=_trace_id(key),
+        name = _PREFIX.get(api, api + "/") + (recs[0]["id"].rsplit("-", 1)[0] if recs[0]["id"][-1:].isdigit()
+                                              else recs[0]["id"])
+        while name in names:  # two cassettes whose first ids share a stem
+            name += "+"
+        names.add(name)
+        # the chat sessions keep their trace id (the cassette's); the others add the API, as a cassette may hold both
+        out.append(Session(name=name, agent=AGENTS[len(out) % len(AGENTS)], api=api,
+                           trace_id=_trace_id(key if api == "openai_chat" else f"{api}|{key}"),
                            calls=[(r["id"], r["request"]) for r in recs]))
     return out
 
@@ -140,243 +173,53 @@ def _trace_id(key: str) -> str:
 def _leak_sessions(leaks: list[Leak]) -> list[Session]:
     """One session per leak, agents round robin, the trace id derived from the leak's name."""
     return [Session(name=lk.name, agent=AGENTS[i % len(AGENTS)], calls=lk.calls, trace_id=_trace_id(lk.name),
-                    leak=lk.title, expect=lk.expect, blocks=lk.blocks) for i, lk in enumerate(leaks)]
+                    leak=lk.title, expect=lk.expect, blocks=lk.blocks, api=lk.api) for i, lk in enumerate(leaks)]
 
 
 @dataclass
 class _Inputs:
-    """What a run replays: the recorded file, its records, the sessions to drive (recorded then leaking) and
-    every record the replay upstream serves (recorded plus the leaks' own)."""
+    """What a run replays: the recorded chat file, its records, the other APIs' files and records, the sessions to
+    drive (recorded then leaking) and every record the replay upstream serves (recorded plus the leaks' own)."""
 
     path: Path
     records: list[dict[str, Any]]
     sessions: list[Session]
     replay: list[dict[str, Any]]
+    api_paths: dict[str, Path] = field(default_factory=dict)
+    api_records: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _load_inputs(recorded: str, limit: int) -> _Inputs:
     path = find_recorded(recorded)
     records = load_records(path)
-    leaks = build_leaks(records)
-    sessions = recorded_sessions(records, limit) + _leak_sessions(leaks)
-    return _Inputs(path, records, sessions, records + [r for lk in leaks for r in lk.records])
+    api_paths = find_recorded_apis(path)
+    # records that do not name their API are the other file's (a pre-``api`` recording): stamp it
+    api_records = [r if "api" in r else dict(r, api=api) for api, p in api_paths.items() for r in load_records(p)]
+    leaks = build_leaks(records) + build_api_leaks(api_records)
+    sessions = recorded_sessions(records, limit) + recorded_sessions(api_records, limit) + _leak_sessions(leaks)
+    return _Inputs(path, records, sessions, records + api_records + [r for lk in leaks for r in lk.records],
+                   api_paths, api_records)
 
 
-# ---------------------------------------------------------------------------------------------------- client tap
+# ---------------------------------------------------------------------------------------------------- driving
 
 
-class _Tap(httpx.AsyncByteStream):
-    """A response stream that keeps a copy of the bytes the client reads (to check how a stream ended); on close
-    it reads what the client left unread (the ``data: [DONE]`` after an error event)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.data = bytearray()
-        self._it: Any = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        self._it = self.inner.__aiter__()
-        async for chunk in self._it:
-            self.data += chunk
-            yield chunk
-
-    async def aclose(self) -> None:
-        if self._it is not None:
-            try:
-                await asyncio.wait_for(self._rest(), 2.0)
-            except Exception:
-                pass
-        await self.inner.aclose()
-
-    async def _rest(self) -> None:
-        async for chunk in self._it:
-            self.data += chunk
-
-
-class _TapTransport(httpx.AsyncBaseTransport):
-    """The client's transport: responses to requests with an ``x-demo-call`` header are read through a
-    :class:`_Tap` kept in ``taps`` under that header's value."""
-
-    def __init__(self, taps: dict[str, _Tap]) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.taps = taps
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        resp = await self.inner.handle_async_request(request)
-        call = request.headers.get("x-demo-call")
-        if not call:
-            return resp
-        tap = _Tap(resp.stream)
-        self.taps[call] = tap
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=tap, extensions=resp.extensions)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-@dataclass
-class _Decision:
-    """What the guard decided for one call: its outcome, the status sent, whether the upstream was called."""
-
-    outcome: Outcome
-    status: int | None
-    upstream_called: bool
-
-
-class _Outcomes:
-    """An :class:`railcar.core.guard.ExchangeObserver` keeping what the guard decided, by ``x-demo-call`` header."""
-
-    def __init__(self) -> None:
-        self.by_call: dict[str, _Decision] = {}
-
-    def exchange_finished(self, exchange: Exchange) -> None:
-        call = exchange.headers.get("x-demo-call")
-        if call:
-            self.by_call[call] = _Decision(exchange.outcome, exchange.status,
-                                           exchange.response_body is not None or bool(exchange.stream_data))
-
-
-# ---------------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class CallResult:
-    """What one call did, as the client saw it and the guard decided.
-
-    ``result``: ``ok`` | ``blocked_input`` | ``blocked_stream`` | ``blocked_output`` | ``upstream_error`` (a
-    recorded error relayed) | ``client_error``; ``rail`` the blocking rail; ``tokens`` content deltas received
-    (streams) or ``usage.completion_tokens`` (non-streaming); ``tail`` the last two SSE data payloads of a blocked
-    stream; ``error_chunk_last``: the stream ended with the blocked-content error chunk then ``[DONE]``."""
-
-    session: str
-    record_id: str
-    stream: bool
-    result: str = "ok"
-    rail: str = ""
-    tokens: int = 0
-    status: int | None = None
-    tail: list[str] = field(default_factory=list)
-    error_chunk_last: bool | None = None
-    detail: str = ""
-
-
-def _sse_datas(raw: bytes) -> list[str]:
-    return [data.decode("utf-8", "replace") for _, data in split_events(raw) if data is not None]
-
-
-def _ends_with_error_chunk(datas: list[str]) -> bool:
-    if len(datas) < 2 or datas[-1] != "[DONE]":
-        return False
-    try:
-        err = orjson.loads(datas[-2]).get("error") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-    return err.get("type") == VIOLATION_TYPE and err.get("code") == BLOCKED_CODE
-
-
-_CREATE_PARAMS: set[str] | None = None
-
-
-def _split_params(client: openai.AsyncOpenAI, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(kwargs, extra_body)``: parameters ``chat.completions.create`` declares, and the rest of the recorded
-    body (provider-specific fields such as ``reasoning_format``) sent as ``extra_body``."""
-    global _CREATE_PARAMS
-    if _CREATE_PARAMS is None:
-        sig = inspect.signature(client.chat.completions.create)
-        _CREATE_PARAMS = {p for p in sig.parameters if not p.startswith("extra_") and p != "timeout"}
-    kwargs = {k: v for k, v in request.items() if k in _CREATE_PARAMS}
-    extra = {k: v for k, v in request.items() if k not in _CREATE_PARAMS}
-    return kwargs, extra
-
-
-async def _read_stream(resp: Any, res: CallResult) -> None:
-    """Count the content deltas of a streamed answer; a ``content_filter`` finish means the input was refused."""
-    try:
-        async for chunk in resp:
-            for ch in chunk.choices or ():
-                if ch.delta is not None and ch.delta.content:
-                    res.tokens += 1
-                if ch.finish_reason == "content_filter":
-                    res.result = "blocked_input"
-    finally:
-        await resp.close()
-
-
-def _read_completion(comp: Any, res: CallResult) -> None:
-    """The completion tokens of a whole answer; a ``content_filter`` finish means the output rail replaced it."""
-    usage = getattr(comp, "usage", None)
-    res.tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-    if any(getattr(c, "finish_reason", None) == "content_filter" for c in comp.choices or ()):
-        res.result = "blocked_output"
-
-
-async def _send(client: openai.AsyncOpenAI, request: dict[str, Any], headers: dict[str, str],
-                res: CallResult) -> None:
-    """Send one recorded request with the ``openai`` client and fill ``res`` with what the client saw."""
-    kwargs, extra = _split_params(client, request)
-    kwargs["stream"] = res.stream
-    try:
-        answer = await client.chat.completions.create(**kwargs, extra_body=extra or None, extra_headers=headers)
-        if res.stream:
-            await _read_stream(answer, res)
-        else:
-            _read_completion(answer, res)
-    except openai.APIStatusError as exc:
-        res.result, res.status, res.detail = "upstream_error", exc.status_code, type(exc).__name__
-    except openai.APIError as exc:  # an in-band error event in a 200 stream
-        error_body = exc.body if isinstance(exc.body, dict) else {}
-        if error_body.get("code") == BLOCKED_CODE:
-            res.result, res.rail = "blocked_stream", str(error_body.get("param") or "")
-        else:
-            res.result, res.detail = "upstream_error", f"{type(exc).__name__}: {exc}"[:200]
-    except Exception as exc:  # a body the client cannot parse (e.g. a recorded non-chat echo)
-        res.result, res.detail = "client_error", type(exc).__name__
-
-
-def _apply_decision(res: CallResult, seen: _Decision | None) -> None:
-    """Complete ``res`` with the guard's decision (``None`` when the sidecar reported none): the status the client
-    did not see, and a block the client could not tell from a normal answer (where it happened: before the
-    upstream was called, in a stream, or in a whole answer)."""
-    if seen is None:
-        return
-    if res.status is None:
-        res.status = seen.status
-    if not seen.outcome.blocked or res.result not in ("ok", "blocked_input", "blocked_output"):
-        return
-    if not seen.upstream_called:
-        res.result = "blocked_input"
-    elif res.stream:
-        res.result = "blocked_stream"
-    else:
-        res.result = "blocked_output"
-    res.rail = res.rail or (seen.outcome.blocked_rail or "")
-
-
-def _apply_tap(res: CallResult, tap: _Tap | None) -> None:
-    """The closing frames of a blocked stream, from the bytes the client received."""
-    if not res.stream or tap is None or res.result != "blocked_stream":
-        return
-    datas = _sse_datas(bytes(tap.data))
-    res.tail = datas[-2:]
-    res.error_chunk_last = _ends_with_error_chunk(datas)
-
-
-async def _drive_call(client: openai.AsyncOpenAI, session: Session, idx: int, record_id: str,
-                      request: dict[str, Any], taps: dict[str, _Tap], outcomes: _Outcomes) -> CallResult:
+async def _drive_call(clients: Clients, session: Session, idx: int, record_id: str, request: dict[str, Any],
+                      taps: dict[str, Tap], outcomes: Outcomes) -> CallResult:
     call = f"{session.name}#{idx}"
-    res = CallResult(session.name, record_id, bool(request.get("stream")))
+    res = CallResult(session.name, record_id, bool(request.get("stream")), api=session.api)
     headers = {"x-replay-id": record_id, "x-demo-call": call,
                "traceparent": f"00-{session.trace_id}-{random.getrandbits(64) or 1:016x}-01"}
-    await _send(client, request, headers, res)
-    _apply_decision(res, outcomes.by_call.pop(call, None))
-    _apply_tap(res, taps.pop(call, None))
+    await send(clients, request, headers, res)
+    apply_decision(res, outcomes.by_call.pop(call, None))
+    apply_tap(res, taps.pop(call, None))
     return res
 
 
-async def _drive_session(client: openai.AsyncOpenAI, session: Session, taps: dict[str, _Tap], outcomes: _Outcomes,
+async def _drive_session(clients: Clients, session: Session, taps: dict[str, Tap], outcomes: Outcomes,
                          sem: asyncio.Semaphore) -> list[CallResult]:
     async with sem:
-        return [await _drive_call(client, session, i, rid, req, taps, outcomes)
+        return [await _drive_call(clients, session, i, rid, req, taps, outcomes)
                 for i, (rid, req) in enumerate(session.calls)]
 
 
@@ -401,6 +244,7 @@ def _demo_config(config: RailcarConfig, out: Path) -> RailcarConfig:
     cfg.fileset.root = str(out)
     cfg.fileset.s3_endpoint_url = ""
     cfg.telemetry.spool_dir = ""
+    cfg.upstream.anthropic.base_url = ""  # Anthropic Messages calls go to upstream.base_url too: the replay upstream
     return cfg
 
 
@@ -427,7 +271,7 @@ class _Run:
     runners: list[web.AppRunner] = field(default_factory=list)
     recorders: dict[str, TraceRecorder] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
-    outcomes: _Outcomes = field(default_factory=_Outcomes)
+    outcomes: Outcomes = field(default_factory=Outcomes)
     published: int = 0
     calls_s: float = 0.0
 
@@ -439,11 +283,9 @@ async def _start_sidecar(run: _Run, agent: str) -> None:
     await rec.start()
     run.recorders[agent] = rec
     app = create_app(run.cfg, guard=run.guard or PassThrough(), observers=[rec, run.outcomes])
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await transport.start(app, run.cfg.server, host="127.0.0.1", port=0, shutdown_timeout=5.0)
     run.runners.append(runner)
-    run.urls[agent] = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    run.urls[agent] = f"http://127.0.0.1:{runner.port}/v1"
 
 
 async def _start(cfg: RailcarConfig, say: Callable[[str], None], runners: list[web.AppRunner]) -> _Run:
@@ -451,7 +293,7 @@ async def _start(cfg: RailcarConfig, say: Callable[[str], None], runners: list[w
     sidecars' runners go to ``runners`` as they start, so the caller can clean up after a failed start."""
     scanner, worker = _security_pipeline(cfg)
     guard = await build_guard(cfg)
-    say(f"guardrails loaded: {cfg.guardrails.config_path or 'inline'}")
+    say(f"guardrails loaded: {cfg.guardrails.config_path or ('inline' if cfg.guardrails.config_inline else 'default')}")
     pub = Publisher(cfg.kafka, cfg.telemetry, registry=CollectorRegistry())
     await pub.start()
     run = _Run(cfg, scanner, worker, pub, guard, asyncio.create_task(worker.run(), name="railcar-demo-consumer"),
@@ -462,18 +304,10 @@ async def _start(cfg: RailcarConfig, say: Callable[[str], None], runners: list[w
     return run
 
 
-def _client(base_url: str, taps: dict[str, _Tap]) -> openai.AsyncOpenAI:
-    """The real ``openai`` client of one agent, reading responses through :class:`_TapTransport`."""
-    # openai types ``http_client`` as its httpx2 fork's client and accepts an httpx one at run time.
-    http: Any = httpx.AsyncClient(transport=_TapTransport(taps), timeout=60.0)
-    return openai.AsyncOpenAI(base_url=base_url, api_key="railcar-demo", max_retries=0, timeout=60.0,
-                              http_client=http)
-
-
 async def _drive_all(run: _Run, sessions: list[Session]) -> list[list[CallResult]]:
     """Drive every session through its agent's sidecar, ``CONCURRENCY`` sessions at a time; results per session."""
-    taps: dict[str, _Tap] = {}
-    clients = {a: _client(u, taps) for a, u in run.urls.items()}
+    taps: dict[str, Tap] = {}
+    clients = {a: Clients.open(u, taps) for a, u in run.urls.items()}
     sem = asyncio.Semaphore(CONCURRENCY)
     t_calls = time.monotonic()
     per_session = await asyncio.gather(*(_drive_session(clients[s.agent], s, taps, run.outcomes, sem)
@@ -514,19 +348,27 @@ def _session_results(sessions: list[Session], per_session: list[list[CallResult]
     out = []
     for s, rs in zip(sessions, per_session):
         found = sorted({f["detector"] for f in by_trace.get(s.trace_id, ())})
-        out.append({"name": s.name, "agent": s.agent, "trace_id": s.trace_id, "leak": s.leak,
+        out.append({"name": s.name, "agent": s.agent, "api": s.api, "trace_id": s.trace_id, "leak": s.leak,
                     "expect": list(s.expect), "expected_block": s.blocks, "found": found,
                     "calls": [r.__dict__ for r in rs]})
     return out
 
 
 def _traffic(results: list[CallResult]) -> dict[str, Any]:
-    """The summary's traffic figures: calls, results by kind, tokens, blocks with their rail."""
+    """The summary's traffic figures: calls, results by kind (overall and per API), tokens, blocks with their rail
+    and API."""
     blocked_streams = [r for r in results if r.result == "blocked_stream"]
+    by_api: dict[str, dict[str, int]] = {}
+    for r in results:
+        row = by_api.setdefault(r.api, {"calls": 0, "streaming": 0})
+        row["calls"] += 1
+        row["streaming"] += r.stream
+        row[r.result] = row.get(r.result, 0) + 1
     return {
         "calls": len(results), "streaming_calls": sum(r.stream for r in results),
         "results": dict(Counter(r.result for r in results)), "tokens_relayed": sum(r.tokens for r in results),
-        "blocked": [{"session": r.session, "kind": r.result, "rail": r.rail} for r in results
+        "by_api": by_api,
+        "blocked": [{"session": r.session, "kind": r.result, "rail": r.rail, "api": r.api} for r in results
                     if r.result.startswith("blocked")],
         "blocked_streams_with_error_chunk": sum(1 for r in blocked_streams if r.error_chunk_last),
     }
@@ -555,7 +397,8 @@ def _write_outputs(inputs: _Inputs, out: Path, run: _Run, per_session: list[list
     report_path.write_text(render_report(snapshot, suggestions), encoding="utf-8")
     results = [r for rs in per_session for r in rs]
     summary = {
-        "recorded": str(inputs.path), "out": str(out), "fileset": str(out / FILESET), "report": str(report_path),
+        "recorded": str(inputs.path), "recorded_apis": {a: str(p) for a, p in inputs.api_paths.items()},
+        "out": str(out), "fileset": str(out / FILESET), "report": str(report_path),
         "sessions": len(inputs.sessions), **_traffic(results), **_events(run),
         "findings": snapshot.get("findings") or [], "suggestions": suggestions,
         "coverage": snapshot.get("coverage") or {},
@@ -571,15 +414,19 @@ async def run_demo(config: RailcarConfig, out: Path, *, sessions: int = 0, recor
     """Run the whole job once; returns the summary dict written to ``<out>/demo-summary.json``.
 
     ``config``: the root :class:`railcar.settings.RailcarConfig` (copied; upstream, Kafka bootstrap and fileset root are set by the demo);
-    ``sessions`` > 0 keeps the first recorded sessions; ``recorded`` a ``chat_completions.jsonl`` (``""``: the
-    bundled sample); ``progress`` gets one line per step. Raises ``FileNotFoundError`` for a missing ``recorded``
-    file, ``ValueError`` for unusable records and :class:`railcar.core.config.ConfigError` for a bad guardrail
-    config.
+    ``sessions`` > 0 keeps the first recorded sessions of each API; ``recorded`` a ``chat_completions.jsonl``
+    (``""``: the bundled sample; the Responses and Anthropic files beside it are used too, see
+    :func:`find_recorded_apis`); ``progress`` gets one line per step. Raises ``FileNotFoundError`` for a missing
+    ``recorded`` file, ``ValueError`` for unusable records and :class:`railcar.core.config.ConfigError` for a bad
+    guardrail config.
     """
     say = progress or (lambda msg: None)
     t_start = time.monotonic()
     inputs = _load_inputs(recorded, sessions)
-    say(f"{len(inputs.records)} recorded interactions from {inputs.path}; {len(inputs.sessions)} sessions")
+    say(f"{len(inputs.records)} recorded interactions from {inputs.path}, "
+        + ", ".join(f"{sum(r['api'] == api for r in inputs.api_records)} from {p}"
+                    for api, p in inputs.api_paths.items())
+        + f"; {len(inputs.sessions)} sessions")
     _clean_out(out)
     cfg = _demo_config(config, out)
 
@@ -615,13 +462,33 @@ def _problems(summary: dict[str, Any]) -> list[str]:
     if summary["blocked_streams_with_error_chunk"] != len(bs):
         out.append("a blocked stream did not end with the error chunk and [DONE]")
     for s in summary["session_results"]:
+        want = s["expected_block"]
+        if want and not any(c["result"] == f"blocked_{want}" for c in s["calls"]):
+            got = ", ".join(sorted({c["result"] for c in s["calls"]}))
+            out.append(f"session {s['name']} ({s['api']}): expected its {want} to be blocked, got {got}")
         missing = set(s["expect"]) - set(s["found"])
         if missing:
-            out.append(f"session {s['name']}: no finding for {', '.join(sorted(missing))}")
+            out.append(f"session {s['name']} ({s['api']}): no finding for {', '.join(sorted(missing))}")
     return out
 
 
 # ---------------------------------------------------------------------------------------------------- summary
+
+
+_API_NAMES = {"openai_chat": "Chat", "openai_responses": "Responses", "anthropic_messages": "Anthropic"}
+
+
+def _print_by_api(con: Console, summary: dict[str, Any]) -> None:
+    """The traffic table per wire API: calls, streams, and what came of them."""
+    t = Table(title="Traffic by API", box=box.SIMPLE_HEAVY, title_justify="left")
+    cols = ("calls", "streaming", "ok", "blocked_input", "blocked_stream", "blocked_output", "upstream_error",
+            "client_error")
+    t.add_column("API")
+    for col in cols:
+        t.add_column(col.replace("_", " "), justify="right")
+    for api, row in summary["by_api"].items():
+        t.add_row(_API_NAMES.get(api, api), *(str(row.get(c, 0)) for c in cols))
+    con.print(t)
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
@@ -643,14 +510,16 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     for k, v in rows:
         t.add_row(k, str(v))
     con.print(t)
+    _print_by_api(con, summary)
     if summary["blocked"]:
         b = Table(title="Blocked by the rails", box=box.SIMPLE_HEAVY, title_justify="left")
-        for col in ("session", "what", "rail"):
+        for col in ("session", "API", "what", "rail"):
             b.add_column(col)
         for x in summary["blocked"]:
-            what = {"blocked_input": "input", "blocked_stream": "stream (error chunk + [DONE])",
+            stream = "stream (error chunk + [DONE])" if x["api"] == "openai_chat" else "stream (error event)"
+            what = {"blocked_input": "input", "blocked_stream": stream,
                     "blocked_output": "answer"}.get(x["kind"], x["kind"])
-            b.add_row(x["session"], what, x["rail"] or "-")
+            b.add_row(x["session"], _API_NAMES.get(x["api"], x["api"]), what, x["rail"] or "-")
         con.print(b)
     con.print(f"Kafka: [bold]{summary['events_published']}[/] trace events published to otlp_spans, "
               f"[bold]{summary['events_consumed']}[/] consumed by the security consumer group "

@@ -1,4 +1,5 @@
-"""``railcar scan PATH... --fileset-root DIR [--format jsonl] [--max-bytes N] [--no-progress]``: offline telemetry scan.
+"""``railcar scan PATH... --fileset-root DIR [--format jsonl] [--max-bytes N] [--no-progress] [--deep]``: offline
+telemetry scan (``--deep``: the deep tier, :mod:`railcar.streams.deep`, over what the catalog did not claim).
 
 Walks files and directories (recursively), most recently modified first, reading JSONL (one JSON document per
 line, e.g. OTLP JSON exports or recorded chat completions), whole-file JSON (an OTLP JSON ``TracesData`` file),
@@ -6,8 +7,10 @@ and plain text; ``.gz`` (gzip magic) is decompressed on the fly. Stops at ``--ma
 1 GB by default as the "Secure Agents" workflow caps telemetry (``../shared/seeds/000_*.txt``). Findings and
 suggestions go to ``DIR/nemo-agent-security/`` (:mod:`railcar.streams.fileset`); a summary table goes to the terminal
 (stderr with ``--format jsonl``, where stdout carries one finding per line as JSON with ``id``, ``kind``,
-``detector``, ``masked_preview``, ``location`` {``file``, 1-based ``line``, ``json_path``} and the other
-:class:`railcar.streams.findings.Finding` fields).
+``detector``, ``masked_preview``, ``location`` {``file``, 1-based ``line``, ``json_path``} (the first occurrence),
+``locations`` (every distinct one, up to ``detection.max_locations_per_finding``), ``location_count`` and the other
+fields of the findings record, ``railcar/streams/findings_record.schema.json``), followed by each finding's
+locations (``file:line json_path``, the first :data:`SHOWN_LOCATIONS`), so every affected line can be purged.
 
 Exit codes: 0 nothing found, 1 findings, 2 usage or input error (missing path, unreadable file, bad option).
 Fingerprint key: ``[detection]`` key file / variable; when neither is set, a random key is created once in
@@ -28,13 +31,17 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from railcar.core.jsonpath import iter_strings
 from railcar.rails.scanner import Scanner
 from railcar.settings import RailcarConfig
+from railcar.streams.deep import DeepScanner
 from railcar.streams.fileset import Fileset, FilesetError
-from railcar.streams.findings import FindingsAggregator
-from railcar.streams.pipeline import build_scanner, configured_fileset
+from railcar.streams.findings import FindingsAggregator, tiers_name
+from railcar.streams.pipeline import build_deep, build_scanner, configured_fileset
+
+SHOWN_LOCATIONS = 20  # per finding on the terminal; the JSONL output and the snapshot keep them all (up to the cap)
 
 
 class ScanInputError(ValueError):
@@ -81,8 +88,9 @@ def _line_of(raw: bytes, value: str) -> int:
 class FileScanner:
     """Scans files into a :class:`FindingsAggregator`, counting bytes against a cap."""
 
-    def __init__(self, scanner: Scanner, agg: FindingsAggregator, max_bytes: int) -> None:
-        self.scanner, self.agg, self.max_bytes = scanner, agg, max_bytes
+    def __init__(self, scanner: Scanner, agg: FindingsAggregator, max_bytes: int,
+                 deep: DeepScanner | None = None) -> None:
+        self.scanner, self.agg, self.max_bytes, self.deep = scanner, agg, max_bytes, deep
         self.bytes = 0
         self.records = 0
         self.capped = False
@@ -125,14 +133,28 @@ class FileScanner:
                 except orjson.JSONDecodeError:
                     matches = None
             if matches is None:
-                if not scanner.gate(line):
-                    continue
-                matches = scanner.scan_text(line.decode("utf-8", "replace").rstrip("\r\n"), "$")
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                matches = scanner.scan_text(text, "$") if scanner.gate(line) else []
+                loc: dict[str, Any] = {"file": name, "line": lineno, "json_path": None}
                 for m in matches:
-                    agg.add_match(m, {"file": name, "line": lineno, "json_path": None})
+                    agg.add_match(m, loc)
+                if self.deep is not None:
+                    self._add_deep([("$", text)], matches, loc)
                 continue
             for m in matches:
                 agg.add_match(m, {"file": name, "line": lineno})
+            if self.deep is not None:
+                self._add_deep(list(iter_strings(orjson.loads(body))), matches, {"file": name, "line": lineno})
+
+    def _add_deep(self, strings: list[tuple[str, str]], claimed: list[Any], loc: dict[str, Any]) -> None:
+        """The deep tier over ``strings`` (``(json path, text)``), minus the spans the catalog's ``claimed`` matches
+        hold, into the aggregator at ``loc``."""
+        assert self.deep is not None
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for m in claimed:
+            spans.setdefault(m.path, []).append((m.start, m.end))
+        for m in self.deep.scan_strings([(p, s, spans.get(p, ())) for p, s in strings]):
+            self.agg.add_match(m, loc)
 
     def _scan_document(self, fh: BinaryIO, name: str, on_bytes: Any) -> None:
         raw = fh.read(max(0, self.max_bytes - self.bytes) + 1)
@@ -150,14 +172,21 @@ class FileScanner:
             self._scan_text_blob(raw, name)
             return
         for path, s in iter_strings(doc):
-            for m in self.scanner.scan_text(s, path):  # prefilters itself: no separate gate() pass
+            found = self.scanner.scan_text(s, path)  # prefilters itself: no separate gate() pass
+            for m in found:
                 self.agg.add_match(m, {"file": name, "line": _line_of(raw, s)})
+            if self.deep is not None:
+                self._add_deep([(path, s)], found, {"file": name, "line": _line_of(raw, s)})
 
     def _scan_text_blob(self, raw: bytes, name: str) -> None:
         for lineno, line in enumerate(raw.split(b"\n"), 1):
-            if self.scanner.gate(line):
-                for m in self.scanner.scan_text(line.decode("utf-8", "replace"), "$"):
-                    self.agg.add_match(m, {"file": name, "line": lineno, "json_path": None})
+            text = line.decode("utf-8", "replace")
+            found = self.scanner.scan_text(text, "$") if self.scanner.gate(line) else []
+            loc: dict[str, Any] = {"file": name, "line": lineno, "json_path": None}
+            for m in found:
+                self.agg.add_match(m, loc)
+            if self.deep is not None:
+                self._add_deep([("$", text)], found, loc)
 
 
 def _is_json(b: bytes) -> bool:
@@ -184,6 +213,20 @@ def _summary_table(agg: FindingsAggregator, fs: FileScanner, files: int, new_sug
         t.add_row("-", "-", "-", "0", "0", "clean")
     t.caption = f"{new_sugg} new suggestion(s) -> {root}/nemo-agent-security/"
     return t
+
+
+def _locations_text(findings: list[Any]) -> Text:
+    """Each finding's locations, ``file:line  json_path`` (a plain-text line: no path), worst first."""
+    out = Text()
+    for f in findings:
+        out.append(f"{f.detector} {f.masked_preview} ({f.location_count} location(s), {f.count} occurrence(s))\n",
+                   style="bold")
+        for loc in f.locations[:SHOWN_LOCATIONS]:
+            out.append(f"  {loc.get('file')}:{loc.get('line')}  {loc.get('json_path') or '(text)'}\n")
+        more = f.location_count - min(len(f.locations), SHOWN_LOCATIONS)
+        if more > 0:
+            out.append(f"  ... and {more} more (--format jsonl and the snapshot list up to the cap)\n")
+    return out
 
 
 def _open_inputs(args: argparse.Namespace, config: RailcarConfig,
@@ -225,14 +268,16 @@ def main(args: argparse.Namespace, config: RailcarConfig) -> int:
     except (ScanInputError, FilesetError, ValueError, OSError) as exc:
         err.print(f"railcar scan: {exc}", markup=False)
         return 2
-    agg = FindingsAggregator(scanner.detectors, source="scan")
-    fs = FileScanner(scanner, agg, args.max_bytes)
+    agg = FindingsAggregator(scanner.detectors, source="scan",
+                             max_locations=config.detection.max_locations_per_finding)
+    fs = FileScanner(scanner, agg, args.max_bytes, build_deep(config, scanner, deep=True) if args.deep else None)
     try:
         scanned = _scan_files(fs, files, err, args.no_progress)
     except ScanInputError as exc:
         err.print(f"railcar scan: {exc}", markup=False)
         return 2
-    agg.note_scan(bytes_scanned=fs.bytes, records=fs.records, files=scanned, capped=fs.capped)
+    agg.note_scan(bytes_scanned=fs.bytes, records=fs.records, files=scanned, capped=fs.capped,
+                  tiers=tiers_name(fs.deep))
     writer = "scan-" + hashlib.sha256("\0".join(sorted(str(f.resolve()) for f in files)).encode()).hexdigest()[:12]
     try:
         result = fileset.commit(agg.state(writer), agg.suggestions(), writer)
@@ -246,4 +291,6 @@ def main(args: argparse.Namespace, config: RailcarConfig) -> int:
             out.write(orjson.dumps(f.as_dict()) + b"\n")
         out.flush()
     term.print(_summary_table(agg, fs, scanned, result.new_suggestions, root))
+    if findings:
+        term.print(_locations_text(findings), end="")
     return 1 if findings else 0

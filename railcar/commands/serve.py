@@ -1,8 +1,11 @@
 """``railcar serve``: run the sidecar until SIGTERM/SIGINT.
 
-Lifecycle: uvloop runs the event loop; the HTTP listener starts first (``/healthz`` 200, ``/readyz`` 503), then
-the guard is built with ``await railcar.rails.guard.build_guard(config)`` (``railcar.core.guard.PassThrough()`` when it
-returns ``None``), then ``/readyz`` turns 200 and ``/v1/*`` is served. On SIGTERM or SIGINT: ``/readyz`` turns
+Lifecycle: uvloop runs the event loop; the HTTP listener starts first (``/healthz`` 200, ``/readyz`` 503; the
+server protocol of :mod:`railcar.sidecar.transport`: read timeout, idle cap, OpenAI-shaped rejects), then the guard
+is built with ``await railcar.rails.guard.build_guard(config)``, then ``/readyz`` turns 200 and ``/v1/*`` is served.
+An unset ``guardrails.config_path`` loads the bundled default rails; only ``guardrails.config_path = "none"`` runs
+``railcar.core.guard.PassThrough()`` (``build_guard`` returns ``None``), with a WARNING at start and
+:data:`NO_RAILS_WARNING` in ``/readyz``'s body (``SidecarState.warning``). On SIGTERM or SIGINT: ``/readyz`` turns
 503, the listening socket closes (no new connections), in-flight requests (streams included) get up to
 ``server.grace_period_s`` to finish, the rest are cancelled, the upstream session is closed, pending trace events
 are flushed to Kafka (or spooled, or handed to the embedded consumer), exit code 0.
@@ -18,18 +21,21 @@ import signal
 import sys
 
 import uvloop
-from aiohttp import web
 
 from railcar.core.config import ConfigError, Problem
 from railcar.core.guard import Guard, PassThrough
 from railcar.rails.guard import RailsGuard, build_guard
 from railcar.settings import RailcarConfig
+from railcar.sidecar import transport
 from railcar.sidecar.app import create_app
 from railcar.streams.recording import start_recording
 
 log = logging.getLogger("railcar.sidecar")
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "serve", "NO_RAILS_WARNING"]
+
+NO_RAILS_WARNING = ("guardrails.config_path = 'none': no rails run; requests and answers pass unchecked "
+                    "(unset it for the bundled default rails)")
 
 
 async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int:
@@ -43,13 +49,14 @@ async def serve(config: RailcarConfig, stop: asyncio.Event | None = None) -> int
         raise ConfigError(Problem("upstream.base_url", "required for `railcar serve`").text())
     app = create_app(config, guard=None)
     state = app["state"]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=config.server.grace_period_s)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024, reuse_address=True)
-    await site.start()
+    runner = await transport.start(app, config.server)
     log.info("listening on http://%s:%d/v1 (upstream %s)", config.server.host, config.server.port,
              state.upstream.host())
+    if not config.guardrails.loaded:
+        # Fail closed is the default (an unset config_path loads the bundled rails): running without rails was
+        # asked for explicitly, and is said at start and on /readyz for as long as it runs.
+        state.warning = NO_RAILS_WARNING
+        log.warning("%s", NO_RAILS_WARNING)
 
     # Trace recording: redacted events to Kafka, or to the embedded in-process consumer when no broker is set.
     observer, close_recording = start_recording(config)

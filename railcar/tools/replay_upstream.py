@@ -1,37 +1,49 @@
-"""A local OpenAI-compatible upstream for tests, the demo and benchmarks (loopback only, no network).
+"""A local model upstream for tests, the demo and benchmarks (loopback only, no network), speaking every API Railcar
+guards: ``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/messages`` (Anthropic), ``/v1/completions`` and
+``/v1/embeddings``.
 
 Two modes in one server:
 
-- **Replay**: answers ``POST /v1/chat/completions`` with a recorded interaction from a ``chat_completions.jsonl``
-  the caller names (fields ``id``, ``request``, ``status``, ``response_headers``, ``response_body``; e.g. the
-  bundled ``railcar/tools/demo_data/recorded_sample.jsonl``): the recorded status, the recorded
-  ``Content-Type`` verbatim and the body byte for byte. SSE bodies are written one event per transport write
-  (``split="event"``), or in fixed-size pieces (``split=<int>`` bytes, to exercise splitters), or whole
-  (``split=None``). A request is matched to a record by its JSON body (canonical: keys sorted; the first record
-  wins for duplicates); the ``x-replay-id: <record id>`` header overrides. No match: 404 in the OpenAI error
-  shape, unless synthetic mode is on.
-- **Synthetic**: a stream of ``tokens`` ``chat.completion.chunk`` events (one token each, ``delay_s`` apart,
-  then a finish chunk and ``data: [DONE]``) for load tests and benchmarks; frames are built once. Used for
-  unmatched requests when ``synthetic=True``, or per request with ``x-synthetic-tokens: N`` (and optionally
-  ``x-synthetic-delay-ms``); non-streaming requests get one ``chat.completion`` with the same text. With a
-  ``text`` (constructor, ``--text``) or per request ``x-synthetic-text: <text>`` (ASCII, as HTTP headers are),
-  the stream carries that text instead, split into deltas of ``x-synthetic-chunk-chars`` (default
-  ``chunk_chars``, 4) characters: e.g. a planted key in the middle of prose, to see whether it reaches a client.
+- **Replay**: answers a model call with a recorded interaction (``records``, the JSONL of
+  ``../shared/fixtures/recorded``: ``chat_completions.jsonl``, ``responses.jsonl``, ``anthropic_messages.jsonl``, or
+  the bundled ``railcar/tools/demo_data/*.jsonl``; fields ``id``, ``api`` (absent: ``openai_chat``), ``request``,
+  ``status``, ``response_headers``, ``response_body``): the recorded status, the recorded ``Content-Type`` verbatim
+  and the body byte for byte. SSE bodies (``event:`` lines, comments and padding included) are written one event per
+  transport write (``split="event"``), or in fixed-size pieces (``split=<int>`` bytes, to exercise splitters), or
+  whole (``split=None``). A request is matched to a record of the route's API (the codec name of the path:
+  ``openai_chat``, ``openai_responses``, ``anthropic_messages``, ``openai_completions``, ``embeddings``) by its JSON
+  body (canonical: keys sorted; the first record wins for duplicates); the ``x-replay-id: <record id>`` header
+  overrides (any API's record). No match: 404 in the API's error shape (Anthropic's ``{"type": "error", ...}`` on
+  ``/v1/messages``), unless synthetic mode is on.
+- **Synthetic** (:mod:`railcar.tools.synthetic`, frames in the route's API shape, built once per script): a stream of
+  ``tokens`` deltas (``"tok "`` each, ``delay_s`` apart, then the API's closing events) for load tests and
+  benchmarks. Used for unmatched requests when ``synthetic=True``, or per request with ``x-synthetic-tokens: N``
+  (and optionally ``x-synthetic-delay-ms``); a request without ``"stream": true`` gets the whole answer with the same
+  text. With a ``text`` (constructor, ``--text``) or per request ``x-synthetic-text: <text>`` (ASCII, as HTTP
+  headers are), the answer carries that text instead, split into deltas of ``x-synthetic-chunk-chars`` (default
+  ``chunk_chars``, 4) characters: e.g. a planted key in the middle of prose, to see whether it reaches a client. With
+  ``x-synthetic-tool: <name>`` the answer is a call of tool ``<name>`` whose JSON arguments carry the text
+  (:func:`railcar.tools.synthetic.tool_arguments`), streamed as argument deltas (Chat ``tool_calls`` arguments,
+  Responses ``response.function_call_arguments.delta``, Anthropic ``input_json_delta``).
+  ``/v1/completions`` and ``/v1/embeddings`` (no recorded traffic exists) are always answered synthetically when no
+  record matches: a ``text_completion`` (streamed or not), an embedding per input.
 
 Fault injection per request with ``x-replay-fault``: ``hang`` (never answer: timeouts), ``hang-after-first``
 (headers and one event, then silence), ``reset`` (headers and one event, then the TCP connection is aborted).
 
-Observability for tests: ``requests`` (every :class:`ReceivedRequest`), ``disconnects`` (request numbers whose
-client went away before the response was complete) with the ``disconnected`` event, ``active`` (responses being
-written now) and ``completed`` (responses fully written).
+Observability for tests: ``requests`` (every :class:`ReceivedRequest`, path, headers and body bytes as received,
+e.g. the ``x-api-key`` / ``anthropic-version`` an Anthropic call arrived with), ``disconnects`` (request numbers
+whose client went away before the response was complete) with the ``disconnected`` event, ``active`` (responses
+being written now) and ``completed`` (responses fully written).
 
 Usage::
 
-    async with ReplayUpstream(records=load_records("chat_completions.jsonl")) as up:
+    async with ReplayUpstream(records=load_records("responses.jsonl")) as up:
         client = openai.AsyncOpenAI(base_url=up.base_url, api_key="x")
+        claude = anthropic.AsyncAnthropic(base_url=up.root_url, api_key="x")
 
 Command line (a separate process for benchmarks): ``python -m railcar.tools.replay_upstream --port 9000
---synthetic --tokens 256 [--delay-ms 5] [--records PATH]``; prints ``READY <base_url>`` when listening.
+--synthetic --tokens 256 [--delay-ms 5] [--records PATH ...]``; prints ``READY <base_url>`` when listening.
 """
 
 from __future__ import annotations
@@ -39,7 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,16 +59,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from railcar.core.wire import DONE_FRAME, chunk_frames, sse_frame
+from railcar.codecs.registry import CODECS, route_codec
+from railcar.core.wire import DONE_FRAME, sse_frame
 from railcar.sidecar.errors import error_response
 from railcar.sidecar.sse import split_events
+from railcar.tools.synthetic import SYNTHETIC_APIS, Script, embeddings_body, split_text, stream_frames, whole_body
 
-__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "synthetic_frames",
-           "split_text"]
+__all__ = ["ReplayUpstream", "ReceivedRequest", "load_records", "synthetic_frames", "split_text", "record_api",
+           "MODEL_ROUTES"]
+
+# the model-call routes served, by path (the codec names of railcar.codecs.registry)
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/completions", "/v1/embeddings")
+# APIs answered synthetically even without synthetic mode: there is no recorded traffic for them
+_ALWAYS_SYNTHETIC = frozenset({"openai_completions", "embeddings"})
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a recorded ``chat_completions.jsonl`` (one JSON object per line), in file order.
+    """Every record of a recorded JSONL file (one JSON object per line), in file order.
 
     Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` naming the line for bad JSON.
     """
@@ -73,34 +91,28 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def record_api(record: dict[str, Any]) -> str:
+    """The codec name a record was recorded on: its ``api`` field, ``openai_chat`` when absent (the chat file)."""
+    return str(record.get("api") or "openai_chat")
+
+
 def _body_key(body: Any) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def split_text(text: str, chunk_chars: int = 4) -> list[str]:
-    """``text`` as streamed deltas of ``chunk_chars`` characters each (the last may be shorter); ``[]`` for ``""``.
-    Raises ``ValueError`` for ``chunk_chars`` < 1."""
-    if chunk_chars < 1:
-        raise ValueError(f"chunk_chars: must be >= 1, got {chunk_chars}")
-    return [text[i:i + chunk_chars] for i in range(0, len(text), chunk_chars)]
-
-
 def synthetic_frames(tokens: int, model: str = "synthetic-model", deltas: list[str] | None = None) -> list[bytes]:
-    """SSE frames of a synthetic stream (:func:`chunk_frames`): a role chunk carrying the first token, ``tokens - 1``
-    content chunks, a finish chunk (``finish_reason: stop``, with ``usage``) and ``data: [DONE]``; each token is
-    ``"tok "``. With ``deltas`` (e.g. :func:`split_text` of a given text) the content chunks carry those strings
-    instead and ``tokens`` is ignored (``len(deltas)`` tokens)."""
-    if deltas is not None:
-        tokens = len(deltas)
-    head = {"id": "chatcmpl-synthetic", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    """SSE frames of a synthetic Chat Completions stream (:func:`railcar.core.wire.chunk_frames`): a role chunk
+    carrying the first token, ``tokens - 1`` content chunks, a finish chunk (``finish_reason: stop``, with ``usage``)
+    and ``data: [DONE]``; each token is ``"tok "``. With ``deltas`` (e.g. :func:`split_text` of a given text) the
+    content chunks carry those strings instead and ``tokens`` is ignored (``len(deltas)`` tokens)."""
     texts = deltas if deltas is not None else ["tok "] * tokens
-    return chunk_frames(head, texts, "stop",
-                        usage={"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": tokens + 8})
+    return stream_frames("openai_chat", Script(tuple(texts), model))
 
 
 @dataclass
 class ReceivedRequest:
-    """One request as the upstream saw it: ``headers`` with lower-case names, ``body`` the exact bytes."""
+    """One request as the upstream saw it: ``headers`` with lower-case names, ``body`` the exact bytes, ``api`` the
+    codec name of the path (``""`` for a path that is no model route)."""
 
     number: int
     method: str
@@ -108,21 +120,36 @@ class ReceivedRequest:
     query: str
     headers: dict[str, str]
     body: bytes
+    api: str = ""
 
     def json(self) -> Any:
         """``body`` parsed as JSON (``orjson.JSONDecodeError`` if it is not)."""
         return orjson.loads(self.body)
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What a request asks of synthetic mode: delay between frames (seconds), streamed or whole, the script."""
+
+    delay: float
+    stream: bool
+    script: Script
+    key: tuple[Any, ...]
+
+
 class ReplayUpstream:
     """The replay/synthetic upstream server; an async context manager.
 
-    ``records``: recorded interactions (dicts as in the JSONL; default none). ``synthetic``: answer unmatched
-    chat requests with a synthetic stream. ``tokens`` / ``delay_s``: synthetic length and inter-token delay
+    ``records``: recorded interactions of any API (dicts as in the JSONL; default none). ``synthetic``: answer
+    unmatched model calls with a synthetic answer. ``tokens`` / ``delay_s``: synthetic length and inter-delta delay
     (seconds). ``split``: how recorded SSE bodies are written (``"event"``, an int byte size, or ``None``).
-    ``host``/``port``: where to listen (port 0: ephemeral). ``text``: the synthetic stream's content instead of
-    ``tokens`` times ``"tok "``, split into deltas of ``chunk_chars`` characters. After entering, ``base_url`` is
-    ``http://127.0.0.1:<port>/v1``.
+    ``host``/``port``: where to listen (port 0: ephemeral). ``text``: the synthetic content instead of ``tokens``
+    times ``"tok "``, split into deltas of ``chunk_chars`` characters (``ValueError`` for ``chunk_chars`` < 1).
+    After entering, ``base_url`` is ``http://127.0.0.1:<port>/v1`` (OpenAI clients) and ``root_url``
+    ``http://127.0.0.1:<port>`` (the Anthropic client adds ``/v1/messages`` itself).
+
+    Indexes: ``by_id`` (record id -> record), ``by_api`` (codec name -> canonical request body -> first record),
+    ``by_body`` (the Chat Completions index, ``by_api["openai_chat"]``).
     """
 
     def __init__(self, records: Iterable[dict[str, Any]] | None = None, *, synthetic: bool = False,
@@ -132,9 +159,10 @@ class ReplayUpstream:
         split_text("", chunk_chars)  # validate early
         self.records = list(records or [])
         self.by_id = {r["id"]: r for r in self.records}
-        self.by_body: dict[bytes, dict[str, Any]] = {}
+        self.by_api: dict[str, dict[bytes, dict[str, Any]]] = {name: {} for name in CODECS}
         for r in self.records:
-            self.by_body.setdefault(_body_key(r["request"]), r)
+            self.by_api.setdefault(record_api(r), {}).setdefault(_body_key(r["request"]), r)
+        self.by_body = self.by_api["openai_chat"]
         self.synthetic, self.tokens, self.delay_s, self.split = synthetic, tokens, delay_s, split
         self.host, self.port, self.model = host, port, model
         self.requests: list[ReceivedRequest] = []
@@ -152,10 +180,16 @@ class ReplayUpstream:
         """``http://<host>:<port>/v1`` (the bound port once started)."""
         return f"http://{self.host}:{self.port}/v1"
 
+    @property
+    def root_url(self) -> str:
+        """``http://<host>:<port>``: the base URL for the ``anthropic`` client, which appends ``/v1/messages``."""
+        return f"http://{self.host}:{self.port}"
+
     async def start(self) -> ReplayUpstream:
         """Bind and serve (``OSError`` when the port is taken); returns ``self``."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
+        for path in MODEL_ROUTES:
+            app.router.add_post(path, self._model_call)
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/v1/{tail:.*}", self._echo)
         # handler_cancellation: a client that goes away cancels the handler, so disconnects are seen at once.
@@ -178,59 +212,62 @@ class ReplayUpstream:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    def frames(self, tokens: int, text: str | None = None, chunk_chars: int | None = None) -> list[bytes]:
-        """The cached synthetic frames for ``tokens`` tokens, or for ``text`` in deltas of ``chunk_chars``."""
-        key: Any = tokens if text is None else (text, chunk_chars or self.chunk_chars)
+    def frames(self, tokens: int, text: str | None = None, chunk_chars: int | None = None, *,
+               api: str = "openai_chat", tool: str | None = None) -> list[bytes]:
+        """The cached synthetic stream frames for ``tokens`` tokens, or for ``text`` in deltas of ``chunk_chars``,
+        in ``api``'s shape (a codec name with a stream; ``KeyError`` otherwise), as a call of ``tool`` when given."""
+        script = self._script(tokens, text, chunk_chars or self.chunk_chars, tool)
+        return self._cached(api, script, (api, tokens, text, chunk_chars or self.chunk_chars, tool))
+
+    def _script(self, tokens: int, text: str | None, chunk_chars: int, tool: str | None) -> Script:
+        if text is None and tool is None:
+            return Script(("tok ",) * tokens, self.model)
+        return Script.of("tok " * tokens if text is None else text, chunk_chars, self.model, tool)
+
+    def _cached(self, api: str, script: Script, key: tuple[Any, ...]) -> list[bytes]:
         f = self._frames.get(key)
         if f is None:
-            deltas = None if text is None else split_text(text, chunk_chars or self.chunk_chars)
-            f = synthetic_frames(tokens, self.model, deltas)
+            f = stream_frames(api, script)
             if len(self._frames) < 256:  # bounded: per-request texts must not grow the cache without end
                 self._frames[key] = f
         return f
 
     # ---------------------------------------------------------------------------------------------- handlers
 
-    async def _note(self, request: web.Request) -> ReceivedRequest:
+    async def _note(self, request: web.Request, api: str = "") -> ReceivedRequest:
         body = await request.read()
         rec = ReceivedRequest(len(self.requests) + 1, request.method, request.path, request.query_string,
-                              {k.lower(): v for k, v in request.headers.items()}, body)
+                              {k.lower(): v for k, v in request.headers.items()}, body, api)
         if self.record_requests:
             self.requests.append(rec)
         return rec
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        rec = await self._note(request)
+    async def _model_call(self, request: web.Request) -> web.StreamResponse:
+        codec = route_codec(request.path)
+        api = codec.name if codec is not None else "openai_chat"
+        rec = await self._note(request, api)
         fault = request.headers.get("x-replay-fault", "")
         if fault == "hang":
             await asyncio.sleep(3600)
         try:
             body = orjson.loads(rec.body)
         except orjson.JSONDecodeError:
-            return _error(400, "invalid JSON body", "invalid_json")
+            return _error(api, 400, "invalid JSON body", "invalid_json")
         rid = request.headers.get("x-replay-id")
         record = None
         if rid is not None:
             record = self.by_id.get(rid)
             if record is None:
-                return _error(404, f"no recorded interaction with id {rid!r}")
+                return _error(api, 404, f"no recorded interaction with id {rid!r}")
         elif "x-synthetic-tokens" not in request.headers and isinstance(body, dict):
-            record = self.by_body.get(_body_key(body))
+            record = self.by_api.get(api, {}).get(_body_key(body))
         if record is not None:
             return await self._replay(request, rec, record, fault)
         hdr = request.headers
-        if self.synthetic or "x-synthetic-tokens" in hdr or "x-synthetic-text" in hdr:
-            try:
-                tokens = int(hdr.get("x-synthetic-tokens", self.tokens))
-                delay = float(hdr.get("x-synthetic-delay-ms", self.delay_s * 1000)) / 1000
-                chunk_chars = int(hdr.get("x-synthetic-chunk-chars", self.chunk_chars))
-                split_text("", chunk_chars)
-            except ValueError as exc:
-                return _error(400, f"bad x-synthetic-* header: {exc}", "invalid_header")
-            text = hdr.get("x-synthetic-text", self.text)
-            stream = isinstance(body, dict) and bool(body.get("stream"))
-            return await self._synthetic(request, rec, tokens, delay, stream, fault, text, chunk_chars)
-        return _error(404, "no recorded interaction matches this request body")
+        if (self.synthetic or api in _ALWAYS_SYNTHETIC
+                or any(h in hdr for h in ("x-synthetic-tokens", "x-synthetic-text", "x-synthetic-tool"))):
+            return await self._synthetic(request, rec, api, body, fault)
+        return _error(api, 404, "no recorded interaction matches this request body")
 
     async def _replay(self, request: web.Request, rec: ReceivedRequest, record: dict[str, Any],
                       fault: str) -> web.StreamResponse:
@@ -246,20 +283,34 @@ class ReplayUpstream:
             pieces = [body]
         return await self._stream(request, rec, record["status"], ctype, pieces, 0.0, fault)
 
-    async def _synthetic(self, request: web.Request, rec: ReceivedRequest, tokens: int, delay: float,
-                         stream: bool, fault: str, text: str | None = None,
-                         chunk_chars: int | None = None) -> web.StreamResponse:
-        if not stream:
-            content = "tok " * tokens if text is None else text
-            tokens = tokens if text is None else len(split_text(text, chunk_chars or self.chunk_chars))
-            obj = {"id": "chatcmpl-synthetic", "object": "chat.completion", "created": int(time.time()),
-                   "model": self.model,
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                "logprobs": None, "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": tokens + 8}}
-            return web.Response(body=orjson.dumps(obj), content_type="application/json")
-        return await self._stream(request, rec, 200, "text/event-stream", self.frames(tokens, text, chunk_chars),
-                                  delay, fault)
+    def _ask(self, hdr: Any, body: Any) -> _Ask:
+        """The synthetic answer a request asks for (``ValueError`` for a bad ``x-synthetic-*`` header)."""
+        tokens = int(hdr.get("x-synthetic-tokens", self.tokens))
+        delay = float(hdr.get("x-synthetic-delay-ms", self.delay_s * 1000)) / 1000
+        chunk_chars = int(hdr.get("x-synthetic-chunk-chars", self.chunk_chars))
+        split_text("", chunk_chars)
+        text = hdr.get("x-synthetic-text", self.text)
+        tool = hdr.get("x-synthetic-tool") or None
+        stream = isinstance(body, dict) and bool(body.get("stream"))
+        return _Ask(delay, stream, self._script(tokens, text, chunk_chars, tool), (tokens, text, chunk_chars, tool))
+
+    async def _synthetic(self, request: web.Request, rec: ReceivedRequest, api: str, body: Any,
+                         fault: str) -> web.StreamResponse:
+        if api == "embeddings":
+            try:
+                answer = embeddings_body(body if isinstance(body, dict) else {})
+            except ValueError as exc:
+                return _error(api, 400, str(exc), "invalid_request")
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        try:
+            ask = self._ask(request.headers, body)
+        except ValueError as exc:
+            return _error(api, 400, f"bad x-synthetic-* header: {exc}", "invalid_header")
+        api = api if api in SYNTHETIC_APIS else "openai_chat"
+        if not ask.stream:
+            return web.Response(body=orjson.dumps(whole_body(api, ask.script)), content_type="application/json")
+        return await self._stream(request, rec, 200, "text/event-stream",
+                                  self._cached(api, ask.script, (api, *ask.key)), ask.delay, fault)
 
     async def _stream(self, request: web.Request, rec: ReceivedRequest, status: int, ctype: str,
                       pieces: list[bytes], delay: float, fault: str) -> web.StreamResponse:
@@ -302,8 +353,8 @@ class ReplayUpstream:
             try:
                 n = int(request.query["stream"] or 3)
             except ValueError:
-                return _error(400, f"?stream={request.query['stream']!r}: expected a number of events",
-                              "invalid_query")
+                return _error("openai_chat", 400, f"?stream={request.query['stream']!r}: expected a number of "
+                              "events", "invalid_query")
             pieces = [sse_frame({"path": rec.path, "i": i}) for i in range(n)]
             return await self._stream(request, rec, 200, "text/event-stream", pieces + [DONE_FRAME],
                                       self.delay_s, "")
@@ -311,8 +362,12 @@ class ReplayUpstream:
                                   "headers": rec.headers, "body": rec.body.decode("utf-8", "replace")})
 
 
-def _error(status: int, message: str, code: str = "replay_no_match") -> web.Response:
-    return error_response(status, message, code=code)
+def _error(api: str, status: int, message: str, code: str = "replay_no_match") -> web.Response:
+    """An error in ``api``'s own shape (OpenAI's for every API but Anthropic's, through its codec)."""
+    if api == "openai_chat":
+        return error_response(status, message, code=code)
+    return web.Response(status=status, body=CODECS[api].error_body(status, message, code=code),
+                        content_type="application/json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m railcar.tools.replay_upstream", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--records", default="", help="recorded chat_completions.jsonl (default: none)")
-    p.add_argument("--synthetic", action="store_true", help="synthetic stream for unmatched requests")
+    p.add_argument("--records", action="append", default=[],
+                   help="recorded JSONL (any API; repeat for several files; default: none)")
+    p.add_argument("--synthetic", action="store_true", help="synthetic answers for unmatched requests")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--text", default=None, help="synthetic content instead of 'tok ' tokens")
@@ -329,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     async def run() -> None:
-        records = load_records(a.records) if a.records else []
+        records = [r for path in a.records if path for r in load_records(path)]
         up = ReplayUpstream(records, synthetic=a.synthetic, tokens=a.tokens, delay_s=a.delay_ms / 1000,
                             host=a.host, port=a.port, text=a.text, chunk_chars=a.chunk_chars)
         up.record_requests = False  # long-running: keep memory flat

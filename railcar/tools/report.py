@@ -61,13 +61,15 @@ def _agent_of(f: Mapping[str, Any]) -> str:
     return str(loc.get("agent") or loc.get("file") or "unknown")
 
 
-def _where(f: Mapping[str, Any]) -> str:
-    loc = f.get("location") or {}
+def _where(loc: Mapping[str, Any]) -> str:
+    """One location as text: ``file:line  json_path``, or ``trace <id>… span <id>  json_path``."""
     if loc.get("file"):
         return f"{loc['file']}:{loc.get('line', '?')}  {loc.get('json_path', '')}".strip()
     bits = []
     if loc.get("trace_id"):
         bits.append(f"trace {str(loc['trace_id'])[:12]}…")
+    if loc.get("span_id"):
+        bits.append(f"span {loc['span_id']}")
     if loc.get("json_path"):
         bits.append(str(loc["json_path"]))
     return "  ".join(bits)
@@ -196,6 +198,23 @@ def _charts(findings: list[Mapping[str, Any]]) -> str:
             '</div>')
 
 
+def _locations_cell(f: Mapping[str, Any]) -> str:
+    """The first location, then every kept one in a ``<details>`` list (with the total when over the cap) and
+    the outcome, so the affected lines or traces can be purged."""
+    first = f.get("location") or {}
+    locs = [x for x in f.get("locations") or [first] if isinstance(x, Mapping)]
+    total = int(f.get("location_count") or len(locs))
+    out = f"<div class='muted small mono'>{_e(_where(first))}</div>"
+    if total > 1:
+        items = "".join(f"<li>{_e(_where(x))}</li>" for x in locs)
+        more = f"<li>… and {total - len(locs)} more</li>" if total > len(locs) else ""
+        out += (f"<details class='small'><summary>{total} locations</summary>"
+                f"<ol class='mono locations'>{items}{more}</ol></details>")
+    if f.get("outcome"):
+        out += f"<div class='muted small'>outcome: {_e(f['outcome'])}</div>"
+    return out
+
+
 def _findings_table(findings: list[Mapping[str, Any]]) -> str:
     if not findings:
         return '<p class="ok">No secrets or personal data were found in the scanned telemetry.</p>'
@@ -210,7 +229,7 @@ def _findings_table(findings: list[Mapping[str, Any]]) -> str:
             f"<td>{_badge(sev, SEV_COLOR.get(sev, '#888'))}</td>"
             f"<td>{_e(TYPE_LABEL.get(str(f.get('type')), f.get('type')))}<div class='muted small'>{_e(f.get('detector'))}</div></td>"
             f"<td class='pv'><code class='preview'>{_e(f.get('masked_preview'))}</code></td>"
-            f"<td>{_e(_agent_of(f))}<div class='muted small mono'>{_e(_where(f))}</div></td>"
+            f"<td>{_e(_agent_of(f))}{_locations_cell(f)}</td>"
             f"<td class='num'>{_e(f.get('count', 1))}</td>"
             f"<td class='small'>{_e(f.get('first_seen'))}</td>"
             f"<td><ol class='actions'>{actions}</ol></td>"
