@@ -44,6 +44,11 @@ Kind = Literal["secret", "pii"]
 LB = r"(?:^|[^A-Za-z0-9_]|\\[nrtbf]|\\u[0-9A-Fa-f]{4})"
 # PEM bodies can be long; this is the hold-back bound used for them.
 PEM_MAX_LEN = 16384
+# Longest JWT header segment the catalog matches (base64url of ~300 bytes of JSON: alg, typ, kid, jku, x5t). A
+# longer ``eyJ...`` run with no dot (a base64url JSON pagination cursor) is then released by the stream hold-back
+# (whose default cap is 512 characters) instead of failing closed; headers carrying a whole ``x5c`` chain are left
+# to the consumer's deep tier.
+JWT_MAX_HEADER = 400
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,30 @@ def aws_key_ok(value: str) -> bool:
     return not value.endswith("EXAMPLE") and not is_placeholder(value, 4, words=())
 
 
+# Published example keys (firebase/firebase-android-sdk), gitleaks' ``gcp-api-key`` allowlist: public by design.
+_GOOGLE_PUBLIC_KEYS = frozenset((
+    "AIzaSyabcdefghijklmnopqrstuvwxyz1234567", "AIzaSyAnLA7NfeLquW1tJFpx_eQCxoX-oo6YyIs",
+    "AIzaSyCkEhVjf3pduRDt6d1yKOMitrUEke8agEM", "AIzaSyDMAScliyLx7F0NPDEJi1QmyCgHIAODrlU",
+    "AIzaSyD3asb-2pEZVqMkmL6M9N6nHZRR_znhrh0", "AIzayDNSXIbFmlXbIE6mCzDLQAqITYefhixbX4A",
+    "AIzaSyAdOS2zB6NCsk1pCdZ4-P6GBdi_UUPwX7c", "AIzaSyASWm6HmTMdYWpgMnjRBjxcQ9CKctWmLd4",
+    "AIzaSyANUvH9H9BsUccjsu2pCmEkOPjjaXeDQgY", "AIzaSyA5_iVawFQ8ABuTZNUdcwERLJv_a_p4wtM",
+    "AIzaSyA4UrcGxgwQFTfaI3no3t7Lt1sjmdnP5sQ", "AIzaSyDSb51JiIcB6OJpwwMicseKRhhrOq1cS7g",
+    "AIzaSyBF2RrAIm4a0mO64EShQfqfd2AFnzAvvuU", "AIzaSyBcE-OOIbhjyR83gm4r2MFCu4MJmprNXsw",
+    "AIzaSyB8qGxt4ec15vitgn44duC5ucxaOi4FmqE", "AIzaSyA8vmApnrHNFE0bApF4hoZ11srVL_n0nvY"))
+
+
+def google_key_ok(value: str) -> bool:
+    """A Google API key that is not a placeholder nor one of the example keys Google publishes in its SDKs
+    (gitleaks' ``gcp-api-key`` allowlist)."""
+    return value not in _GOOGLE_PUBLIC_KEYS and not is_placeholder(value, 4)
+
+
+def slack_legacy_ok(value: str) -> bool:
+    """A legacy Slack token whose last (secret) segment is not a placeholder; its leading numeric ids are team and
+    user ids, not random, so they are not held to the entropy rules (``xoxa-2-511111111-...``)."""
+    return not is_placeholder(value.rsplit("-", 1)[-1]) and not is_placeholder(value, len(value))
+
+
 def github_ok(value: str) -> bool:
     """A GitHub token that is not a placeholder (:func:`is_placeholder` past the 4-char ``ghp_`` prefix)."""
     return not is_placeholder(value, 4)
@@ -271,22 +300,38 @@ def _assign(keyword: str, value: str) -> str:
 
 # The BEGIN line of a PEM private key (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP): where a key's value opens.
 _PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+# A PEM body (RFC 7468 section 2; RFC 4880 section 6.2 for PGP armor): base64 lines ended by line breaks (raw, or
+# JSON-escaped as ``\n``, ``\\n``), ``Name: value`` headers (``Proc-Type: 4,ENCRYPTED``, ``Version: ...``), and for
+# a key flattened onto one line, spaces after runs of 16+ base64 characters. Nothing else: prose after a BEGIN line
+# (a space after a short word) fails it at once, so the stream hold-back releases it instead of holding ~700
+# characters and failing closed. (A simple shape: the hold-back's prefix pattern of it must fit a DFA.)
+_PEM_BODY = (r"[ \t]?(?:[A-Za-z0-9+/=\-]|[ \t]*(?:\r|\n|\\+[nrt])|[A-Za-z0-9+/]{16}={0,2}[ \t]"
+             r"|: [!-~][ -\[\]-~]{0,80}(?:\r|\n|\\+[nr]))+?")
 
 CATALOG: tuple[Detector, ...] = (
     # ---- private keys, tokens with a structure
     dataclasses.replace(
         _secret("private_key", "PEM-encoded private key (RFC 7468)",
-                ["(" + _PEM_BEGIN + r"(?:[A-Za-z0-9+/=\s:,.\-]|\\+[nrt])+?"
-                 r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)"],
+                ["(" + _PEM_BEGIN + _PEM_BODY + r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)"],
                 ["PRIVATE KEY"], PEM_MAX_LEN, pem_ok, 0.99),
         opening=_PEM_BEGIN),
     _secret("jwt", "JSON Web Token (RFC 7519)",
-            [LB + r"(eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*)"],
+            [LB + r"(eyJ[A-Za-z0-9_-]{10," + str(JWT_MAX_HEADER) + r"}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*)"],
             ["eyJ"], 8192, jwt_ok, 0.9, "high"),
     # ---- cloud and code hosts
+    # Glued on the left to anything but an uppercase letter or digit (``keyAKIA...``, ``KEY_AKIA...``, ``\nAKIA``):
+    # the 20-character run of [A-Z0-9] must start at the prefix and end with the key, so a window inside a longer
+    # uppercase run (base32, DNA sequences, ``TODAYINASIAASACK...``) is not a key. The end stays a word boundary.
     _secret("aws_access_key_id", "AWS access key id",
-            [LB + r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"],
+            [r"(?:^|[^A-Z0-9]|\\u[0-9A-Fa-f]{4})((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"],
             ["AKIA", "ASIA", "ABIA", "ACCA", "A3T"], 20, aws_key_ok, 0.95),
+    # gitleaks aws-amazon-bedrock-api-key-long-lived / -short-lived: ``ABSK`` + base64 (long-term keys); the
+    # short-term token is ``bedrock-api-key-`` + base64 of a presigned ``bedrock.amazonaws.com`` URL (AWS's
+    # aws-bedrock-token-generator), whose first 28 base64 characters are fixed.
+    _secret("aws_bedrock_api_key", "Amazon Bedrock API key (long-term ABSK... or short-term bedrock-api-key-...)",
+            [LB + r"(ABSK[A-Za-z0-9+/]{109,269}={0,2})(?:[^A-Za-z0-9+/=]|$)",
+             r"(bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/%]*={0,2})"],
+            ["ABSK", "bedrock-api-key-"], 4096, _not_placeholder(4), 0.97),
     dataclasses.replace(
         _secret("github_token", "GitHub token (ghp_/gho_/ghu_/ghs_/ghr_)",
                 [LB + r"(gh[pousr]_[A-Za-z0-9]{36})\b"],
@@ -301,6 +346,11 @@ CATALOG: tuple[Detector, ...] = (
              LB + r"(GR1348941[A-Za-z0-9_\-]{20})\b"],
             ["glpat-", "gldt-", "glft-", "glsoat-", "glrt-", "glcbt-", "glimt-", "glagent-", "gloas-", "glffct-",
              "glptt-", "GR1348941"], 120, gitlab_ok, 0.95),
+    # gitleaks gitlab-session-cookie: the Rails session id in the ``_gitlab_session`` cookie (32 of [0-9a-z]); the
+    # value is the cookie's value, so a redaction keeps the cookie name.
+    _secret("gitlab_session_cookie", "GitLab session cookie (_gitlab_session)",
+            [r"_gitlab_session=([0-9a-z]{32})(?:[^0-9A-Za-z]|$)"], ["_gitlab_session="], 32, _not_placeholder(0),
+            0.9, "high"),
     _secret("slack_token", "Slack bot/user/app/config token",
             [LB + r"(xoxb-[0-9]{10,13}-[0-9]{10,13}[A-Za-z0-9-]*)",
              LB + r"(xox[pe](?:-[0-9]{10,13}){3}-[A-Za-z0-9-]{28,34})",
@@ -308,6 +358,13 @@ CATALOG: tuple[Detector, ...] = (
              LB + r"(xoxe\.xox[bp]-[0-9]-[A-Za-z0-9]{140,170})\b",
              LB + r"(xoxe-[0-9]-[A-Za-z0-9]{140,170})\b"],
             ["xoxb-", "xoxp-", "xoxe", "xapp-"], 200, _not_placeholder(5), 0.95),
+    # gitleaks slack-legacy-bot-token / slack-legacy-token / slack-legacy-workspace-token: the pre-2016 formats
+    # (``xoxb-<id>-<secret>``, ``xoxs-``/``xoxo-`` with three numeric ids, ``xoxa-``/``xoxr-`` workspace tokens).
+    _secret("slack_legacy_token", "Slack legacy bot, user or workspace token",
+            [LB + r"(xoxb-[0-9]{8,14}-[A-Za-z0-9]{18,26})\b",
+             LB + r"(xox[os]-[0-9]{1,16}-[0-9]{1,16}-[0-9]{1,16}-[A-Fa-f0-9]{6,64})\b",
+             LB + r"(xox[ar]-(?:[0-9]-)?[0-9A-Za-z]{8,48}(?:-[0-9A-Za-z]{1,48}){0,4})\b"],
+            ["xoxb-", "xoxs-", "xoxo-", "xoxa-", "xoxr-"], 260, slack_legacy_ok, 0.9),
     _secret("slack_webhook_url", "Slack incoming webhook / workflow URL",
             [r"((?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{43,56})"],
             ["hooks.slack.com"], 90, _not_placeholder(30), 0.95, "high"),
@@ -318,7 +375,7 @@ CATALOG: tuple[Detector, ...] = (
     _secret("npm_token", "npm access token", [LB + r"(npm_[A-Za-z0-9]{36})\b"], ["npm_"], 40,
             _not_placeholder(4), 0.95),
     _secret("google_api_key", "Google API key", [LB + r"(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)"],
-            ["AIza"], 39, _not_placeholder(4), 0.9, "high"),
+            ["AIza"], 39, google_key_ok, 0.9, "high"),
     _secret("sendgrid_api_key", "SendGrid API key", [LB + r"(SG\.[A-Za-z0-9=_\-.]{66})(?:[^A-Za-z0-9=_\-.]|$)"],
             ["SG."], 69, _not_placeholder(3), 0.95),
     # ---- model providers

@@ -1,20 +1,24 @@
-"""The rails guard: NeMo Guardrails input, tool and chunked streaming output rails around one chat completion.
+"""The rails guard: NeMo Guardrails input, tool and output rails and the inline hold-back around one model call, on
+every wire API (the codecs of :mod:`railcar.codecs`).
 
 :func:`build_guard` turns ``[guardrails]`` (:class:`railcar.rails.settings.GuardrailsConfig`) into a :class:`RailsGuard`
-implementing :class:`railcar.core.guard.Guard`; ``None`` when no guardrail config is set (the proxy then passes through).
+implementing :class:`railcar.core.guard.Guard`; ``None`` only for ``config_path = "none"`` (the proxy then passes
+through).
 
 Rail kinds and what runs them (the guardrail config's flows, through :mod:`railcar.rails.engine_local` or
 :mod:`railcar.rails.engine_remote`):
 
-=============  ===========================================  ======================
-Railcar kind   checks                                       NeMo rail type run
-=============  ===========================================  ======================
-input          the request's conversation (last user turn)  ``input``
-tool_output    each new ``role: "tool"`` message            ``input`` (untrusted text coming in)
-output         the answer; chunked when streaming           ``output``
-tool_input     each tool call's complete arguments          ``output`` (text the model produced)
-=============  ===========================================  ======================
+=============  ==================================================  ======================
+Railcar kind   checks                                              NeMo rail type run
+=============  ==================================================  ======================
+input          every input turn of the request, each judged once   ``input``
+tool_output    every tool result turn, each judged once            ``input`` (untrusted text coming in)
+output         the answer; chunked when streaming                  ``output``
+tool_input     each tool call's complete arguments                 ``output`` (text the model produced)
+=============  ==================================================  ======================
 
+Requests and non-streamed answers follow the one policy of :mod:`railcar.rails.codec_guard` over the exchange's
+codec (``CODECS[exchange.api]``); turns already judged are looked up in :class:`railcar.rails.turn_cache.TurnCache`.
 Streaming responses are guarded by :class:`railcar.rails.stream_guard.RailsStreamGuard` (:meth:`RailsGuard.open_stream`):
 chunked output rails, tool-call holds and the issue-8 inline filter (:class:`railcar.rails.stream_guard.TextFilter`;
 :func:`build_guard` plugs in :class:`railcar.rails.inline.HoldBack` per ``[guardrails.inline]``, on by default).
@@ -26,30 +30,30 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
-import orjson
 from opentelemetry import trace
 
+from railcar.codecs.registry import CODECS
 from railcar.core.config import ConfigError, Problem
-from railcar.core.exchange import Exchange, RedactionNote
+from railcar.core.exchange import Exchange
 from railcar.core.guard import GuardRejected, Refusal, StreamSink
 from railcar.rails import eager, metrics
+from railcar.rails.codec_guard import DEFAULT_REFUSAL, guard_body, guard_request
+from railcar.rails.codec_stream import CodecStreamGuard
 from railcar.rails.engine_local import CheckResult, LocalEngine
 from railcar.rails.engine_remote import RemoteEngine
 from railcar.rails.guardrails_config import LoadedRails, describe_config_error, load_guardrails_config
 from railcar.rails.inline import holdback_from_config
-from railcar.rails.messages import conversation, last_user, text_of
 from railcar.rails.settings import GuardrailsConfig, RailsSettings
-from railcar.rails.stream_guard import FilterMatch, IdentityFilter, RailsStreamGuard, TextFilter, match_rail
+from railcar.rails.stream_guard import RailsStreamGuard, TextFilter
+from railcar.rails.turn_cache import TurnCache
 
 log = logging.getLogger("railcar.rails")
 _tracer = trace.get_tracer("railcar.rails")
 
 __all__ = ["RailsGuard", "RailsStreamGuard", "TextFilter", "build_guard", "DEFAULT_REFUSAL"]
 
-DEFAULT_REFUSAL = "I'm sorry, I can't respond to that."
 _NEMO_TYPE = {"input": "input", "tool_output": "input", "output": "output", "tool_input": "output"}
 _LOG_KEYS = ("activated_rails", "llm_calls", "internal_events", "colang_history", "stats")
 
@@ -63,6 +67,8 @@ class RailsGuard:
     filter (``None``: :class:`railcar.rails.stream_guard.IdentityFilter`). ``ready`` turns true after :meth:`warm`.
     It is the :class:`railcar.rails.stream_guard.StreamRails` of the stream guards it opens.
     """
+
+    inspects = True  # what cannot be parsed is refused, never relayed unchecked
 
     def __init__(self, settings: GuardrailsConfig, loaded: LoadedRails, engine: Any,
                  filter_factory: Callable[[], TextFilter] | None = None) -> None:
@@ -78,6 +84,7 @@ class RailsGuard:
         self._timeout = (settings.remote.timeout_millis if engine.mode == "remote"
                          else settings.local_timeout_millis) / 1000.0
         self._flows = {"input": tuple(loaded.input_flows), "output": tuple(loaded.output_flows)}
+        self.turn_cache = TurnCache()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def warm(self) -> None:
@@ -99,10 +106,15 @@ class RailsGuard:
 
     # -- one check -------------------------------------------------------------------------------------------
     async def run_check(self, exchange: Exchange, kind: str, messages: list[dict[str, Any]]) -> CheckResult:
+        """The :class:`CheckResult` of :meth:`check_once`."""
+        return (await self.check_once(exchange, kind, messages))[0]
+
+    async def check_once(self, exchange: Exchange, kind: str,
+                         messages: list[dict[str, Any]]) -> tuple[CheckResult, bool]:
         """Run one check of ``kind`` with spans, metrics, ``fail_mode`` and the exchange's outcome bookkeeping.
 
-        Returns the :class:`CheckResult`; an engine error or timeout becomes a ``blocked`` result (fail_mode
-        closed, rail ``"<kind> (error)"``) or a ``passed`` one (open). Never raises for rail failures.
+        Returns ``(result, failed)``: an engine error or timeout (``failed`` true) becomes a ``blocked`` result
+        (fail_mode closed, rail ``"<kind> (error)"``) or a ``passed`` one (open). Never raises for rail failures.
 
         Cheap when nothing needs more: the child span (``guardrails.check <kind>``, made current around the engine
         call so remote span events land on it) only when the tracer records; the timeout only if the engine
@@ -112,12 +124,12 @@ class RailsGuard:
         span = _tracer.start_span(f"guardrails.check {kind}")
         if not span.is_recording():
             res, error = await self._judge(kind, messages, None)
-            return self._account(exchange, kind, res, error, time.perf_counter() - t0, None)
+            return self._account(exchange, kind, res, error, time.perf_counter() - t0, None), error is not None
         with trace.use_span(span, end_on_exit=True):
             span.set_attribute("railcar.rail.kind", kind)
             span.set_attribute("railcar.rail.mode", self.engine.mode)
             res, error = await self._judge(kind, messages, span)
-            return self._account(exchange, kind, res, error, time.perf_counter() - t0, span)
+            return self._account(exchange, kind, res, error, time.perf_counter() - t0, span), error is not None
 
     async def _judge(self, kind: str, messages: list[dict[str, Any]], span: Any) -> tuple[CheckResult, str | None]:
         """The engine's verdict and ``None``, or the ``fail_mode`` verdict and the error text."""
@@ -163,155 +175,33 @@ class RailsGuard:
 
     # -- request ---------------------------------------------------------------------------------------------
     async def check_request(self, exchange: Exchange) -> Refusal | None:
-        """Input rails on the conversation, tool_output rails on new ``role: "tool"`` messages.
+        """The request policy of :func:`railcar.rails.codec_guard.guard_request` over the exchange's codec
+        (``CODECS[exchange.api]``): catalog secrets in every request string redacted (or refused) per
+        ``[guardrails.inline] request_action``, then input rails on every input turn and tool_output rails on every
+        tool result, each distinct turn judged once (:attr:`turn_cache`).
 
         Raises :class:`GuardRejected` (400) for a streaming request against output rails with streaming disabled,
-        or for a malformed ``guardrails`` request field (the message names the field)."""
+        or for a malformed ``guardrails`` request field (the message names the field); ``KeyError`` for an
+        ``exchange.api`` that names no codec."""
         _validate_options(exchange.guardrails_options)
+        codec = CODECS[exchange.api]
         if exchange.stream and self.enabled("output") and not self.loaded.streaming.enabled:
             raise GuardRejected(
                 400, "This guardrail configuration has output rails with streaming disabled; set "
                      "rails.output.streaming.enabled=true in it, or send the request with stream=false.",
                 param="stream", code="streaming_not_enabled")
-        messages = exchange.body.get("messages")
-        if not isinstance(messages, list):
-            return None  # the proxy validates the body; nothing to judge here
-        if self.enabled("input"):
-            conv = conversation(messages)
-            if any(m["role"] == "user" and m["content"] for m in conv):
-                res = await self.run_check(exchange, "input", conv)
-                if res.blocked:
-                    return self._refuse(exchange, res)
-        if self.enabled("tool_output"):
-            # Only the tool results since the model's last turn are new in this request.
-            last_assistant = max((i for i, m in enumerate(messages)
-                                  if isinstance(m, dict) and m.get("role") == "assistant"), default=-1)
-            for m in messages[last_assistant + 1:]:
-                if isinstance(m, dict) and m.get("role") == "tool":
-                    text = text_of(m.get("content"))
-                    if text:
-                        res = await self.run_check(exchange, "tool_output", [{"role": "user", "content": text}])
-                        if res.blocked:
-                            return self._refuse(exchange, res)
-        return None
-
-    def _refuse(self, exchange: Exchange, res: CheckResult) -> Refusal:
-        rail = res.rail or "input"
-        exchange.outcome.block(rail)
-        metrics.BLOCKED_REQUESTS.labels(rail).inc()
-        return Refusal(rail, res.content or DEFAULT_REFUSAL)
+        return await guard_request(self, exchange, codec)
 
     # -- non-streaming response ------------------------------------------------------------------------------
     async def check_response(self, exchange: Exchange, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The inline filter and output rails on each choice's whole message, the inline filter and tool_input rails
-        on each of its tool calls' arguments (as for a stream), and ``guardrails_data``. Returns the body to send
-        instead, or ``None`` to relay the upstream bytes. The notes of what the filter redacted in a choice that was
-        not blocked go to ``exchange.outcome.redactions``."""
-        changed = False
-        choices = body.get("choices")
-        user = last_user(exchange.body.get("messages") or [])
-        for pos, choice in enumerate(choices if isinstance(choices, list) else []):
-            msg = choice.get("message") if isinstance(choice, dict) else None
-            if isinstance(msg, dict) and await self._check_choice(exchange, pos, choice, msg, user):
-                changed = True
-        if self._attach_guardrails_data(exchange, body, choices):
-            changed = True
-        return body if changed else None
-
-    async def _check_choice(self, exchange: Exchange, pos: int, choice: dict[str, Any], msg: dict[str, Any],
-                            user: str) -> bool:
-        """One choice's ``message`` (``pos``: its place in ``choices``): content, then tool calls; a block replaces
-        the message with the refusal. Returns whether the message was changed."""
-        notes: list[RedactionNote] = []
-        blocked: CheckResult | None = None
-        changed = False
-        content = msg.get("content")
-        if isinstance(content, str) and content:
-            text, match = self._filter_whole(content, f"$.choices[{pos}].message.content", notes)
-            if match is not None:
-                blocked = CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL)
-            elif text != content:
-                msg["content"] = content = text
-                changed = True
-        if blocked is None and isinstance(content, str) and content and self.enabled("output"):
-            res = await self.run_check(exchange, "output", [{"role": "user", "content": user},
-                                                            {"role": "assistant", "content": content}])
-            blocked = res if res.blocked else None
-        calls = msg.get("tool_calls")
-        if blocked is None and isinstance(calls, list):
-            blocked, rewritten = await self._check_tool_calls(exchange, pos, calls, user, notes)
-            changed = changed or rewritten
-        if blocked is None:
-            exchange.outcome.redactions.extend(notes)
-            return changed
-        self._block_choice(exchange, choice, msg, blocked)
-        return True
-
-    async def _check_tool_calls(self, exchange: Exchange, pos: int, calls: list[Any], user: str,
-                                notes: list[RedactionNote]) -> tuple[CheckResult | None, bool]:
-        """The arguments of each tool call of choice ``pos`` through the inline filter (as streamed arguments pass
-        it) and the tool_input rails: ``(blocking result or None, whether an argument was rewritten)``."""
-        changed = False
-        for j, call in enumerate(calls):
-            fn = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(fn, dict):
-                continue
-            args = fn.get("arguments")
-            if not isinstance(args, str) or not args:
-                continue
-            text, match = self._filter_whole(args, f"$.choices[{pos}].message.tool_calls[{j}].function.arguments",
-                                             notes)
-            if match is not None:
-                return CheckResult("blocked", match_rail(match), DEFAULT_REFUSAL), changed
-            if text != args:
-                fn["arguments"] = args = text
-                changed = True
-            if self.enabled("tool_input"):
-                res = await self.run_check(exchange, "tool_input", [{"role": "user", "content": user},
-                                                                    {"role": "assistant", "content": args}])
-                if res.blocked:
-                    return res, changed
-        return None, changed
-
-    @staticmethod
-    def _block_choice(exchange: Exchange, choice: dict[str, Any], msg: dict[str, Any], blocked: CheckResult) -> None:
-        """Replace a blocked choice's message with the refusal (``finish_reason: content_filter``)."""
-        rail = blocked.rail or "output"
-        msg["content"] = blocked.content or DEFAULT_REFUSAL
-        msg.pop("tool_calls", None)
-        msg.pop("function_call", None)
-        choice["finish_reason"] = "content_filter"
-        exchange.outcome.block(rail)
-        metrics.BLOCKED_STREAMS.labels(rail).inc()
-
-    def _attach_guardrails_data(self, exchange: Exchange, body: dict[str, Any], choices: Any) -> bool:
-        """Put the requested ``guardrails_data`` in ``body`` (as a field, or as an extra choice with
-        ``return_choice``); whether there was any."""
-        data = self.guardrails_data(exchange)
-        if data is None:
-            return False
-        if (exchange.guardrails_options or {}).get("return_choice"):
-            n = len(choices) if isinstance(choices, list) else 0
-            body.setdefault("choices", []).append({
-                "index": n, "message": {"role": "guardrails_data", "content": orjson.dumps(data).decode()},
-                "finish_reason": "stop"})
-        else:
-            body["guardrails_data"] = data
-        return True
-
-    def _filter_whole(self, text: str, path: str, notes: list[RedactionNote]) -> tuple[str, FilterMatch | None]:
-        """A fresh inline filter over one whole non-streamed ``text`` (at JSON ``path``): ``(text_out, None)``
-        (redacted or unchanged; the notes of a redaction appended to ``notes`` with ``path``), or ``(text, match)``
-        when the filter blocks."""
-        f = (self.filter_factory or IdentityFilter)()
-        released, match = f.feed(text)
-        if match is None:
-            rest, match = f.flush()
-            released += rest
-        if match is not None:
-            return text, match
-        notes.extend(replace(n, path=path) for n in f.notes)
-        return released, None
+        """The whole-answer policy of :func:`railcar.rails.codec_guard.guard_body` over the exchange's codec: the
+        inline hold-back on every string of ``body`` (JSON-escaped text and logprobs token runs included), output
+        rails on the answer text, tool_input rails on each tool call's arguments, and ``guardrails_data``. Chat
+        answers are judged choice by choice (a blocked choice becomes the refusal, ``finish_reason:
+        content_filter``); other APIs as a whole (a block returns ``codec.refusal_body``, sent with
+        ``codec.refusal_status``, and marks ``exchange.outcome`` blocked). Returns the body to send instead, or
+        ``None`` to relay the upstream bytes; redaction notes go to ``exchange.outcome.redactions``."""
+        return await guard_body(self, exchange, CODECS[exchange.api], body)
 
     def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None:
         """The response's ``guardrails_data`` for the request's ``guardrails.options.log`` flags, or ``None`` when
@@ -343,9 +233,14 @@ class RailsGuard:
         return {"log": logd, "blocked": exchange.outcome.blocked, "blocked_rail": exchange.outcome.blocked_rail}
 
     # -- streaming -------------------------------------------------------------------------------------------
-    def open_stream(self, exchange: Exchange, sink: StreamSink, abort: Callable[[], Any]) -> RailsStreamGuard:
-        """A :class:`RailsStreamGuard` for one streamed response; ``abort`` is called once when a block happens,
-        possibly between upstream events, so the proxy can close the upstream at once."""
+    def open_stream(self, exchange: Exchange, sink: StreamSink,
+                    abort: Callable[[], Any]) -> RailsStreamGuard | CodecStreamGuard:
+        """The stream guard of one streamed response: chat's fast :class:`RailsStreamGuard`, or the
+        :class:`railcar.rails.codec_stream.CodecStreamGuard` over the codec of ``exchange.api`` for every other API.
+        ``abort`` is called once when a block happens, possibly between upstream events, so the proxy can close the
+        upstream at once."""
+        if exchange.api != "openai_chat":
+            return CodecStreamGuard(self, exchange, sink, abort, CODECS[exchange.api])
         return RailsStreamGuard(self, exchange, sink, abort)
 
 
@@ -384,7 +279,7 @@ async def build_guard(config: RailsSettings) -> RailsGuard | None:
     """Build and warm the guard for ``config`` (the ``[guardrails]`` and ``[detection]`` sections, e.g. a
     :class:`railcar.settings.RailcarConfig`).
 
-    Returns ``None`` when ``[guardrails]`` names no config (pass-through). Raises
+    Returns ``None`` only for ``guardrails.config_path = "none"`` (no rails: pass-through). Raises
     :class:`railcar.core.config.ConfigError` for a missing/invalid guardrail config, a policy ``error`` or a bad
     ``[detection]`` / ``[guardrails.inline]`` value."""
     gs = config.guardrails

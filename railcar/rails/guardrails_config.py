@@ -2,7 +2,9 @@
 
 Sources (``[guardrails]`` in ``railcar.toml``, see :mod:`railcar.rails.settings`):
 
-- ``config_path = "default"``: the model-free config bundled in ``rails/default_config/config.yml``;
+- ``config_path = "default"`` or unset: the model-free config bundled in ``rails/default_config/config.yml``
+  (fail closed: forgetting the setting never means no rails; ``config_path = "none"`` turns them off and
+  :attr:`railcar.rails.settings.GuardrailsConfig.loaded` is then false, so nothing is loaded);
 - ``config_path = "<dir>"``: a NeMo Guardrails config directory (``config.yml`` + Colang + ``actions.py``), loaded
   with ``RailsConfig.from_path``;
 - ``config_path = "<file>.yml|.yaml"``: one YAML file;
@@ -36,7 +38,7 @@ import yaml
 
 from railcar.core.config import ConfigError
 from railcar.rails import detectors
-from railcar.rails.settings import GuardrailsConfig, PolicyConfig
+from railcar.rails.settings import NO_RAILS, GuardrailsConfig, PolicyConfig
 
 log = logging.getLogger("railcar.rails")
 
@@ -109,17 +111,19 @@ def _raw_yaml_of_dir(path: Path) -> dict[str, Any]:
 def load_guardrails_config(settings: GuardrailsConfig) -> LoadedRails:
     """Load and compile the guardrail config named by ``settings`` (the ``[guardrails]`` section).
 
-    Returns the cached :class:`LoadedRails` when the same content was loaded before. Remote mode without
-    ``config_path``/``config_inline`` yields a ``LoadedRails`` with no ``RailsConfig`` (the server owns the policy)
-    and streaming on with the NeMo defaults. Raises :class:`ConfigError` when the source is missing or invalid.
+    Returns the cached :class:`LoadedRails` when the same content was loaded before. Local mode without
+    ``config_path``/``config_inline`` loads the bundled default config; remote mode without them yields a
+    ``LoadedRails`` with no ``RailsConfig`` (the server owns the policy) and streaming on with the NeMo defaults.
+    Raises :class:`ConfigError` when the source is missing or invalid, or for ``config_path = "none"`` (no rails:
+    the caller checks :attr:`GuardrailsConfig.loaded` first).
     """
-    if not settings.config_path and not settings.config_inline:
-        if settings.mode == "remote":
-            label = "remote:" + ",".join(settings.remote.config_ids or [settings.remote.config_id])
-            return LoadedRails(None, hashlib.sha256(label.encode()).hexdigest(), label,
-                               input_flows=["remote"], output_flows=["remote"],
-                               streaming=StreamingSettings(enabled=True))
-        raise ConfigError("guardrails.config_path: no guardrail config given (set config_path or config_inline)")
+    if settings.config_path == NO_RAILS:
+        raise ConfigError("guardrails.config_path: 'none' means no rails; there is no guardrail config to load")
+    if not settings.config_path and not settings.config_inline and settings.mode == "remote":
+        label = "remote:" + ",".join(settings.remote.config_ids or [settings.remote.config_id])
+        return LoadedRails(None, hashlib.sha256(label.encode()).hexdigest(), label,
+                           input_flows=["remote"], output_flows=["remote"],
+                           streaming=StreamingSettings(enabled=True))
     where, source, path, raw_text = _source(settings)
     digest = hashlib.sha256(raw_text.encode()).hexdigest() if raw_text is not None else _hash_dir(path)
     cached = _CACHE.get(digest)
@@ -147,7 +151,7 @@ def _source(settings: GuardrailsConfig) -> tuple[str, str, Path, str | None]:
     if settings.config_inline:
         return "guardrails.config_inline", "<inline>", DEFAULT_CONFIG_DIR, settings.config_inline
     where, path_s = "guardrails.config_path", settings.config_path
-    if path_s == "default":
+    if path_s in ("", "default"):
         path = DEFAULT_CONFIG_DIR / "config.yml"
         return where, "default", path, path.read_text()
     path = Path(path_s).expanduser()

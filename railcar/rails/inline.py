@@ -282,8 +282,10 @@ class HoldBack:
     __call__ = filter  # usable as ``RailsGuard(filter_factory=holdback)``
 
     # -- whole messages -------------------------------------------------------------------------------------
-    def redact_or_block(self, text: str, path: str = "$") -> tuple[str, InlineMatch | None, list[RedactionNote]]:
-        """The non-streaming treatment of a whole message ``text``.
+    def redact_or_block(self, text: str, path: str = "$",
+                        action: str | None = None) -> tuple[str, InlineMatch | None, list[RedactionNote]]:
+        """The non-streaming treatment of a whole message ``text`` (``action``: ``block`` | ``redact`` instead of
+        :attr:`action`, e.g. ``[guardrails.inline] request_action`` for what the agent sends).
 
         Returns ``(text_out, match, notes)``: ``block`` with a match: ``("", InlineMatch, [])``; ``redact``: the
         text with every value replaced by its placeholder and one :class:`RedactionNote` per placeholder; no
@@ -291,7 +293,7 @@ class HoldBack:
         matches = self.scanner.scan_text(text, path)
         if not matches:
             return text, None, []
-        if self.action == "block":
+        if (action or self.action) == "block":
             return "", InlineMatch(matches[0]), []
         return replace_matches(text, matches), None, [note_from_match(m) for m in matches]
 

@@ -19,6 +19,9 @@ from typing import Protocol
 from railcar.core.config import Problem, http_url_problems, opt
 from railcar.rails.detectors import CATALOG
 
+# ``guardrails.config_path`` value that turns the rails off; the only way to run without them.
+NO_RAILS = "none"
+
 
 @dataclass
 class RemoteGuardrailsConfig:
@@ -63,8 +66,9 @@ class InlineConfig:
 class GuardrailsConfig:
     """``[guardrails]``: the NeMo Guardrails config that guards the model path, and how it runs."""
 
-    config_path: str = opt("", "NeMo Guardrails config directory (config.yml + Colang) or YAML file; "
-                               "'default' for the bundled model-free config; empty: no rails.")
+    config_path: str = opt("", "NeMo Guardrails config directory (config.yml + Colang) or YAML file; empty or "
+                               "'default': the bundled model-free config; 'none': no rails at all (logged as a "
+                               "WARNING and shown on /readyz).")
     config_inline: str = opt("", "Inline guardrail config (YAML text), instead of config_path.")
     mode: str = opt("local", "Run rails in-process (IORails) or on a Guardrails server.", choices=("local", "remote"))
     input: bool = opt(True, "Input rails on the request messages.")
@@ -82,20 +86,24 @@ class GuardrailsConfig:
 
     def validate(self) -> list[Problem]:
         """Problems: remote mode without ``remote.endpoint``, both ``config_path``
-        and ``config_inline`` set, ``config_path`` (other than ``default``) missing or neither a directory nor a
-        .yml/.yaml file."""
+        and ``config_inline`` set, ``config_path = "none"`` with remote mode, ``config_path`` (other than
+        ``default`` / ``none``) missing or neither a directory nor a .yml/.yaml file."""
         out = []
         if self.mode == "remote" and not self.remote.endpoint:
             out.append(Problem("guardrails.remote.endpoint", "required when guardrails.mode = 'remote'"))
         if self.config_path and self.config_inline:
             out.append(Problem("guardrails.config_inline", "set config_path or config_inline, not both"))
+        if self.config_path == NO_RAILS and self.mode == "remote":
+            out.append(Problem("guardrails.config_path", "'none' (no rails) contradicts guardrails.mode = 'remote'"))
         out.extend(_config_path_problems(self.config_path))
         return out
 
     @property
     def loaded(self) -> bool:
-        """A guardrail configuration is in use."""
-        return bool(self.config_path or self.config_inline or self.mode == "remote")
+        """A guardrail configuration is in use: always, unless ``config_path = "none"`` (fail closed: an unset
+        ``config_path`` means the bundled default config, see
+        :func:`railcar.rails.guardrails_config.load_guardrails_config`)."""
+        return self.config_path != NO_RAILS
 
     @property
     def inline_enabled(self) -> bool:
@@ -140,7 +148,7 @@ class DetectionConfig:
 def _config_path_problems(config_path: str) -> list[Problem]:
     """``guardrails.config_path`` as :func:`railcar.rails.guardrails_config.load_guardrails_config` will open it
     (relative to the working directory, ``~`` expanded): missing, or neither a directory nor a YAML file."""
-    if not config_path or config_path == "default":
+    if config_path in ("", "default", NO_RAILS):
         return []
     path = Path(config_path).expanduser()
     if not path.exists():

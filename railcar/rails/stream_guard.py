@@ -26,104 +26,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import orjson
 
+from railcar.codecs.base import Path, Piece, get_at, set_at
 from railcar.codecs.chat_tools import ToolCallAssembler
+from railcar.codecs.openai_chat import OpenAIChatCodec
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
+from railcar.core.jsonpath import json_path
 from railcar.core.wire import blocked_frames, sse_frame
 from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
-from railcar.rails.engine_local import CheckResult
-from railcar.rails.messages import last_user, text_of
+from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, Unescaper, rewrite, unescape
+from railcar.rails.messages import last_user
+from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, match_rail
 
 log = logging.getLogger("railcar.rails")
 
 __all__ = ["RailsStreamGuard", "StreamRails", "TextFilter", "FilterMatch", "IdentityFilter", "match_rail"]
 
 _META_KEYS = ("id", "created", "model", "object", "system_fingerprint")
+_CODEC = OpenAIChatCodec()
+_ANSWER_KINDS = frozenset({"text", "reasoning", "refusal"})  # what the output rails read (issue 12 item 2)
+_CLEAN_CACHE = 4096  # whole values remembered as passed (ids, model names, roles repeat on every event)
+_CONTAINERS = (dict, list)
+# Whole values that passed, per filter factory (the judgement depends on the factory only): shared by the streams of
+# one guard, so the ids, model names and roles every stream repeats are judged once.
+_CLEAN_BY_FACTORY: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
-class FilterMatch(Protocol):
-    """What a :class:`TextFilter` reports when it ends the stream: ``rail``, the rail name of the blocked-content
-    error chunk (``"sensitive data"`` for the inline hold-back)."""
-
-    @property
-    def rail(self) -> str: ...
-
-
-class TextFilter(Protocol):
-    """Inline hold-back over one text stream (issue 8); every member is required.
-
-    ``feed(text)`` returns the text safe to release now and a :class:`FilterMatch` (or ``None``); ``flush()``
-    releases what is left at the end. ``pass_through(deltas)`` is the batch fast path: how many leading deltas
-    ``feed`` would release whole and unchanged (they are consumed as such). ``held``: the text held back now
-    (``""`` when none). ``notes``: one :class:`RedactionNote` per placeholder written (paths ``"$"``, relative to
-    the filtered text)."""
-
-    @property
-    def held(self) -> str: ...
-
-    @property
-    def notes(self) -> list[RedactionNote]: ...
-
-    def feed(self, text: str) -> tuple[str, FilterMatch | None]: ...
-
-    def flush(self) -> tuple[str, FilterMatch | None]: ...
-
-    def pass_through(self, deltas: list[str]) -> int: ...
-
-
-class IdentityFilter:
-    """The :class:`TextFilter` of a guard without an inline hold-back: releases everything at once."""
-
-    __slots__ = ()
-    held = ""
-
-    @property
-    def notes(self) -> list[RedactionNote]:
-        """Always empty: nothing is redacted."""
-        return []
-
-    def feed(self, text: str) -> tuple[str, FilterMatch | None]:
-        """``(text, None)``."""
-        return text, None
-
-    def flush(self) -> tuple[str, FilterMatch | None]:
-        """``("", None)``: nothing is held."""
-        return "", None
-
-    def pass_through(self, deltas: list[str]) -> int:
-        """``len(deltas)``: every delta is released whole."""
-        return len(deltas)
-
-
-class StreamRails(Protocol):
-    """What a :class:`RailsStreamGuard` needs from its guard (:class:`railcar.rails.guard.RailsGuard` is one):
-    the streaming settings (``chunk_size`` / ``context_size`` in content deltas, ``stream_first``), the inline
-    filter factory (``None``: :class:`IdentityFilter`), whether rails of a kind run, one check, and the
-    ``guardrails_data`` the request asked for."""
-
-    chunk_size: int
-    context_size: int
-    stream_first: bool
-    filter_factory: Callable[[], TextFilter] | None
-
-    def enabled(self, kind: str) -> bool: ...
-
-    async def run_check(self, exchange: Exchange, kind: str, messages: list[dict[str, Any]]) -> CheckResult: ...
-
-    def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None: ...
-
-
-def match_rail(match: FilterMatch) -> str:
-    """The rail name a filter ``match`` reports (``match.rail``), else ``"sensitive data"``."""
-    return match.rail or "sensitive data"
+def _clean_set(factory: Any) -> set[str]:
+    """The shared set of passed whole values of ``factory`` (a fresh one when it cannot be weakly referenced)."""
+    if factory is None:
+        return set()
+    try:
+        return _CLEAN_BY_FACTORY.setdefault(factory, set())
+    except TypeError:
+        return set()
 
 
 # on_events' frame template (see _template): (bytes before the content string, bytes after it, their total length,
@@ -178,30 +124,215 @@ def _template(data: bytes, obj: dict[str, Any], content: str, ci: int) -> _Templ
     return pre, suf, len(pre) + len(suf), ci
 
 
-def _simple_content(obj: Any) -> tuple[Any, Any]:
-    """``(delta.content, choice index)`` of a parsed event with one choice, no ``finish_reason`` and no tool calls
-    (content not checked further), else ``(None, 0)``."""
-    if type(obj) is dict:
-        choices = obj.get("choices")
-        if type(choices) is list and len(choices) == 1:
-            c = choices[0]
-            if type(c) is dict and c.get("finish_reason") is None:
-                delta = c.get("delta")
-                if type(delta) is dict and not delta.get("tool_calls"):
-                    return delta.get("content"), c.get("index", 0)
-    return None, 0
+# (clean: whole values known to pass; whole_ok: judges one more and remembers it when it passes)
+_WholeOk = tuple[set[str], Callable[[str], bool]]
 
 
+def _others_ok(obj: dict[str, Any], skip: str, ok: _WholeOk) -> bool:
+    """No value of ``obj`` but the one under ``skip`` carries text the fast path would not watch: strings are whole
+    values that pass (ids, model, ``obfuscation``, ``native_finish_reason``), containers are empty."""
+    clean, whole_ok = ok
+    for k, v in obj.items():
+        t = type(v)
+        if t is str:
+            if v not in clean and k != skip and not whole_ok(v):
+                return False
+        elif t in _CONTAINERS and v and k != skip:
+            return False
+    return True
 
-def _decode(data: bytes) -> tuple[Any, Any, Any]:
+
+def _simple_content(obj: Any, ok: _WholeOk) -> tuple[Any, Any]:
+    """``(delta.content, choice index)`` of a parsed event whose only variable string is ``delta.content``: one
+    choice, no ``finish_reason``, a delta of ``content`` and ``role`` only (beside nulls and empty containers), every
+    other string of the event a whole value that passes (``ok``), nothing nested (``logprobs``, ``usage``); else
+    ``(None, 0)`` (the general path then watches every string). Content not checked further."""
+    if type(obj) is not dict:
+        return None, 0
+    choices = obj.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None, 0
+    c = choices[0]
+    if type(c) is not dict or c.get("finish_reason") is not None:
+        return None, 0
+    delta = c.get("delta")
+    if type(delta) is not dict or not _others_ok(obj, "choices", ok) or not _others_ok(c, "delta", ok):
+        return None, 0
+    for k, v in delta.items():
+        if k == "content" or v is None:
+            continue
+        if k == "role" and type(v) is str:
+            if v not in ok[0] and not ok[1](v):
+                return None, 0
+        elif type(v) is str or type(v) in _CONTAINERS:
+            if v:  # reasoning, refusal, tool calls, any other field: the general path
+                return None, 0
+    return delta.get("content"), c.get("index", 0)
+
+
+def _decode(data: bytes, ok: _WholeOk) -> tuple[Any, Any, Any]:
     """``(object, delta.content, choice index)`` of a payload parsed whole (:func:`_simple_content`); the object is
     ``_INVALID`` when the payload is not JSON."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return _INVALID, None, 0
-    content, ci = _simple_content(obj)
+    content, ci = _simple_content(obj, ok)
     return obj, content, ci
+
+
+def _holdable(choices: list[Any]) -> int | None:
+    """The choice index of an event whose frame may be held whole (one choice with a ``delta``, no tool calls, no
+    ``finish_reason``), else ``None``."""
+    if len(choices) != 1:
+        return None
+    c = choices[0]
+    if not isinstance(c, dict) or c.get("finish_reason") is not None:
+        return None
+    delta = c.get("delta")
+    if not isinstance(delta, dict) or delta.get("tool_calls"):
+        return None
+    ci = c.get("index", 0)
+    return ci if isinstance(ci, int) else 0
+
+
+def _choice_handles(parts: Path) -> bool:
+    """The string at ``parts`` is a choice's string ``delta.content`` or a tool call's ``function.arguments``: its
+    choice's content filter / the call's filter watch it (:meth:`RailsStreamGuard._on_delta`)."""
+    n = len(parts)
+    if n == 4:
+        return parts[3] == "content" and parts[2] == "delta" and parts[0] == "choices"
+    return (n == 7 and parts[6] == "arguments" and parts[5] == "function" and parts[3] == "tool_calls"
+            and parts[2] == "delta" and parts[0] == "choices")
+
+
+def _feed(f: TextFilter, text: str) -> tuple[str, FilterMatch | None]:
+    """``f.feed(text)``, after one RE2 Set pass (``pass_through``) that releases a clean delta at once."""
+    if f.pass_through([text]):
+        return text, None
+    return f.feed(text)
+
+
+def _nest(parts: Path, value: Any) -> Any:
+    """``value`` under ``parts`` built up as fresh dicts and one-item lists (``("delta", "refusal")`` ->
+    ``{"delta": {"refusal": value}}``)."""
+    for p in reversed(parts):
+        value = [value] if isinstance(p, int) else {p: value}
+    return value
+
+
+class _Field:
+    """One streamed string field of a choice other than string ``delta.content`` (one stream key of
+    :func:`railcar.codecs.openai_chat.chunk_piece`): tool-call and legacy ``function_call`` arguments,
+    ``reasoning_content``, ``reasoning``, ``reasoning_details[].text``, ``refusal``, ``audio.transcript``, content
+    parts, ``logprobs`` tokens, any field a provider adds. Its deltas go through one filter, JSON-unescaped first
+    (:class:`railcar.rails.codec_stream.Unescaper`: the agent's ``json.loads`` of arguments undoes the escapes, so
+    ``\\u0041KIA...`` is ``AKIA...`` to the filter); :meth:`feed` says what the frame carries instead of the delta:
+    the released part as the upstream spelled it (escapes kept), placeholders JSON-escaped."""
+
+    __slots__ = ("filter", "unesc", "decode", "carry", "ahead", "kind", "path", "parts", "seen", "out")
+
+    def __init__(self, f: TextFilter, kind: str, parts: Path, decode: bool) -> None:
+        self.filter, self.kind, self.parts, self.decode = f, kind, parts, decode
+        self.unesc = Unescaper()
+        self.carry = ""              # the filter's held tail, as the upstream spelled it
+        # The start of ``carry + unesc.pending`` already sent: an escape cut at a delta's end goes out with its
+        # delta while nothing is held (so a clean stream keeps its bytes); it is not sent twice.
+        self.ahead = ""
+        self.seen = self.out = ""     # tool arguments: all fragments as sent upstream / as released (see _Lazy)
+        self.path = json_path(parts)  # where its redaction notes point (the field's first delta)
+
+    @property
+    def holding(self) -> bool:
+        """Text of the field is held back (a possible value still open, or an escape cut at a delta's end)."""
+        return bool(self.carry) or bool(self.unesc.pending)
+
+    def feed(self, frag: str, final: bool = False) -> tuple[str, str, FilterMatch | None]:
+        """Delta ``frag`` (``final``: the field ends with it; ``""`` to flush): ``(text the frame carries, the
+        released text as the filter saw it, match or None)``."""
+        f = self.filter
+        if not self.decode or (not self.unesc.pending and "\\" not in frag and "\\" not in self.carry):
+            rel, match = _feed(f, frag) if frag else ("", None)
+            if match is None and final:
+                more, match = f.flush()
+                rel += more
+            self.carry = f.held
+            return rel, rel, match
+        src = self.carry + self.unesc.pending + frag
+        dec = self.unesc.feed(frag)
+        rel, match = f.feed(dec) if dec else ("", None)
+        if match is None and final:
+            tail = self.unesc.flush()
+            if tail:
+                rel2, match = f.feed(tail)
+                rel += rel2
+            if match is None:
+                more, match = f.flush()
+                rel += more
+        if match is not None:
+            return "", rel, match
+        pending = self.unesc.pending
+        sent = self._spell(src[:len(src) - len(pending)], rel)
+        if pending and not self.carry:
+            sent += pending[len(self.ahead):]
+            self.ahead = pending
+        return sent, rel, None
+
+    def _spell(self, src: str, rel: str) -> str:
+        """What the frame carries for released text ``rel`` when ``src`` (the field's unreleased original text, no
+        escape cut at its end) decodes to what the filter saw: ``src`` up to the held tail (kept in ``carry``), or
+        :func:`railcar.rails.codec_stream.rewrite` of it when the filter redacted; less what went out ahead."""
+        held, ahead = self.filter.held, self.ahead
+        offsets: list[int] = []
+        full = unescape(src, True, offsets)[0]
+        cut = len(full) - len(held)
+        if cut < 0 or not full.endswith(held):  # (cannot happen: the held tail is a suffix of what was fed)
+            self.carry, self.ahead = held, ""
+            return rel
+        at = offsets[cut]
+        self.carry = src[at:]
+        if rel == full[:cut]:  # nothing redacted: the original spelling
+            self.ahead = src[at:len(ahead)]
+            return src[min(at, len(ahead)):at]
+        self.ahead = ""
+        if not ahead:
+            return rewrite(src[:at], full[:cut], rel)
+        # The first character's escape went out in part: complete it; the filter's change applies after it.
+        end = offsets[1] if cut > 1 else at
+        keep = rel[1:] if rel[:1] == full[:1] else rel
+        return src[len(ahead):end] + rewrite(src[end:at], full[1:cut], keep)
+
+
+class _Lazy:
+    """A tool-call frame whose argument fragments a filter may change, decided when it is sent: after its call
+    completed and passed, so every fragment and the filter's flush are known. ``raw`` (the original bytes) when no
+    call's released arguments differ from what the upstream sent (a tail held and then released unchanged moves
+    nothing), else ``obj`` with the ``edits`` applied (the released fragments, held tails placed), re-serialized.
+    ``modified``: the frame changed for another reason (always re-serialized). ``raw`` may be ``b""`` (a
+    synthesized tail frame: nothing to send unless a call changed)."""
+
+    __slots__ = ("raw", "obj", "fields", "edits", "modified")
+
+    def __init__(self, raw: bytes, obj: Any, fields: list[_Field], edits: list[Callable[[], None]],
+                 modified: bool) -> None:
+        self.raw, self.obj, self.fields, self.edits, self.modified = raw, obj, fields, edits, modified
+
+    def resolve(self) -> bytes:
+        """The bytes to send (see the class doc)."""
+        changed = any(f.seen != f.out for f in self.fields)
+        if not changed and not self.modified:
+            return self.raw
+        if changed:
+            for edit in self.edits:
+                edit()
+        return sse_frame(self.obj)
+
+
+_Frame = bytes | _Lazy
+
+
+def _bytes(frame: _Frame) -> bytes:
+    return frame if type(frame) is bytes else frame.resolve()  # type: ignore[union-attr]
 
 
 @dataclass
@@ -209,7 +340,8 @@ class _Choice:
     chunker: RollingChunker
     filter: TextFilter
     tools: ToolCallAssembler = field(default_factory=ToolCallAssembler)
-    tool_filters: dict[int, TextFilter] = field(default_factory=dict)
+    tool_filters: dict[int, _Field] = field(default_factory=dict)
+    fields: dict[Any, _Field] = field(default_factory=dict)  # every other streamed field, by stream key
     checked: int = 0          # deltas covered by a passed chunk check
     finished: bool = False    # finish_reason seen
     # Issue 8: whole frames held while the inline filter holds an open tail, so that a stream the filter leaves
@@ -217,6 +349,15 @@ class _Choice:
     pending: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     pend_in: str = ""
     pend_out: str = ""
+    # The other fields in the held frames: stream key -> [text as sent, text the frames carry now], the last place
+    # of each (a tail released at the end goes there), and whether a whole value in them was redacted.
+    pend_keys: dict[Any, list[str]] = field(default_factory=dict)
+    pend_loc: dict[Any, tuple[dict[str, Any], Path]] = field(default_factory=dict)
+    pend_edit: bool = False
+
+    def holds(self) -> bool:
+        """Some text of this choice is held back (content or another field)."""
+        return bool(self.filter.held) or any(f.holding for f in self.fields.values())
 
 
 class _Run:
@@ -235,7 +376,7 @@ class _Event:
     """What the general path collects over the choices of one event before its frames go out."""
 
     __slots__ = ("modified", "override", "text_gates", "tool_gates", "batches", "completed", "pre_frames",
-                 "has_content")
+                 "has_content", "watched", "edited", "calls", "edits")
 
     def __init__(self) -> None:
         self.modified = False                              # a delta was rewritten: re-serialize the object
@@ -246,6 +387,10 @@ class _Event:
         self.completed: list[tuple[int, list[int]]] = []   # tool calls whose arguments are complete
         self.pre_frames: list[tuple[bytes, tuple[tuple[int, int], ...]]] = []  # synthesized, sent first
         self.has_content = False  # some choice's delta carries content (stream_first sends such frames at once)
+        self.watched = False      # the held-frame choice's text went through a filter in this event
+        self.edited = False       # a whole value was redacted in place
+        self.calls: list[_Field] = []                  # tool-argument filters of the calls in this event
+        self.edits: list[Callable[[], None]] = []      # their changes, applied if a call's text changed (_Lazy)
 
 
 class RailsStreamGuard:
@@ -270,7 +415,7 @@ class RailsStreamGuard:
         self._new_filter: Callable[[], TextFilter] = guard.filter_factory or IdentityFilter
         self._choices: dict[int, _Choice] = {}
         # (frame, text gates, tool gates)
-        self._queue: deque[tuple[bytes, tuple[tuple[int, int], ...], frozenset[tuple[int, int]]]] = deque()
+        self._queue: deque[tuple[_Frame, tuple[tuple[int, int], ...], frozenset[tuple[int, int]]]] = deque()
         self._approved: set[tuple[int, int]] = set()
         self._inflight: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -284,6 +429,8 @@ class RailsStreamGuard:
         self._user = last_user(exchange.body.get("messages") or [])
         self._check_output = guard.enabled("output")
         self._check_tools = guard.enabled("tool_input")
+        self._clean = _clean_set(guard.filter_factory)  # whole values that passed the filter (see _whole_ok)
+        self._notes: list[RedactionNote] = []  # redactions of whole values, with their paths
 
     # -- output plumbing -------------------------------------------------------------------------------------
     async def _send(self, frame: bytes) -> None:
@@ -304,11 +451,13 @@ class RailsStreamGuard:
                 return False
         return tool_gates <= self._approved
 
-    async def _emit(self, frame: bytes, text_gates: tuple[tuple[int, int], ...] = (),
+    async def _emit(self, frame: _Frame, text_gates: tuple[tuple[int, int], ...] = (),
                     tool_gates: frozenset[tuple[int, int]] = frozenset()) -> None:
         """Send ``frame`` now, or queue it behind earlier held frames / until its gates open."""
         if not self._queue and self._gates_open(text_gates, tool_gates):
-            await self._send(frame)
+            data = _bytes(frame)
+            if data:
+                await self._send(data)
         else:
             self._queue.append((frame, text_gates, tool_gates))
 
@@ -316,22 +465,38 @@ class RailsStreamGuard:
         """Send the frames at the head of the queue whose gates are open, in order, as one write."""
         queue, ready = self._queue, []
         while queue and self._gates_open(queue[0][1], queue[0][2]):
-            ready.append(queue.popleft()[0])
+            data = _bytes(queue.popleft()[0])
+            if data:
+                ready.append(data)
         if ready:
             await self._send(ready[0] if len(ready) == 1 else b"".join(ready))
 
     async def _block(self, rail: str) -> None:
         if self.stopped:
             return
+        await self._stop(blocked_frames(rail))
+        self.exchange.outcome.block(rail)
+        metrics.BLOCKED_STREAMS.labels(rail).inc()
+        await self._abort()
+
+    async def _fail(self) -> None:
+        """Fail closed on an event that is not JSON (issue 13 item 2): the codec's error event, then stop."""
+        if self.stopped:
+            return
+        log.warning("openai_chat stream stopped: %s", INVALID_EVENT_MESSAGE)
+        await self._stop(_CODEC.error_frame(INVALID_EVENT_MESSAGE, "upstream_error", None, "invalid_upstream_event"))
+        await self._abort()
+
+    async def _stop(self, frames: bytes) -> None:
         self.stopped = True
         self._queue.clear()
         async with self._lock:
             try:
-                await self.sink.send(blocked_frames(rail))
-            except Exception as exc:  # client already gone: the block still stands
-                log.debug("could not send the blocked frame: %s", exc)
-        self.exchange.outcome.block(rail)
-        metrics.BLOCKED_STREAMS.labels(rail).inc()
+                await self.sink.send(frames)
+            except Exception as exc:  # client already gone: the stop still stands
+                log.debug("could not send the final frames: %s", exc)
+
+    async def _abort(self) -> None:
         self.stop_event.set()
         try:
             res = self.abort()
@@ -406,7 +571,7 @@ class RailsStreamGuard:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            await self._emit(raw)  # not ours to judge; relay as is
+            await self._fail()  # not relayed as if checked
             return
         await self._on_obj(raw, obj)
 
@@ -470,7 +635,7 @@ class RailsStreamGuard:
         if tpl is not None and type(hit) is str and hit:
             obj, content, ci = None, hit, tpl[3]
         else:
-            obj, content, ci = _decode(data)
+            obj, content, ci = _decode(data, (self._clean, self._whole_ok))
         if type(content) is str and content and type(ci) is int:
             st = self._state(ci)
             if not st.finished and not st.pending:
@@ -480,7 +645,7 @@ class RailsStreamGuard:
         stop = await self._flush(run)
         if stop is None:
             if obj is _INVALID:
-                await self._emit(raw)  # not ours to judge; relay as is
+                await self._fail()  # not relayed as if checked
             else:
                 await self._on_obj(raw, obj)
         return stop
@@ -592,23 +757,143 @@ class RailsStreamGuard:
 
     # -- the general path: one parsed event ------------------------------------------------------------------
     async def _on_obj(self, raw: bytes, obj: Any) -> None:
-        """One parsed upstream JSON event ``obj`` with its exact bytes ``raw``: each choice's content, tool calls
+        """One parsed upstream JSON event ``obj`` with its exact bytes ``raw``: every string of it that is not a
+        choice's string content or tool-call arguments (:meth:`_strings`), then each choice's content, tool calls
         and finish (:meth:`_on_choice`), then the event's frames (:meth:`_send_event`)."""
         choices = obj.get("choices") if isinstance(obj, dict) else None
+        ev = _Event()
         if not isinstance(choices, list) or not choices:
-            await self._emit(raw)
+            if await self._strings(obj, None, ev):
+                await self._send_event(raw, obj, ev)
             return
         if self._meta_missing:
             self._take_meta(obj)
-        ev = _Event()
+        hold = _holdable(choices)
+        if not await self._strings(obj, hold, ev):
+            return
         single = len(choices) == 1
         for choice in choices:
-            if isinstance(choice, dict) and not await self._on_choice(raw, obj, choice, single, ev):
+            if isinstance(choice, dict) and not await self._on_choice(raw, obj, choice, single, hold, ev):
                 return  # blocked
+        if hold is not None:
+            self._hold_frame(raw, obj, hold, ev)
+        if ev.edited and ev.override is None:
+            ev.modified = True
         await self._send_event(raw, obj, ev)
 
+    def _hold_frame(self, raw: bytes, obj: dict[str, Any], ci: int, ev: _Event) -> None:
+        """Frame-level hold of a single-choice event: the frame waits whole, behind the choice's held frames, while
+        any of its text is held back; then they all go out unchanged (or rewritten when a filter redacted)."""
+        st = self._choices.get(ci)
+        if st is None or not (st.pending or ev.watched):
+            return
+        st.pending.append((raw, obj))
+        st.pend_edit = st.pend_edit or ev.edited
+        ev.edited = False
+        ev.override = [] if st.holds() else self._resolve_pending(st)
+
+    async def _strings(self, obj: Any, hold: int | None, ev: _Event) -> bool:
+        """Every string of the event (:meth:`railcar.codecs.openai_chat.OpenAIChatCodec.stream_strings`: paths,
+        stream keys with choice and tool-call indexes) except string ``delta.content`` and tool-call
+        ``function.arguments`` (their choice handles them): whole values through a fresh filter, streamed fields
+        through their :class:`_Field`. ``False`` when it blocked the stream."""
+        pieces = _CODEC.stream_strings(obj) if isinstance(obj, dict) else _CODEC.body_strings(obj)
+        for p in pieces:
+            if not p.text or _choice_handles(p.parts):
+                continue
+            if p.stream_key is None:
+                if not await self._whole(p, obj, ev):
+                    return False
+            elif not await self._field(p, obj, hold, ev):
+                return False
+        return True
+
+    def _whole_ok(self, text: str) -> bool:
+        """Whole value ``text`` passes a fresh inline filter unchanged (JSON-unescaped first; one RE2 Set pass when
+        clean, else fed and flushed: a value's end closes any open prefix); short passing values are remembered
+        for the stream."""
+        if text in self._clean or self.guard.filter_factory is None:
+            return True
+        dec = unescape(text)[0] if "\\" in text else text
+        flt = self._new_filter()
+        if not flt.pass_through([dec]):
+            rel, match = flt.feed(dec)
+            if match is None:
+                more, match = flt.flush()
+                rel += more
+            if match is not None or rel != dec:
+                return False
+        if len(text) < 256:
+            if len(self._clean) >= _CLEAN_CACHE:  # (one-off values such as ``obfuscation`` filled it: start over)
+                self._clean.clear()
+            self._clean.add(text)
+        return True
+
+    async def _judge(self, text: str, path: str) -> str | None:
+        """Whole value ``text`` through a fresh filter (JSON-unescaped first): the value to send (``text``, or it
+        with placeholders; the notes are kept with ``path``), ``None`` when it matched (blocked)."""
+        if self._whole_ok(text):
+            return text
+        dec = unescape(text)[0] if "\\" in text else text
+        flt = self._new_filter()
+        rel, match = flt.feed(dec)
+        if match is None:
+            more, match = flt.flush()
+            rel += more
+        if match is not None:
+            await self._block(match_rail(match))
+            return None
+        if rel == dec:
+            return text
+        self._notes.extend(replace(n, path=path) for n in flt.notes)
+        return rewrite(text, dec, rel)
+
+    async def _whole(self, p: Piece, obj: Any, ev: _Event) -> bool:
+        """A whole value (id, name, model, an annotation's url, an error message ...) through :meth:`_judge`;
+        redacted in place (``ev.edited``). ``False`` when it blocked."""
+        if p.text in self._clean:
+            return True
+        sent = await self._judge(p.text, p.path)
+        if sent is None:
+            return False
+        if sent != p.text:
+            set_at(obj, p.parts, sent)
+            ev.edited = True
+        return True
+
+    async def _field(self, p: Piece, obj: dict[str, Any], hold: int | None, ev: _Event) -> bool:
+        """One delta of a streamed field (stream key ``p.stream_key``, under choice ``key[1]``) through its
+        :class:`_Field`; the frame carries what it released (as spelled upstream); released answer text (reasoning,
+        refusal, text) goes to the choice's chunker. ``False`` when it blocked."""
+        key = p.stream_key
+        assert key is not None
+        ci = key[1] if type(key[1]) is int else 0
+        st = self._state(ci)
+        fs = st.fields.get(key)
+        if fs is None:
+            fs = st.fields[key] = _Field(self._new_filter(), p.kind, p.parts, self.guard.filter_factory is not None)
+        sent, rel, match = fs.feed(p.text)
+        if match is not None:
+            await self._block(match_rail(match))
+            return False
+        fs.parts = p.parts
+        if hold == ci:  # the frame may be held whole: its changes are judged over the held frames
+            acc = st.pend_keys.setdefault(key, ["", ""])
+            acc[0] += p.text
+            acc[1] += sent
+            st.pend_loc[key] = (obj, p.parts)
+            ev.watched = True
+            if sent != p.text:
+                set_at(obj, p.parts, sent)
+        elif sent != p.text:
+            set_at(obj, p.parts, sent)
+            ev.modified = True
+        if p.kind in _ANSWER_KINDS:
+            ev.text_gates.extend(self._feed_text(ci, st, rel, ev.batches))
+        return True
+
     async def _on_choice(self, raw: bytes, obj: dict[str, Any], choice: dict[str, Any], single: bool,
-                         ev: _Event) -> bool:
+                         hold: int | None, ev: _Event) -> bool:
         """One choice of an event; ``False`` when it blocked the stream."""
         ci = choice.get("index", 0)
         if not isinstance(ci, int):
@@ -616,28 +901,22 @@ class RailsStreamGuard:
         delta = choice.get("delta")
         st = self._state(ci)
         if isinstance(delta, dict):
-            if not await self._on_delta(raw, obj, choice, delta, single, ci, st, ev):
+            if not await self._on_delta(delta, hold == ci, ci, st, ev):
                 return False
         if choice.get("finish_reason") is not None and not st.finished:
-            return await self._on_finish_reason(ci, st, ev)
+            return await self._on_finish_reason(ci, st, delta, ev)
         return True
 
-    async def _on_delta(self, raw: bytes, obj: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any],
-                        single: bool, ci: int, st: _Choice, ev: _Event) -> bool:
-        """A choice's ``delta``: its content through the filter and the chunker, its tool calls; ``False`` when it
-        blocked the stream."""
+    async def _on_delta(self, delta: dict[str, Any], held: bool, ci: int, st: _Choice, ev: _Event) -> bool:
+        """A choice's ``delta``: its string content through the filter and the chunker (content parts are fields,
+        :meth:`_field`), its tool calls; ``False`` when it blocked the stream."""
         content = delta.get("content")
         if isinstance(content, str) and content:
-            released = await self._filter_content(raw, obj, choice, delta, content, single, st, ev)
+            released = await self._filter_content(delta, content, held, st, ev)
             if released is None:
                 return False
-            text = released
-        elif isinstance(content, list):
-            text = text_of(content)  # content-part deltas (Mistral): judged, never rewritten
-        else:
-            text = ""
-        if text:
-            ev.text_gates.extend(self._feed_text(ci, st, text, ev.batches))
+            if released:
+                ev.text_gates.extend(self._feed_text(ci, st, released, ev.batches))
         tcs = delta.get("tool_calls")
         if isinstance(tcs, list) and tcs and not await self._on_tool_calls(ci, st, tcs, ev):
             return False
@@ -645,21 +924,18 @@ class RailsStreamGuard:
             ev.has_content = True
         return True
 
-    async def _filter_content(self, raw: bytes, obj: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any],
-                              content: str, single: bool, st: _Choice, ev: _Event) -> str | None:
+    async def _filter_content(self, delta: dict[str, Any], content: str, held: bool, st: _Choice,
+                              ev: _Event) -> str | None:
         """Content ``content`` through the choice's filter: the released text, or ``None`` when it matched
-        (blocked)."""
+        (blocked). In a frame that may be held whole (``held``) the change is judged over the held frames."""
         text, match = st.filter.feed(content)
         if match is not None:
             await self._block(match_rail(match))
             return None
-        if single and not delta.get("tool_calls") and choice.get("finish_reason") is None:
-            # Frame-level hold: the frame waits whole while a tail is open, then goes out unchanged (or rewritten
-            # when the filter redacted).
+        if held:
             st.pend_in += content
             st.pend_out += text
-            st.pending.append((raw, obj))
-            ev.override = [] if st.filter.held else self._resolve_pending(st)
+            ev.watched = True
         elif text != content:
             delta["content"] = text
             ev.modified = True
@@ -667,45 +943,92 @@ class RailsStreamGuard:
 
     async def _on_tool_calls(self, ci: int, st: _Choice, tcs: list[Any], ev: _Event) -> bool:
         """Tool-call entries of a delta: assembled, gated until their call is complete and passed, their argument
-        fragments through a filter per call; ``False`` when a filter blocked the stream."""
+        fragments through a filter per call (JSON-unescaped: :class:`_Field`); a call completed by a later one
+        gets its held tail in this delta. ``False`` when a filter blocked the stream."""
         try:
             done = st.tools.feed(tcs)
         except ValueError:
             done = []  # malformed entry: relay it; the client will judge
         # st.tools.indices: the call each entry went to (also for entries without ``index``)
+        seen = set()
         for entry, idx in zip(tcs, st.tools.indices):
             ev.tool_gates.add((ci, idx))
+            seen.add(idx)
             fn = entry.get("function")
             frag = fn.get("arguments") if isinstance(fn, dict) else None
             if isinstance(fn, dict) and isinstance(frag, str) and frag:
                 rel = await self._filter_arguments(st, idx, frag, idx in done)
                 if rel is None:
                     return False
+                ev.calls.append(st.tool_filters[idx])
                 if rel != frag:
-                    fn["arguments"] = rel
-                    ev.modified = True
+                    ev.edits.append(partial(fn.__setitem__, "arguments", rel))
+        for entry in tcs[len(st.tools.indices):]:  # entries the assembler refused: each judged whole
+            if not await self._malformed_call(entry, ev):
+                return False
+        tails = await self._tool_tails(st, [i for i in done if i not in seen], ev)
+        if tails is None:
+            return False
+        if tails:
+            ev.edits.append(lambda: tcs.__setitem__(slice(0, 0), tails))
         if done:
             ev.completed.append((ci, done))
         return True
 
+    async def _malformed_call(self, entry: Any, ev: _Event) -> bool:
+        """The arguments of a tool-call entry without a usable ``index`` through :meth:`_judge` (redacted in place);
+        ``False`` when they matched (blocked)."""
+        fn = entry.get("function") if isinstance(entry, dict) else None
+        frag = fn.get("arguments") if isinstance(fn, dict) else None
+        if not isinstance(fn, dict) or not isinstance(frag, str) or not frag:
+            return True
+        sent = await self._judge(frag, "$.choices.delta.tool_calls.function.arguments")
+        if sent is None:
+            return False
+        if sent != frag:
+            fn["arguments"] = sent
+            ev.modified = True
+        return True
+
     async def _filter_arguments(self, st: _Choice, idx: int, frag: str, complete: bool) -> str | None:
-        """Argument fragment ``frag`` of tool call ``idx`` through that call's filter (flushed when the call is
-        ``complete``): the released text, or ``None`` when it matched (blocked)."""
+        """Argument fragment ``frag`` of tool call ``idx`` through that call's :class:`_Field` (flushed when the call
+        is ``complete``): what the frame carries, or ``None`` when it matched (blocked)."""
         tf = st.tool_filters.get(idx)
         if tf is None:  # (not setdefault: that would build a filter per fragment)
-            tf = st.tool_filters[idx] = self._new_filter()
-        rel, match = tf.feed(frag)
-        if match is None and complete:
-            more, match = tf.flush()
-            rel += more
+            tf = st.tool_filters[idx] = _Field(self._new_filter(), "tool_arguments", (),
+                                               self.guard.filter_factory is not None)
+        sent, _, match = tf.feed(frag, complete)
         if match is not None:
             await self._block(match_rail(match))
             return None
-        return rel
+        tf.seen += frag
+        tf.out += sent
+        return sent
 
-    async def _on_finish_reason(self, ci: int, st: _Choice, ev: _Event) -> bool:
-        """The choice is over: release what the filter held, cut the last chunk, complete open tool calls;
-        ``False`` when the filter's flush blocked the stream."""
+    async def _tool_tails(self, st: _Choice, indices: list[int], ev: _Event | None = None
+                          ) -> list[dict[str, Any]] | None:
+        """The held argument tails of the complete calls ``indices``, judged and released as tool-call entries
+        (``{"index", "function": {"arguments"}}``; their filters go to ``ev.calls``); ``None`` when one matched
+        (blocked)."""
+        out = []
+        for idx in indices:
+            tf = st.tool_filters.get(idx)
+            if tf is None or not tf.holding:
+                continue
+            sent, _, match = tf.feed("", True)
+            if match is not None:
+                await self._block(match_rail(match))
+                return None
+            tf.out += sent
+            if ev is not None:
+                ev.calls.append(tf)
+            if sent:
+                out.append({"index": idx, "function": {"arguments": sent}})
+        return out
+
+    async def _on_finish_reason(self, ci: int, st: _Choice, delta: Any, ev: _Event) -> bool:
+        """The choice is over: release what the filters held, cut the last chunk, complete open tool calls (their
+        held argument tails go into this delta); ``False`` when a flush blocked the stream."""
         st.finished = True
         extra = await self._flush_choice(ci, st, ev.batches)
         if extra is None:
@@ -713,6 +1036,11 @@ class RailsStreamGuard:
         ev.pre_frames.extend(extra)
         open_calls = st.tools.finish()
         if open_calls:
+            tails = await self._tool_tails(st, open_calls, ev)
+            if tails is None:
+                return False
+            if tails and isinstance(delta, dict):
+                ev.edits.append(lambda: delta.__setitem__("tool_calls", tails + (delta.get("tool_calls") or [])))
             ev.completed.append((ci, open_calls))
             for idx in open_calls:
                 ev.tool_gates.add((ci, idx))
@@ -721,12 +1049,18 @@ class RailsStreamGuard:
     async def _send_event(self, raw: bytes, obj: dict[str, Any], ev: _Event) -> None:
         """The event's frames (the original bytes unless a delta was rewritten or frames were held), behind any
         synthesized ones, then its chunk checks and tool-call checks."""
-        frames = [raw if not ev.modified else sse_frame(obj)] if ev.override is None else ev.override
+        frames: list[_Frame]
+        if ev.override is not None:
+            frames = list(ev.override)
+        elif ev.calls:
+            frames = [_Lazy(raw, obj, ev.calls, ev.edits, ev.modified)]
+        else:
+            frames = [raw if not ev.modified else sse_frame(obj)]
         for pf, gates in ev.pre_frames:
             await self._emit(pf, gates)
         if self.guard.stream_first and not ev.tool_gates and not ev.pre_frames and ev.has_content:
             for frame in frames:
-                await self._send(frame)  # stream_first: text never waits, not even behind held tool calls
+                await self._send(_bytes(frame))  # stream_first: text never waits, not even behind held tool calls
         else:
             for frame in frames:
                 await self._emit(frame, tuple(ev.text_gates), frozenset(ev.tool_gates))
@@ -739,17 +1073,24 @@ class RailsStreamGuard:
 
     @staticmethod
     def _resolve_pending(st: _Choice) -> list[bytes]:
-        """The held frames once the filter holds nothing: the original bytes when the filter changed nothing,
-        else the same frames with the released text (placeholders) in the last one."""
-        pending, same, out = st.pending, st.pend_in == st.pend_out, st.pend_out
-        st.pending, st.pend_in, st.pend_out = [], "", ""
+        """The held frames once nothing is held: the original bytes when no filter changed anything, else the
+        frames re-serialized, the content released in the last one that carries content (the other fields carry
+        what their filters released, written in as they went)."""
+        pending, out = st.pending, st.pend_out
+        content_same = st.pend_in == out
+        same = content_same and not st.pend_edit and all(a == b for a, b in st.pend_keys.values())
+        st.pending, st.pend_in, st.pend_out, st.pend_edit = [], "", "", False
+        st.pend_keys, st.pend_loc = {}, {}
         if same:
             return [r for r, _ in pending]
-        frames = []
-        for i, (_, o) in enumerate(pending):
-            o["choices"][0]["delta"]["content"] = out if i == len(pending) - 1 else ""
-            frames.append(sse_frame(o))
-        return frames
+        deltas = [o["choices"][0]["delta"] for _, o in pending]
+        if not content_same:
+            has = [i for i, d in enumerate(deltas) if isinstance(d.get("content"), str)]
+            last = has[-1] if has else len(deltas) - 1
+            for i in has:
+                deltas[i]["content"] = ""
+            deltas[last]["content"] = out
+        return [sse_frame(o) for _, o in pending]
 
     def _feed_text(self, ci: int, st: _Choice, text: str,
                    batches: list[tuple[int, ChunkBatch]]) -> tuple[tuple[int, int], ...]:
@@ -765,26 +1106,60 @@ class RailsStreamGuard:
 
     async def _flush_choice(self, ci: int, st: _Choice,
                             batches: list[tuple[int, ChunkBatch]]) -> list[tuple[bytes, tuple[tuple[int, int], ...]]] | None:
-        """End of one choice's content: flush its filter (a synthesized content frame, with its text gate, if text
-        was held back) and cut the final chunk into ``batches``. ``None`` when the flush matched (blocked)."""
+        """End of one choice's text: flush its filters (the held frames released, or a synthesized frame per field
+        when text was held back outside them, each with its text gate) and cut the final chunk into ``batches``.
+        ``None`` when a flush matched (blocked)."""
         frames: list[tuple[bytes, tuple[tuple[int, int], ...]]] = []
         text, match = st.filter.flush()
         if match is not None:
             await self._block(match_rail(match))
             return None
+        gates = self._feed_text(ci, st, text, batches)
+        tails = await self._field_tails(ci, st, batches)
+        if tails is None:
+            return None
+        loose, more = tails
+        gates = more or gates
         if st.pending:
             st.pend_out += text
-            gates = self._feed_text(ci, st, text, batches)
             frames.extend((f, gates) for f in self._resolve_pending(st))
         elif text:
             frames.append((sse_frame({**self._meta, "choices": [
-                {"index": ci, "delta": {"content": text}, "finish_reason": None}]}),
-                           self._feed_text(ci, st, text, batches)))
+                {"index": ci, "delta": {"content": text}, "finish_reason": None}]}), gates))
+        frames.extend((f, gates) for f in loose)
         if self._check_output:
             b = st.chunker.finish()
             if b is not None:
                 batches.append((ci, b))
         return frames
+
+    async def _field_tails(self, ci: int, st: _Choice, batches: list[tuple[int, ChunkBatch]]
+                           ) -> tuple[list[bytes], tuple[tuple[int, int], ...]] | None:
+        """Flush the choice's fields that hold text: a released tail goes after the field's last delta in the held
+        frames, else into a synthesized frame of its own (returned, with the last text gate). ``None`` when one
+        matched (blocked)."""
+        loose: list[bytes] = []
+        gates: tuple[tuple[int, int], ...] = ()
+        for key, fs in list(st.fields.items()):
+            if not fs.holding:
+                continue
+            sent, rel, match = fs.feed("", True)
+            if match is not None:
+                await self._block(match_rail(match))
+                return None
+            if fs.kind in _ANSWER_KINDS:
+                gates = self._feed_text(ci, st, rel, batches) or gates
+            if not sent:
+                continue
+            loc = st.pend_loc.get(key)
+            if loc is not None and st.pending:
+                o, parts = loc
+                set_at(o, parts, get_at(o, parts) + sent)
+                st.pend_keys[key][1] += sent
+            else:
+                loose.append(sse_frame({**self._meta, "choices": [
+                    {"index": ci, **_nest(fs.parts[2:], sent), "finish_reason": None}]}))
+        return loose, gates
 
     # -- end of stream ---------------------------------------------------------------------------------------
     async def _finish(self, done_raw: bytes | None) -> None:
@@ -825,6 +1200,15 @@ class RailsStreamGuard:
             await self._submit(ci, b)
         open_calls = st.tools.finish()
         if open_calls:
+            calls: list[_Field] = []
+            tails = await self._tool_tails(st, open_calls)
+            if tails is None:
+                return False
+            if tails:
+                calls = [st.tool_filters[e["index"]] for e in tails]
+                await self._emit(_Lazy(b"", {**self._meta, "choices": [
+                    {"index": ci, "delta": {"tool_calls": tails}, "finish_reason": None}]}, calls, [], False),
+                    (), frozenset((ci, i) for i in open_calls))
             await self._check_tools_done(ci, open_calls)
         return True
 
@@ -852,7 +1236,10 @@ class RailsStreamGuard:
             base = f"$.choices[{ci}].delta"
             out.extend(replace(n, path=f"{base}.content") for n in st.filter.notes)
             for idx, tf in st.tool_filters.items():
-                out.extend(replace(n, path=f"{base}.tool_calls[{idx}].function.arguments") for n in tf.notes)
+                out.extend(replace(n, path=f"{base}.tool_calls[{idx}].function.arguments") for n in tf.filter.notes)
+            for fs in st.fields.values():
+                out.extend(replace(n, path=fs.path) for n in fs.filter.notes)
+        out.extend(self._notes)
 
     async def on_end(self) -> None:
         """The upstream ended: run the end-of-stream checks and release what passed (no ``[DONE]`` is invented

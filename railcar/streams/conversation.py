@@ -80,7 +80,8 @@ def _chat(body: dict[str, Any]) -> list[RequestMessage]:
         calls = []
         for j, tc in enumerate(m.get("tool_calls") or ()):
             if isinstance(tc, dict):
-                fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+                fn = tc.get("function")
+                fn = fn if isinstance(fn, dict) else {}
                 q = f"{p}.tool_calls[{j}]"
                 calls.append(RequestCall(str(tc.get("id", "")), str(fn.get("name", "")), _text_of(fn.get("arguments")),
                                          f"{q}.id", f"{q}.function.name", f"{q}.function.arguments"))

@@ -245,8 +245,12 @@ async def test_e2e_recorded_traffic_relayed_with_default_rails(make_config, star
         await guard.close()
 
 
-async def test_build_guard_none_without_config(make_config) -> None:
-    assert await build_guard(make_config()) is None
+async def test_build_guard_defaults_to_the_bundled_config_and_none_only_when_asked(make_config) -> None:
+    # Issue 13 item 4 (fail closed): no config_path is the bundled default config; "none" is the only way out.
+    guard = await build_guard(make_config())
+    assert isinstance(guard, RailsGuard) and guard.enabled("input") and guard.enabled("output")
+    await guard.close()
+    assert await build_guard(make_config(guardrails={"config_path": "none"})) is None
 
 
 async def test_non_streaming_redaction_notes_go_to_the_outcome() -> None:

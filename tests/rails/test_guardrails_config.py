@@ -106,6 +106,10 @@ def catalog_secret_samples() -> dict[str, str]:
         "xai_api_key": "xai-" + b(80),
         "cohere_api_key": "cohere_api_key = " + b(40),
         "mistral_api_key": "mistral_key = " + b(32),
+        "aws_bedrock_api_key": "ABSK" + b(132),
+        "slack_legacy_token": f"xoxs-{b(12, alphabet=string.digits)}-{b(9, alphabet=string.digits)}-"
+                              f"{b(10, alphabet=string.digits)}-{b(10, alphabet='0123456789abcdef')}",
+        "gitlab_session_cookie": "_gitlab_session=" + b(32, alphabet=string.digits + string.ascii_lowercase),
     }
 
 

@@ -36,7 +36,11 @@ def test_span_and_preview(scanner):
 
 
 def test_prefix_glued_to_a_word_is_not_a_token(scanner):
-    assert scanner.scan_text("xAKIALALEMEL33243OLIB") == []
+    # short lowercase prefixes glued to a word are part of it (``task-...``, ``shelf_...``); an AWS key id glued
+    # to a lowercase word is still a key (the agent wrote ``keyAKIA...``), inside an uppercase run it is not
+    assert scanner.scan_text("pnpm_" + "a1B2c3D4e5" * 3 + "a1B2c3") == []
+    assert scanner.scan_text("XAKIALALEMEL33243OLIB") == []
+    assert [m.detector for m in scanner.scan_text("xAKIALALEMEL33243OLIB")] == ["aws_access_key_id"]
 
 
 def test_json_paths(scanner):

@@ -1,0 +1,666 @@
+"""The streaming output policy over any codec: hold-back, chunked output rails and tool-call holds for one stream.
+
+:class:`CodecStreamGuard` implements :class:`railcar.core.guard.StreamGuard` for every wire API that has a codec
+(:mod:`railcar.codecs`): the rails' ordering is written here once, the codec only says what an event carries.
+Chat Completions keep their tuned path (:class:`railcar.rails.stream_guard.RailsStreamGuard`); the semantics are
+the same.
+
+Per upstream event (``(raw, data)``, byte-exact; :data:`railcar.core.guard.SSEEvent`):
+
+- ``data`` is parsed with orjson. A payload that does not parse (and is not ``codec.terminal_data``) is not relayed
+  as if checked: the stream ends with ``codec.error_frame`` (a fixed message, no content), ``abort()`` is called and
+  ``stopped`` turns true (fail closed: issue 13 item 2). An event without ``data`` (comment, ``event:`` only) and an
+  empty payload carry no content and are relayed in order.
+- Every string of the event (``codec.stream_strings``: path, ``stream_key``, kind) is watched, so a field a
+  provider adds tomorrow is covered. Deltas of one output value share a ``stream_key``: one
+  :class:`railcar.rails.stream_guard.TextFilter` (the inline hold-back, ``rails.filter_factory``) per key sees them
+  concatenated; a whole value (key ``None``) gets a fresh filter of its own (fed, then flushed). Text is passed
+  through an incremental JSON-string unescape first (:class:`Unescaper`: ``\\u0041KIA...`` split across tool-argument
+  deltas is ``AKIA...`` to the filter, an escape cut at a delta's end waits for the next delta), because the agent's
+  ``json.loads`` of the arguments (or of a structured answer) undoes the escapes.
+- Hold-back: while any filter holds a possible match open, frames are held *whole*, in order; when nothing is held
+  they go out as they came (clean traffic stays byte-exact, ``event:`` lines included). In ``redact`` mode a held
+  frame whose text the filter changed is rewritten at the strings' paths (:func:`railcar.codecs.base.set_at`; the
+  released text of a key goes to the last held string of that key, the others become ``""``) and re-serialized with
+  its other lines (``event:``, ``id:``) kept. A match in ``block`` mode sends ``codec.blocked_frames(rail, state)``,
+  calls ``abort()`` and sets ``stopped``.
+- Output rails (``rails.enabled("output")``): the released answer text (kinds ``text``, ``reasoning``, ``refusal``)
+  goes through one :class:`railcar.rails.chunker.RollingChunker` (``chunk_size`` / ``context_size``, counted in
+  deltas, context carried over); with ``stream_first`` a frame goes out at once and its chunk is checked right after
+  (at most one check in flight, :func:`railcar.rails.eager.spawn`), without it the frame waits until its chunk
+  passed. The last chunk is checked when the stream ends (``codec.is_terminal`` event, ``terminal_data``, or
+  :meth:`CodecStreamGuard.on_end`), before the terminal event goes out.
+- Tool calls: the frames carrying a call's argument deltas (pieces whose key is a call in ``codec``'s
+  :class:`railcar.codecs.base.StreamState`), and the frame that completes it, wait until ``codec.tool_calls_done``
+  reports the call complete and its arguments passed the ``tool_input`` rails (when enabled); its filter is flushed
+  then. ``codec.flush_tool_calls`` completes what the stream left open.
+- Frames are always sent in upstream order (a frame waits behind any earlier held one).
+
+At the end the filters' redaction notes go to ``exchange.outcome.redactions`` with the JSON path of the value
+(``$.delta`` for Responses deltas, ``$.delta.text`` for Anthropic's, ``$.response.output[0].content[0].text`` for a
+whole value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from railcar.codecs.base import Codec, Piece, ToolCall, set_at, walk_strings
+from railcar.core.exchange import Exchange, RedactionNote
+from railcar.core.guard import SSEEvent, StreamSink
+from railcar.core.jsonpath import Parts, json_path
+from railcar.core.wire import sse_frame
+from railcar.rails import eager, metrics
+from railcar.rails.chunker import ChunkBatch, RollingChunker
+from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, match_rail
+
+log = logging.getLogger("railcar.rails")
+
+__all__ = ["CodecStreamGuard", "Unescaper", "unescape", "INVALID_EVENT_MESSAGE"]
+
+INVALID_EVENT_MESSAGE = "The upstream sent a stream event that is not valid JSON; the guard stopped the stream."
+_ANSWER_KINDS = frozenset({"text", "reasoning", "refusal"})
+_SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+_CLEAN_CACHE = 4096  # whole values that passed (ids, types, model names repeat on every event)
+
+
+# ------------------------------------------------------------------------------------------- JSON-string unescape
+
+def _hex4(s: str, at: int) -> int | None:
+    h = s[at:at + 4]
+    return int(h, 16) if len(h) == 4 and all(c in _HEX for c in h) else None
+
+
+def _partial_escape(rest: str) -> bool:
+    """``rest`` (starting with a backslash) may still become an escape with more text."""
+    if len(rest) == 1:
+        return True
+    if rest[1] != "u":
+        return False
+    tail = rest[2:]
+    if len(tail) < 4:
+        return all(c in _HEX for c in tail)
+    cp = _hex4(rest, 2)
+    if cp is None or not 0xD800 <= cp < 0xDC00:
+        return False
+    low = rest[6:]  # a high surrogate waits for its low half ("\\uDC00")
+    return len(low) < 6 and "\\u".startswith(low[:2]) and all(c in _HEX for c in low[2:])
+
+
+def _escape_at(s: str, j: int) -> tuple[str, int]:
+    """The escape at ``s[j]`` (a backslash, with a complete escape after it or ``s`` final): ``(text, length)``.
+    Unknown escapes stay literal; a lone surrogate becomes U+FFFD (it could never reach a matcher as UTF-8)."""
+    c = s[j + 1] if j + 1 < len(s) else ""
+    if c in _SIMPLE and c:
+        return _SIMPLE[c], 2
+    cp = _hex4(s, j + 2) if c == "u" else None
+    if cp is None:
+        return "\\", 1
+    if 0xD800 <= cp < 0xDC00 and s[j + 6:j + 8] == "\\u":
+        lo = _hex4(s, j + 8)
+        if lo is not None and 0xDC00 <= lo < 0xE000:
+            return chr(0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)), 12
+    if 0xD800 <= cp < 0xE000:
+        return "\ufffd", 6
+    return chr(cp), 6
+
+
+def unescape(s: str, final: bool = True, offsets: list[int] | None = None) -> tuple[str, str]:
+    """JSON-string escapes of ``s`` decoded (RFC 8259 section 7: ``\\"`` ``\\\\`` ``\\/`` ``\\b`` ``\\f`` ``\\n``
+    ``\\r`` ``\\t`` ``\\uXXXX``, surrogate pairs joined); other text, unknown escapes included, is kept as is.
+
+    Returns ``(text, rest)``: ``rest`` is an escape cut at the end of ``s`` (``"\\u00"``), kept for the next delta
+    when not ``final`` (``""`` otherwise). With ``offsets`` (a list) and ``final``, the index in ``s`` of each character of
+    ``text`` is appended to it, then ``len(s)`` (the redaction rewrite maps positions back with it)."""
+    out: list[str] = []
+    i, n = 0, len(s)
+    while True:
+        j = s.find("\\", i)
+        if j < 0:
+            j = n
+        if offsets is not None:
+            offsets.extend(range(i, j))
+        out.append(s[i:j])
+        if j >= n:
+            break
+        if not final and _partial_escape(s[j:]):
+            return "".join(out), s[j:]
+        text, size = _escape_at(s, j)
+        if offsets is not None:
+            offsets.extend([j] * len(text))
+        out.append(text)
+        i = j + size
+    if offsets is not None:
+        offsets.append(n)
+    return "".join(out), ""
+
+
+class Unescaper:
+    """Incremental :func:`unescape` over the deltas of one value: ``feed(delta) -> text``; ``pending`` is an escape
+    cut at the last delta's end (``""`` when none), ``flush()`` returns it as literal text at the end."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = ""
+
+    def feed(self, delta: str) -> str:
+        """The decoded text of ``delta`` (with what was pending before it)."""
+        if not self.pending and "\\" not in delta:
+            return delta
+        text, self.pending = unescape(self.pending + delta, final=False)
+        return text
+
+    def flush(self) -> str:
+        """The end of the value: what is pending, decoded as a final string."""
+        rest, self.pending = self.pending, ""
+        return unescape(rest)[0] if rest else ""
+
+
+def rewrite(orig: str, decoded: str, released: str) -> str:
+    """``orig`` (the value as the upstream sent it) with the changes a filter made to ``decoded`` (its
+    :func:`unescape`) applied, so the escapes outside the redacted parts are kept: ``released`` when ``orig`` has no
+    escape. Changed parts (placeholders) are inserted JSON-string-escaped."""
+    if orig == decoded:
+        return released
+    offsets: list[int] = []
+    dec, _ = unescape(orig, True, offsets)
+    if dec != decoded:  # not the decoding of orig (cannot happen): the released text is all we have
+        return released
+    out: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, decoded, released, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(orig[offsets[i1]:offsets[i2]])
+        else:
+            out.append(orjson.dumps(released[j1:j2]).decode()[1:-1])
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------- the guard
+
+class _Stream:
+    """One output value streamed as deltas (one ``stream_key``): its filter, unescaper and kind; ``parts`` the path
+    of its first delta (for redaction notes)."""
+
+    __slots__ = ("filter", "unesc", "kind", "parts")
+
+    def __init__(self, f: TextFilter, kind: str, parts: Parts) -> None:
+        self.filter, self.unesc, self.kind, self.parts = f, Unescaper(), kind, parts
+
+    @property
+    def holding(self) -> bool:
+        return bool(self.filter.held) or bool(self.unesc.pending)
+
+
+# (stream key, path of the string or None for text released by a flush, string as sent, decoded, released)
+_Seg = tuple[Any, Parts | None, str, str, str]
+
+
+class _Frame:
+    """One upstream event on its way out: ``raw`` bytes, parsed ``obj`` (``None``: nothing to rewrite), the delta
+    segments it carried, whether a whole value in it was rewritten, its gates."""
+
+    __slots__ = ("raw", "obj", "segs", "edited", "seq", "tools")
+
+    def __init__(self, raw: bytes, obj: Any = None) -> None:
+        self.raw, self.obj = raw, obj
+        self.segs: list[_Seg] = []
+        self.edited = False
+        self.seq = 0                       # chunker deltas that must be checked before it goes (0: none)
+        self.tools: set[Any] = set()       # tool-call keys that must be approved before it goes
+
+
+def reframe(raw: bytes, obj: Any) -> bytes:
+    """``raw`` (one SSE event) with its ``data:`` lines replaced by one ``data: <compact JSON of obj>`` line where
+    the first one was; ``event:`` / ``id:`` / comment lines are kept in place."""
+    lines = raw.split(b"\n")
+    out: list[bytes] = []
+    done = False
+    for line in lines:
+        if line.rstrip(b"\r") == b"data" or line.startswith(b"data:"):
+            if not done:
+                out.append(b"data: " + orjson.dumps(obj))
+                done = True
+        elif line.rstrip(b"\r"):
+            out.append(line)
+    if not done:
+        return sse_frame(obj)
+    return b"\n".join(out) + b"\n\n"
+
+
+class CodecStreamGuard:
+    """Guards one streamed answer of the wire API ``codec`` (a :class:`railcar.codecs.base.Codec`) for ``rails`` (a
+    :class:`railcar.rails.stream_guard.StreamRails`, e.g. :class:`railcar.rails.guard.RailsGuard`): the
+    :class:`railcar.core.guard.StreamGuard` of the module doc.
+
+    ``stopped`` turns true on a block or a fail-closed stop (after the codec's frames went to ``sink``);
+    ``stop_event`` is set and ``abort`` called at the same moment. ``state`` is the codec's
+    :class:`railcar.codecs.base.StreamState` for this stream."""
+
+    def __init__(self, rails: StreamRails, exchange: Exchange, sink: StreamSink, abort: Callable[[], Any],
+                 codec: Codec) -> None:
+        self.rails, self.exchange, self.sink, self.abort, self.codec = rails, exchange, sink, abort, codec
+        self.stopped = False
+        self.stop_event = asyncio.Event()
+        self.state = codec.new_stream_state()
+        self._factory = rails.filter_factory
+        self._streams: dict[Any, _Stream] = {}
+        self._holding: set[Any] = set()            # stream keys whose filter holds an open tail
+        self._held: list[_Frame] = []              # frames held whole by the hold-back, in order
+        self._queue: deque[_Frame] = deque()       # frames waiting for their gates (or behind one that waits)
+        self._approved: set[Any] = set()
+        self._checked = 0
+        self._check_output = rails.enabled("output")
+        self._check_tools = rails.enabled("tool_input")
+        self._chunker = RollingChunker(rails.chunk_size, rails.context_size)
+        self._inflight: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._out: list[bytes] | None = None       # frames collected during one upstream read (one write)
+        self._notes: list[RedactionNote] = []
+        self._clean: set[str] = set()
+        self._user_text: str | None = None
+        self._noted = False
+
+    # -- output plumbing -------------------------------------------------------------------------------------
+    async def _send(self, frame: bytes) -> None:
+        if self.stopped or not frame:
+            return
+        if self._out is not None:
+            self._out.append(frame)
+            return
+        await self._write(frame)
+
+    async def _write(self, frame: bytes) -> None:
+        if not self._lock.locked():
+            await self.sink.send(frame)  # nobody is mid-send: no await before the sink takes the frame
+            return
+        async with self._lock:
+            if not self.stopped:
+                await self.sink.send(frame)
+
+    async def _flush_out(self) -> None:
+        """Write what this read collected (before anything that may wait, and at the end of the read)."""
+        out = self._out
+        if out:
+            self._out = []
+            await self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _open(self, f: _Frame) -> bool:
+        return f.seq <= self._checked and f.tools <= self._approved
+
+    async def _emit(self, f: _Frame) -> None:
+        """Send frame ``f`` now, or queue it behind earlier frames / until its gates open."""
+        if not self._queue and self._open(f):
+            await self._send(f.raw)
+        else:
+            self._queue.append(f)
+
+    async def _release(self) -> None:
+        """Send the frames at the head of the queue whose gates are open, in order, as one write."""
+        queue, ready = self._queue, []
+        while queue and self._open(queue[0]):
+            ready.append(queue.popleft().raw)
+        if ready:
+            await self._send(b"".join(ready))
+
+    async def _stop(self, frames: bytes) -> None:
+        """End the stream with ``frames`` (already approved frames go first), then stop the upstream."""
+        if self.stopped:
+            return
+        await self._flush_out()
+        self._out = None
+        self.stopped = True
+        self._queue.clear()
+        self._held.clear()
+        async with self._lock:
+            try:
+                await self.sink.send(frames)
+            except Exception as exc:  # client already gone: the stop still stands
+                log.debug("could not send the final frames: %s", exc)
+        self.stop_event.set()
+        try:
+            res = self.abort()
+            if asyncio.iscoroutine(res):
+                await res
+        except Exception as exc:
+            log.debug("abort callback failed: %s", exc)
+
+    async def _block(self, rail: str) -> None:
+        if self.stopped:
+            return
+        self.exchange.outcome.block(rail)
+        metrics.BLOCKED_STREAMS.labels(rail).inc()
+        await self._stop(self.codec.blocked_frames(rail, self.state))
+
+    async def _fail(self, message: str) -> None:
+        log.warning("%s stream stopped: %s", self.codec.name, message)
+        await self._stop(self.codec.error_frame(message, "upstream_error", None, "invalid_upstream_event",
+                                                self.state))
+
+    # -- checks ----------------------------------------------------------------------------------------------
+    @property
+    def _user(self) -> str:
+        """The last user turn of the request (what the rails see beside the answer)."""
+        if self._user_text is None:
+            try:
+                turns = self.codec.request_messages(self.exchange.body)
+            except Exception:  # a body the codec cannot read: the rails judge the answer alone
+                turns = []
+            self._user_text = next((t.text for t in reversed(turns) if t.role == "user" and t.kind == "input"), "")
+        return self._user_text
+
+    async def _check_batch(self, batch: ChunkBatch) -> None:
+        if self.stopped:
+            return
+        res = await self.rails.run_check(self.exchange, "output", [
+            {"role": "user", "content": self._user}, {"role": "assistant", "content": batch.text}])
+        if res.blocked:
+            await self._block(res.rail or "output")
+            return
+        self._checked = max(self._checked, batch.end)
+        await self._release()
+
+    async def _submit(self, batch: ChunkBatch) -> None:
+        await self._flush_out()
+        if not self.rails.stream_first:
+            await self._check_batch(batch)
+            return
+        if self._inflight is not None and not self._inflight.done():
+            await self._inflight  # bound the lag to one chunk: never two checks behind
+        self._inflight = eager.spawn(self._check_batch(batch))
+
+    async def _drain(self) -> None:
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
+
+    async def _check_calls(self, calls: list[ToolCall]) -> None:
+        for call in calls:
+            if self.stopped:
+                return
+            if self._check_tools and call.arguments:
+                await self._flush_out()
+                res = await self.rails.run_check(self.exchange, "tool_input", [
+                    {"role": "user", "content": self._user}, {"role": "assistant", "content": call.arguments}])
+                if res.blocked:
+                    await self._block(res.rail or "tool_input")
+                    return
+            self._approved.add(call.key)
+        await self._release()
+
+    # -- filters ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _feed(f: TextFilter, text: str) -> tuple[str, FilterMatch | None]:
+        if f.pass_through([text]):  # one RE2 Set pass for a clean delta
+            return text, None
+        return f.feed(text)
+
+    async def _whole(self, p: Piece, f: _Frame) -> bool:
+        """A whole value through a fresh filter; rewritten in place when redacted. ``False`` when it blocked."""
+        text = p.text
+        if text in self._clean or self._factory is None:
+            return True
+        dec = unescape(text)[0] if "\\" in text else text
+        flt = self._factory()
+        if flt.pass_through([dec]):
+            if len(text) < 256 and len(self._clean) < _CLEAN_CACHE:
+                self._clean.add(text)
+            return True
+        rel, match = flt.feed(dec)
+        if match is None:
+            more, match = flt.flush()
+            rel += more
+        if match is not None:
+            await self._block(match_rail(match))
+            return False
+        if rel != dec:
+            set_at(f.obj, p.parts, rewrite(text, dec, rel))
+            f.edited = True
+            path = json_path(p.parts)
+            self._notes.extend(_at(n, path) for n in flt.notes)
+        return True
+
+    async def _delta(self, p: Piece, f: _Frame, batches: list[ChunkBatch]) -> bool:
+        """One delta of stream ``p.stream_key`` through its filter (released answer text to the chunker).
+        ``False`` when it blocked."""
+        key = p.stream_key
+        s = self._streams.get(key)
+        if s is None:
+            s = self._streams[key] = _Stream(self._factory() if self._factory else IdentityFilter(), p.kind, p.parts)
+        dec = s.unesc.feed(p.text) if self._factory is not None else p.text
+        rel = ""
+        if dec:
+            rel, match = self._feed(s.filter, dec)
+            if match is not None:
+                await self._block(match_rail(match))
+                return False
+        f.segs.append((key, p.parts, p.text, dec, rel))
+        if s.holding:
+            self._holding.add(key)
+        else:
+            self._holding.discard(key)
+        self._chunk(s.kind, rel, f, batches)
+        if key in self.state.calls and key not in self._approved:
+            f.tools.add(key)
+        return True
+
+    def _chunk(self, kind: str, rel: str, f: _Frame, batches: list[ChunkBatch]) -> None:
+        if rel and self._check_output and kind in _ANSWER_KINDS:
+            b = self._chunker.feed(rel)
+            if b is not None:
+                batches.append(b)
+            if not self.rails.stream_first:
+                f.seq = self._chunker.fed
+
+    async def _flush_stream(self, key: Any, f: _Frame, batches: list[ChunkBatch]) -> bool:
+        """The end of stream ``key``'s value: its held tail judged and released into ``f``. ``False`` on a block."""
+        s = self._streams.get(key)
+        if s is None or not s.holding:
+            return True
+        tail = s.unesc.flush()
+        rel, match = s.filter.feed(tail) if tail else ("", None)
+        if match is None:
+            more, match = s.filter.flush()
+            rel += more
+        if match is not None:
+            await self._block(match_rail(match))
+            return False
+        f.segs.append((key, None, "", tail, rel))
+        self._holding.discard(key)
+        self._chunk(s.kind, rel, f, batches)
+        return True
+
+    # -- frames ----------------------------------------------------------------------------------------------
+    async def _place(self, f: _Frame) -> None:
+        """Frame ``f`` after its strings were seen: held whole while a filter holds a tail open, else out (with
+        the frames held before it)."""
+        if self._held or self._holding:
+            self._held.append(f)
+            if self._holding:
+                return
+            frames, self._held = self._held, []
+            if self._changed(frames):
+                self._rewrite(frames)
+            joined = _Frame(b"".join(x.raw for x in frames))
+            for x in frames:
+                joined.seq = max(joined.seq, x.seq)
+                joined.tools |= x.tools
+            f = joined
+        elif self._changed([f]):
+            self._rewrite([f])
+        await self._emit(f)
+
+    @staticmethod
+    def _changed(frames: list[_Frame]) -> bool:
+        """A filter changed the text of some key in ``frames`` (compared per key: a tail held in one frame is
+        released in a later one), or a whole value was rewritten."""
+        if any(x.edited for x in frames):
+            return True
+        dec: dict[Any, list[str]] = {}
+        rel: dict[Any, list[str]] = {}
+        for x in frames:
+            for key, _, _, d, r in x.segs:
+                if d != r:
+                    dec.setdefault(key, []).append(d)
+                    rel.setdefault(key, []).append(r)
+        return any("".join(dec[k]) != "".join(rel[k]) for k in dec)
+
+    def _rewrite(self, frames: list[_Frame]) -> None:
+        """Put each changed key's released text (mapped back onto the escapes it was sent with) into the last of
+        its strings in ``frames``, ``""`` into the others, and re-serialize the frames that changed."""
+        by_key: dict[Any, list[tuple[_Frame, _Seg]]] = {}
+        for x in frames:
+            for seg in x.segs:
+                by_key.setdefault(seg[0], []).append((x, seg))
+        for segs in by_key.values():
+            if "".join(seg[3] for _, seg in segs) == "".join(seg[4] for _, seg in segs):
+                continue
+            new = rewrite("".join(s[2] for _, s in segs), "".join(s[3] for _, s in segs),
+                          "".join(s[4] for _, s in segs))
+            located = [(x, seg[1]) for x, seg in segs if seg[1] is not None]
+            if not located:
+                continue
+            for n, (x, parts) in enumerate(located):
+                set_at(x.obj, parts, new if n == len(located) - 1 else "")
+                x.edited = True
+        for x in frames:
+            if x.edited:
+                x.raw = reframe(x.raw, x.obj)
+
+    # -- events ----------------------------------------------------------------------------------------------
+    async def on_events(self, events: list[SSEEvent]) -> int:
+        """The events of one upstream read, ``(raw, data)`` each, in order (see the module doc); the frames this
+        read lets through go out as one write. Returns how many events were handled: ``len(events)``, or fewer when
+        the stream stopped part-way, counting the event whose handling stopped it."""
+        self._out = []
+        try:
+            for i, (raw, data) in enumerate(events):
+                if self.stopped:
+                    return i
+                await self._on_event(raw, data)
+                if self.stopped:
+                    return i + 1
+            return len(events)
+        finally:
+            while self._out and not self.stopped:  # (a check finishing meanwhile may add frames)
+                await self._flush_out()
+            self._out = None
+
+    async def _on_event(self, raw: bytes, data: bytes | None) -> None:
+        if data is None:
+            await self._place(_Frame(raw))
+            return
+        term = self.codec.terminal_data
+        if data[:1] != b"{" and (not data.strip() or (term is not None and data.strip() == term.encode())):
+            if data.strip():  # the terminal sentinel: the end-of-stream checks come before it
+                await self._finish()
+            await self._place(_Frame(raw))
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            await self._fail(INVALID_EVENT_MESSAGE)
+            return
+        await self._on_obj(raw, obj)
+
+    async def _on_obj(self, raw: bytes, obj: Any) -> None:
+        """One parsed event: its tool-call bookkeeping, every string, then the frame (and, for the terminal event,
+        the end-of-stream checks before it)."""
+        codec = self.codec
+        is_obj = type(obj) is dict
+        calls = codec.tool_calls_done(obj, self.state) if is_obj else []
+        pieces = codec.stream_strings(obj) if is_obj else [Piece(p, s, None, "other") for p, s in walk_strings(obj)]
+        f = _Frame(raw, obj)
+        batches: list[ChunkBatch] = []
+        for p in pieces:
+            if not p.text:
+                continue
+            ok = await (self._whole(p, f) if p.stream_key is None else self._delta(p, f, batches))
+            if not ok:
+                return
+        for call in calls:
+            f.tools.add(call.key)
+            if not await self._flush_stream(call.key, f, batches):
+                return
+        if is_obj and codec.is_terminal(obj):
+            await self._finish(f, batches, calls)
+            return
+        await self._place(f)
+        for b in batches:
+            await self._submit(b)
+            if self.stopped:
+                return
+        await self._check_calls(calls)
+
+    # -- end of stream ---------------------------------------------------------------------------------------
+    async def _finish(self, last: _Frame | None = None, batches: list[ChunkBatch] | None = None,
+                      calls: list[ToolCall] | None = None) -> None:
+        """End of the answer: flush every filter (a held tail is judged), the last chunk check, the calls left
+        open; then ``last`` (the terminal event, with the ``batches`` and completed ``calls`` it brought) and
+        whatever passed. Safe to run more than once."""
+        batches = [] if batches is None else batches
+        tail = _Frame(b"")
+        for key in list(self._holding):
+            if not await self._flush_stream(key, tail, batches):
+                return
+        if tail.segs:
+            await self._place(tail)
+        if self._check_output:
+            b = self._chunker.finish()
+            if b is not None:
+                batches.append(b)
+        open_calls = list(calls or ()) + self.codec.flush_tool_calls(self.state)
+        if last is not None:
+            last.tools |= {c.key for c in open_calls}
+            await self._place(last)
+        for b in batches:
+            await self._submit(b)
+            if self.stopped:
+                return
+        await self._check_calls(open_calls)
+        await self._drain()
+        if self.stopped:
+            return
+        await self._release()
+        if self._queue:  # gates that can no longer open (e.g. no check configured): everything passed
+            self._checked = 1 << 62
+            self._approved |= {k for x in self._queue for k in x.tools}
+            await self._release()
+
+    def _note_redactions(self) -> None:
+        """Once: the redaction notes, each with the JSON path of the value it was made in."""
+        if self._noted:
+            return
+        self._noted = True
+        out = self.exchange.outcome.redactions
+        out.extend(self._notes)
+        for s in self._streams.values():
+            path = json_path(s.parts)
+            out.extend(_at(n, path) for n in s.filter.notes)
+
+    async def on_end(self) -> None:
+        """The upstream ended (normally, early, or the client went away): the end-of-stream checks, release what
+        passed (nothing is invented: no terminal event the upstream did not send), record the redaction notes.
+        Idempotent."""
+        try:
+            if not self.stopped:
+                await self._finish()
+        except (ConnectionError, OSError) as exc:  # the client went away while we released the tail
+            log.debug("stream ended with the client gone: %s", exc)
+        finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
+            self._note_redactions()
+
+
+def _at(note: RedactionNote, path: str) -> RedactionNote:
+    return RedactionNote(note.detector, note.kind, path, note.fingerprint, note.masked_preview, note.confidence,
+                         note.severity)

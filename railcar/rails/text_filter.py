@@ -1,0 +1,97 @@
+"""The inline text-filter seam of the stream guards (issue 8): what a hold-back over one streamed value offers, and
+what a stream guard needs from the rails guard that opened it.
+
+:class:`TextFilter` (one per streamed value: :class:`railcar.rails.inline.InlineFilter` is the real one,
+:class:`IdentityFilter` the no-op), the :class:`FilterMatch` it reports, :class:`StreamRails` (implemented by
+:class:`railcar.rails.guard.RailsGuard`) and :func:`match_rail`. Shared by chat's
+:class:`railcar.rails.stream_guard.RailsStreamGuard` and the codec-generic
+:class:`railcar.rails.codec_stream.CodecStreamGuard` (kept apart from both so neither imports the other's module
+for these types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from railcar.core.exchange import Exchange, RedactionNote
+from railcar.rails.engine_local import CheckResult
+
+__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "match_rail"]
+
+
+class FilterMatch(Protocol):
+    """What a :class:`TextFilter` reports when it ends the stream: ``rail``, the rail name of the blocked-content
+    error chunk (``"sensitive data"`` for the inline hold-back)."""
+
+    @property
+    def rail(self) -> str: ...
+
+
+class TextFilter(Protocol):
+    """Inline hold-back over one text stream (issue 8); every member is required.
+
+    ``feed(text)`` returns the text safe to release now and a :class:`FilterMatch` (or ``None``); ``flush()``
+    releases what is left at the end. ``pass_through(deltas)`` is the batch fast path: how many leading deltas
+    ``feed`` would release whole and unchanged (they are consumed as such). ``held``: the text held back now
+    (``""`` when none; always a suffix of the text fed). ``notes``: one :class:`RedactionNote` per placeholder
+    written (paths ``"$"``, relative to the filtered text)."""
+
+    @property
+    def held(self) -> str: ...
+
+    @property
+    def notes(self) -> list[RedactionNote]: ...
+
+    def feed(self, text: str) -> tuple[str, FilterMatch | None]: ...
+
+    def flush(self) -> tuple[str, FilterMatch | None]: ...
+
+    def pass_through(self, deltas: list[str]) -> int: ...
+
+
+class IdentityFilter:
+    """The :class:`TextFilter` of a guard without an inline hold-back: releases everything at once."""
+
+    __slots__ = ()
+    held = ""
+
+    @property
+    def notes(self) -> list[RedactionNote]:
+        """Always empty: nothing is redacted."""
+        return []
+
+    def feed(self, text: str) -> tuple[str, FilterMatch | None]:
+        """``(text, None)``."""
+        return text, None
+
+    def flush(self) -> tuple[str, FilterMatch | None]:
+        """``("", None)``: nothing is held."""
+        return "", None
+
+    def pass_through(self, deltas: list[str]) -> int:
+        """``len(deltas)``: every delta is released whole."""
+        return len(deltas)
+
+
+class StreamRails(Protocol):
+    """What a stream guard needs from its guard (:class:`railcar.rails.guard.RailsGuard` is one): the streaming
+    settings (``chunk_size`` / ``context_size`` in content deltas, ``stream_first``), the inline filter factory
+    (``None``: :class:`IdentityFilter`), whether rails of a kind run, one check, and the ``guardrails_data`` the
+    request asked for."""
+
+    chunk_size: int
+    context_size: int
+    stream_first: bool
+    filter_factory: Callable[[], TextFilter] | None
+
+    def enabled(self, kind: str) -> bool: ...
+
+    async def run_check(self, exchange: Exchange, kind: str, messages: list[dict[str, Any]]) -> CheckResult: ...
+
+    def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None: ...
+
+
+def match_rail(match: FilterMatch) -> str:
+    """The rail name a filter ``match`` reports (``match.rail``), else ``"sensitive data"``."""
+    return match.rail or "sensitive data"
