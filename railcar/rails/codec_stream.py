@@ -59,7 +59,7 @@ from railcar.core.jsonpath import Parts, json_path
 from railcar.core.wire import sse_frame
 from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
-from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, match_rail
+from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, end_stream, match_rail
 
 log = logging.getLogger("railcar.rails")
 
@@ -320,18 +320,7 @@ class CodecStreamGuard:
         self.stopped = True
         self._queue.clear()
         self._held.clear()
-        async with self._lock:
-            try:
-                await self.sink.send(frames)
-            except Exception as exc:  # client already gone: the stop still stands
-                log.debug("could not send the final frames: %s", exc)
-        self.stop_event.set()
-        try:
-            res = self.abort()
-            if asyncio.iscoroutine(res):
-                await res
-        except Exception as exc:
-            log.debug("abort callback failed: %s", exc)
+        await end_stream(self.sink, self._lock, frames, self.stop_event, self.abort)
 
     async def _block(self, rail: str) -> None:
         if self.stopped:

@@ -46,7 +46,7 @@ from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
 from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, Unescaper, rewrite, unescape
 from railcar.rails.messages import last_user
-from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, match_rail
+from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, end_stream, match_rail
 
 log = logging.getLogger("railcar.rails")
 
@@ -474,10 +474,9 @@ class RailsStreamGuard:
     async def _block(self, rail: str) -> None:
         if self.stopped:
             return
-        await self._stop(blocked_frames(rail))
         self.exchange.outcome.block(rail)
         metrics.BLOCKED_STREAMS.labels(rail).inc()
-        await self._abort()
+        await self._stop(blocked_frames(rail))
 
     async def _fail(self) -> None:
         """Fail closed on an event that is not JSON (issue 13 item 2): the codec's error event, then stop."""
@@ -485,25 +484,12 @@ class RailsStreamGuard:
             return
         log.warning("openai_chat stream stopped: %s", INVALID_EVENT_MESSAGE)
         await self._stop(_CODEC.error_frame(INVALID_EVENT_MESSAGE, "upstream_error", None, "invalid_upstream_event"))
-        await self._abort()
 
     async def _stop(self, frames: bytes) -> None:
+        """End the stream with ``frames``, then stop the upstream (:func:`railcar.rails.text_filter.end_stream`)."""
         self.stopped = True
         self._queue.clear()
-        async with self._lock:
-            try:
-                await self.sink.send(frames)
-            except Exception as exc:  # client already gone: the stop still stands
-                log.debug("could not send the final frames: %s", exc)
-
-    async def _abort(self) -> None:
-        self.stop_event.set()
-        try:
-            res = self.abort()
-            if asyncio.iscoroutine(res):
-                await res
-        except Exception as exc:
-            log.debug("abort callback failed: %s", exc)
+        await end_stream(self.sink, self._lock, frames, self.stop_event, self.abort)
 
     # -- checks ----------------------------------------------------------------------------------------------
     async def _check_batch(self, ci: int, batch: ChunkBatch) -> None:

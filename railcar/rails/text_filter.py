@@ -11,13 +11,18 @@ for these types).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from railcar.core.exchange import Exchange, RedactionNote
+from railcar.core.guard import StreamSink
 from railcar.rails.engine_local import CheckResult
 
-__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "match_rail"]
+__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "match_rail", "end_stream"]
+
+_log = logging.getLogger("railcar.rails")
 
 
 class FilterMatch(Protocol):
@@ -95,3 +100,23 @@ class StreamRails(Protocol):
 def match_rail(match: FilterMatch) -> str:
     """The rail name a filter ``match`` reports (``match.rail``), else ``"sensitive data"``."""
     return match.rail or "sensitive data"
+
+
+async def end_stream(sink: StreamSink, lock: asyncio.Lock, frames: bytes, stop_event: asyncio.Event,
+                     abort: Callable[[], Any]) -> None:
+    """The last step of a stopped stream guard (a block or a fail-closed stop), shared by the chat and codec stream
+    guards: ``frames`` (the API's blocked or error frames) go to ``sink`` under ``lock``, then ``stop_event`` is set
+    and ``abort()`` (sync or async) stops the upstream. A client already gone, or an abort that fails, does not undo
+    the stop: both are logged at DEBUG and swallowed."""
+    async with lock:
+        try:
+            await sink.send(frames)
+        except Exception as exc:  # client already gone: the stop still stands
+            _log.debug("could not send the final frames: %s", exc)
+    stop_event.set()
+    try:
+        res = abort()
+        if asyncio.iscoroutine(res):
+            await res
+    except Exception as exc:
+        _log.debug("abort callback failed: %s", exc)

@@ -18,7 +18,21 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["QueueWorker", "ThreadQueueWorker"]
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+__all__ = ["QueueWorker", "ThreadQueueWorker", "drop_counter"]
+
+_DROP_COUNTERS: dict[tuple[int, str], Counter] = {}
+
+
+def drop_counter(name: str, documentation: str, registry: CollectorRegistry = REGISTRY) -> Counter:
+    """The counter ``<name>_total`` of items a bounded queue worker dropped, in ``registry`` (created once per
+    registry and name, so several workers of one process share it)."""
+    key = (id(registry), name)
+    c = _DROP_COUNTERS.get(key)
+    if c is None:
+        c = _DROP_COUNTERS[key] = Counter(name, documentation, registry=registry)
+    return c
 
 T = TypeVar("T")
 

@@ -17,10 +17,10 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from railcar.rails.scanner import Scanner
-from railcar.streams.background import ThreadQueueWorker
+from railcar.streams.background import ThreadQueueWorker, drop_counter
 from railcar.streams.otlp import OTLPDecodeError
 from railcar.streams.pipeline import build_processor
 from railcar.streams.settings import StreamsSettings
@@ -33,18 +33,11 @@ log = logging.getLogger("railcar.embedded")
 # several seconds of the consumer's work, and keeps the embedded default's RSS bounded when the load outruns it.
 MAX_PENDING_BYTES = 16 * 1024 * 1024
 
-_METRICS: dict[int, dict[str, Any]] = {}
-
-
 def embedded_metrics(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
-    """The embedded consumer's Prometheus metrics in ``registry`` (created once per registry): ``dropped``
-    (``railcar_embedded_dropped_total``, trace records dropped because the queue was full)."""
-    m = _METRICS.get(id(registry))
-    if m is None:
-        m = {"dropped": Counter("railcar_embedded_dropped", "Trace records the embedded consumer dropped because "
-                                "its queue was full (by count or bytes).", registry=registry)}
-        _METRICS[id(registry)] = m
-    return m
+    """The embedded consumer's Prometheus metrics in ``registry``: ``dropped`` (``railcar_embedded_dropped_total``,
+    trace records dropped because the queue was full)."""
+    return {"dropped": drop_counter("railcar_embedded_dropped", "Trace records the embedded consumer dropped because "
+                                    "its queue was full (by count or bytes).", registry)}
 
 
 class EmbeddedPipeline(ThreadQueueWorker[bytes]):

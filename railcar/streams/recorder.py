@@ -65,7 +65,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from railcar.core import semconv
 from railcar.core.exchange import Exchange, Outcome, RedactionNote
@@ -75,7 +75,7 @@ from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
 from railcar.streams import schema as S
 from railcar.streams.answer import codec_of, reassemble
-from railcar.streams.background import ThreadQueueWorker
+from railcar.streams.background import ThreadQueueWorker, drop_counter
 from railcar.streams.conversation import RequestCall, RequestMessage, request_messages
 from railcar.streams.lru import LRU
 from railcar.streams.withheld import Withheld
@@ -94,18 +94,11 @@ _ATTR_PATHS = {S.REQUEST_MODEL: "$.model", S.RESPONSE_MODEL: "$.output.model", S
                S.RESPONSE_FINISH_REASONS: "$.output.finish_reasons", semconv.CONVERSATION_ID: "$.conversation"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-_METRICS: dict[int, dict[str, Any]] = {}
-
-
 def recorder_metrics(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
-    """The recorder's Prometheus metrics in ``registry`` (created once per registry): ``dropped``
-    (``railcar_recorder_dropped_total``, exchanges not recorded because the queue was full)."""
-    m = _METRICS.get(id(registry))
-    if m is None:
-        m = {"dropped": Counter("railcar_recorder_dropped", "Finished exchanges not recorded because the "
-                                "recorder's queue was full.", registry=registry)}
-        _METRICS[id(registry)] = m
-    return m
+    """The recorder's Prometheus metrics in ``registry``: ``dropped`` (``railcar_recorder_dropped_total``, exchanges
+    not recorded because the queue was full)."""
+    return {"dropped": drop_counter("railcar_recorder_dropped", "Finished exchanges not recorded because the "
+                                    "recorder's queue was full.", registry)}
 
 
 def _utf8_prefix(text: str, limit: int) -> str:
