@@ -96,7 +96,8 @@ class Exchange:
     # Filled by the proxy as the call completes, for ExchangeObserver (trace recording) off the hot path:
     status: int | None = None            # HTTP status sent to the client
     response_body: bytes | None = None   # non-streaming upstream body, as received
-    stream_data: list[bytes] = field(default_factory=list)  # upstream SSE `data:` payloads, in order
+    # upstream SSE `data:` payloads, in order (the first ~8 MiB of them: the proxy bounds what it keeps)
+    stream_data: list[bytes] = field(default_factory=list)
     error: str | None = None             # transport failure or client disconnect, if any
     finished_ns: int | None = None
 

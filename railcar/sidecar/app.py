@@ -138,6 +138,25 @@ class _Sink:
         return self._write
 
 
+# Bytes of one stream's data payloads kept in ``Exchange.stream_data`` for the trace recorder: a span keeps at most
+# 512 KiB of content (``railcar.streams.recorder``), so 8 MiB covers every answer the trace can hold while a 64 MB
+# stream no longer sits in memory whole.
+_RECORD_BUDGET = 8 * 1024 * 1024
+
+
+def _keep(datas: list[bytes], events: list[tuple[bytes, bytes | None]], room: int) -> int:
+    """Append the data payloads of ``events`` to ``datas``; the recording budget left after them."""
+    if len(events) == 1:  # the common read at low load; no list built for it
+        d = events[0][1]
+        if d is None:
+            return room
+        datas.append(d)
+        return room - len(d)
+    kept = [d for _, d in events if d is not None]
+    datas.extend(kept)
+    return room - sum(map(len, kept))
+
+
 class _EventTooLarge(Exception):
     """An upstream SSE event (complete or still open) is over ``server.max_event_bytes``."""
 
@@ -566,8 +585,9 @@ class _SSERelay:
         splitter = self.splitter
         feed = splitter.feed
         max_event = self.max_event
+        # What is kept for the trace is bounded, so a huge answer costs bounded memory (the span keeps far less).
+        room = _RECORD_BUDGET
         datas = self.ex.stream_data
-        record = datas.append
         sink = self.sink
         hold, release, write = sink.hold, sink.release, sink.write
         on_events = sg.on_events
@@ -586,11 +606,8 @@ class _SSERelay:
             if not events:  # a read inside one event completes nothing: nothing to hand over yet
                 continue
             mark = len(datas)
-            if len(events) == 1:  # the common read at low load; no list built for it
-                if (d := events[0][1]) is not None:
-                    record(d)
-            else:
-                datas.extend([d for _, d in events if d is not None])
+            if room > 0:  # past the recording budget events are relayed and guarded, no longer kept for the trace
+                room = _keep(datas, events, room)
             hold()
             try:
                 n = await on_events(events)

@@ -121,6 +121,24 @@ async def test_observer_gets_exchange_with_stream_data(make_config, start_sideca
     assert b"".join(b"data: " + d + b"\n\n" for d in ex.stream_data) == body
 
 
+async def test_huge_stream_is_relayed_whole_but_kept_bounded_for_the_trace(make_config, start_sidecar):
+    """Issue 13 (transport): a 24 MB answer reaches the client whole, while what the proxy keeps for the trace
+    recorder stops at its budget (a span keeps far less), so memory does not grow with the answer."""
+    col = Collect()
+    text = "x" * 2000
+    async with ReplayUpstream(synthetic=True, text=text * 12000, chunk_chars=2000) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), observers=[col])
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json=dict(CHAT, stream=True),
+                              headers={"x-synthetic-tokens": "1"}) as r:
+                n = 0
+                async for chunk in r.content.iter_any():
+                    n += len(chunk)
+    assert n > 24_000_000
+    kept = sum(map(len, col.exchanges[0].stream_data))
+    assert 8 * 1024 * 1024 <= kept < 8 * 1024 * 1024 + 256 * 1024  # the budget, plus at most one upstream read
+
+
 async def test_stream_guard_stop_closes_upstream(make_config, start_sidecar):
     guard = ScriptedGuard(stop_after=3)
     async with ReplayUpstream(synthetic=True, tokens=500, delay_s=0.005) as up:
