@@ -43,7 +43,7 @@ from railcar.rails import metrics
 from railcar.rails.engine_local import CheckResult
 from railcar.rails.inline import HoldBack
 from railcar.rails.settings import GuardrailsConfig
-from railcar.rails.stream_guard import FilterMatch, TextFilter, match_rail
+from railcar.rails.text_filter import FilterMatch, TextFilter, match_rail, withheld_note
 from railcar.rails.turn_cache import TurnCache
 
 __all__ = ["DEFAULT_REFUSAL", "CodecRails", "Treatment", "treat_value", "request_treatment", "body_treatment",
@@ -255,12 +255,13 @@ def _refuse(exchange: Exchange, rail: str, message: str) -> Refusal:
 @dataclass
 class _Verdicts:
     """What the hold-back decided per scope (a chat choice's ``("choices", i)``, or :data:`_WHOLE`): the edits
-    (path -> new value), the notes, and the blocking rail of each blocked scope."""
+    (path -> new value), the notes, the blocking rail of each blocked scope, and the notes of what was blocked."""
 
     scopes: list[Path]
     edits: dict[Path, list[tuple[Path, Any]]] = field(default_factory=dict)
     notes: dict[Path, list[RedactionNote]] = field(default_factory=dict)
     blocked: dict[Path, str] = field(default_factory=dict)
+    withheld: list[RedactionNote] = field(default_factory=list)  # notes of the values blocks kept from the client
 
     def scope_of(self, parts: Path) -> Path:
         return next((s for s in self.scopes if s and parts[:len(s)] == s), _WHOLE)
@@ -269,6 +270,7 @@ class _Verdicts:
         scope = self.scope_of(parts)
         if match is not None:
             self.blocked.setdefault(scope, match_rail(match))
+            self.withheld.append(withheld_note(match))
         elif new is not None:
             self.edits.setdefault(scope, []).append((parts, new))
             self.notes.setdefault(scope, []).extend(notes)
@@ -365,6 +367,7 @@ async def guard_body(rails: CodecRails, exchange: Exchange, codec: Codec, body: 
     treat = body_treatment(rails.filter_factory)
     if treat is not None:
         _hold_back(treat, codec, body, v)
+    exchange.outcome.redactions.extend(v.withheld)  # what a block keeps from the client is noted for the trace
     if _WHOLE in v.blocked:
         return _block_whole(rails, exchange, codec, v.blocked[_WHOLE])
     changed = False

@@ -59,7 +59,15 @@ from railcar.core.jsonpath import Parts, json_path
 from railcar.core.wire import sse_frame
 from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
-from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, end_stream, match_rail
+from railcar.rails.text_filter import (
+    FilterMatch,
+    IdentityFilter,
+    StreamRails,
+    TextFilter,
+    end_stream,
+    match_rail,
+    withheld_note,
+)
 
 log = logging.getLogger("railcar.rails")
 
@@ -322,9 +330,11 @@ class CodecStreamGuard:
         self._held.clear()
         await end_stream(self.sink, self._lock, frames, self.stop_event, self.abort)
 
-    async def _block(self, rail: str) -> None:
+    async def _block(self, rail: str, match: FilterMatch | None = None) -> None:
         if self.stopped:
             return
+        if match is not None:  # the withheld value is noted for the trace (and so becomes a finding)
+            self.exchange.outcome.redactions.append(withheld_note(match))
         self.exchange.outcome.block(rail)
         metrics.BLOCKED_STREAMS.labels(rail).inc()
         await self._stop(self.codec.blocked_frames(rail, self.state))
@@ -408,7 +418,7 @@ class CodecStreamGuard:
             more, match = flt.flush()
             rel += more
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return False
         if rel != dec:
             set_at(f.obj, p.parts, rewrite(text, dec, rel))
@@ -429,7 +439,7 @@ class CodecStreamGuard:
         if dec:
             rel, match = self._feed(s.filter, dec)
             if match is not None:
-                await self._block(match_rail(match))
+                await self._block(match_rail(match), match)
                 return False
         f.segs.append((key, p.parts, p.text, dec, rel))
         if s.holding:
@@ -460,7 +470,7 @@ class CodecStreamGuard:
             more, match = s.filter.flush()
             rel += more
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return False
         f.segs.append((key, None, "", tail, rel))
         self._holding.discard(key)

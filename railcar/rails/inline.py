@@ -218,6 +218,7 @@ class InlineMatch:
         return self.match.detector
 
 
+_KEY_BODY = re.compile(r"[A-Za-z0-9+/=]{32,}")
 _HOLD_MEM = 256 << 20  # per hold-back pattern and for the prefix Set
 _GATE_MEM = 768 << 20  # the combined gate: at least what its two halves had
 
@@ -274,6 +275,9 @@ class HoldBack:
         self._limit = {d.id: (d.max_len or _det.PEM_MAX_LEN) for d in scanner.detectors}
         self.longest = max(self._limit.values(), default=0)
         self._by_id = {d.id: d for d in scanner.detectors}
+        # secrets too long to wait for (PEM keys) whose opening alone says what follows: see cut_key()
+        self._openings = [(d, re.compile(d.opening), [re.compile(p) for p in d.patterns])
+                          for d in scanner.detectors if d.opening and d.kind == "secret"]
 
     def filter(self) -> InlineFilter:
         """A fresh :class:`InlineFilter` for one text stream."""
@@ -328,6 +332,17 @@ class HoldBack:
         while m is not None and m.start(1) < s:
             m = full.search(w, m.start() + 1)
         return m is not None and m.start(1) == s
+
+    def cut_key(self, text: str, start: int = 0) -> tuple[int, _det.Detector] | None:
+        """A key that opened at or after ``start`` in ``text`` and never completed, with a key body after its
+        opening (32+ base64 characters: a PEM private key cut before its END line): ``(where it opens, detector)``,
+        else ``None``. A stream that ends on one fails closed rather than releasing key material; an opening
+        followed by prose has no key body and is released."""
+        for det, rx, fulls in self._openings:
+            for m in rx.finditer(text, start):
+                if not any(f.match(text, m.start()) for f in fulls) and _KEY_BODY.search(text, m.end()):
+                    return m.start(), det
+        return None
 
     def settled(self, detector_id: str, tail: str) -> bool:
         """A match of ``detector_id`` whose value starts ``tail`` can no longer change with more text."""
@@ -466,6 +481,14 @@ class InlineFilter:
             out.append(placeholder(m.detector, m.fingerprint))
             self.notes.append(note_from_match(self._match(m, off).match))
             pos = m.end
+        if final and (cut_key := hb.cut_key(window, max(pos, off))) is not None:
+            at, key_det = cut_key
+            over = self._overflow(key_det, window[at:], off, window, at, "cut short at the end of the stream")
+            if over is not None:
+                return "", over
+            out.append(window[pos:at] + placeholder(key_det.id, self._suppress[3] if self._suppress else ""))
+            self._suppress = None
+            pos = n
         if final:
             out.append(window[pos:])
             self.consumed += n - off
@@ -500,17 +523,18 @@ class InlineFilter:
             self.ctx = (self.ctx + text)[-self.hb.context_chars:]
         return text
 
-    def _overflow(self, det: _det.Detector | None, held: str, off: int, window: str,
-                  at: int) -> InlineMatch | None:
-        """A live candidate outgrew the cap. Secrets fail closed (block, or placeholder + suppression)."""
+    def _overflow(self, det: _det.Detector | None, held: str, off: int, window: str, at: int,
+                  why: str = "longer than max_holdback_chars") -> InlineMatch | None:
+        """A live candidate outgrew the cap (or was cut short: ``why``). Secrets fail closed (block, or placeholder
+        + suppression)."""
         if det is None or det.kind != "secret":
             return None
         self.overflows += 1
         fp = _fingerprint(self.hb.scanner.key, det.id, held)
         m = Match(det.id, det.kind, det.confidence, det.severity, "$", at, at + len(held), fp,
                   mask(det.id, held))
-        log.warning("inline hold-back: %s candidate longer than max_holdback_chars=%d (%s); failing closed",
-                    det.id, self.hb.max_holdback_chars, m.preview)
+        log.warning("inline hold-back: %s candidate %s (max_holdback_chars=%d, %s); failing closed",
+                    det.id, why, self.hb.max_holdback_chars, m.preview)
         if self.hb.action == "block":
             self.blocked = True
             self.held = ""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
 from railcar.core.exchange import RedactionNote
 from railcar.core.jsonpath import key_path
 from railcar.rails.scanner import Match, Scanner
@@ -48,6 +50,21 @@ def redact_text(scanner: Scanner, text: str, path: str = "$") -> tuple[str, list
     if not matches:
         return text, []
     return replace_matches(text, matches), [note_from_match(m) for m in matches]
+
+
+def redact_escaped(scanner: Scanner, text: str, path: str = "$") -> tuple[str, list[RedactionNote]]:
+    """``text`` that is itself a JSON document (tool-call arguments) with the values its JSON escapes hide redacted
+    (``{"k": "\\u0041KIA…"}`` decodes to a key that a scan of the raw text cannot see): the document re-serialized
+    with every decoded string redacted, and their notes; ``text`` unchanged (no notes) when it holds no escape, does
+    not parse, or hides nothing."""
+    if "\\" not in text or text[:1] not in ("{", "["):
+        return text, []
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text, []
+    new, notes = redact_json(scanner, obj, path)
+    return (orjson.dumps(new).decode(), notes) if notes else (text, [])
 
 
 def redact_json(scanner: Scanner, obj: Any, path: str = "$") -> tuple[Any, list[RedactionNote]]:

@@ -46,7 +46,15 @@ from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
 from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, Unescaper, rewrite, unescape
 from railcar.rails.messages import last_user
-from railcar.rails.text_filter import FilterMatch, IdentityFilter, StreamRails, TextFilter, end_stream, match_rail
+from railcar.rails.text_filter import (
+    FilterMatch,
+    IdentityFilter,
+    StreamRails,
+    TextFilter,
+    end_stream,
+    match_rail,
+    withheld_note,
+)
 
 log = logging.getLogger("railcar.rails")
 
@@ -471,9 +479,11 @@ class RailsStreamGuard:
         if ready:
             await self._send(ready[0] if len(ready) == 1 else b"".join(ready))
 
-    async def _block(self, rail: str) -> None:
+    async def _block(self, rail: str, match: FilterMatch | None = None) -> None:
         if self.stopped:
             return
+        if match is not None:  # the withheld value is noted for the trace (and so becomes a finding)
+            self.exchange.outcome.redactions.append(withheld_note(match))
         self.exchange.outcome.block(rail)
         metrics.BLOCKED_STREAMS.labels(rail).inc()
         await self._stop(blocked_frames(rail))
@@ -827,7 +837,7 @@ class RailsStreamGuard:
             more, match = flt.flush()
             rel += more
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return None
         if rel == dec:
             return text
@@ -860,7 +870,7 @@ class RailsStreamGuard:
             fs = st.fields[key] = _Field(self._new_filter(), p.kind, p.parts, self.guard.filter_factory is not None)
         sent, rel, match = fs.feed(p.text)
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return False
         fs.parts = p.parts
         if hold == ci:  # the frame may be held whole: its changes are judged over the held frames
@@ -916,7 +926,7 @@ class RailsStreamGuard:
         (blocked). In a frame that may be held whole (``held``) the change is judged over the held frames."""
         text, match = st.filter.feed(content)
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return None
         if held:
             st.pend_in += content
@@ -985,7 +995,7 @@ class RailsStreamGuard:
                                                self.guard.filter_factory is not None)
         sent, _, match = tf.feed(frag, complete)
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return None
         tf.seen += frag
         tf.out += sent
@@ -1003,7 +1013,7 @@ class RailsStreamGuard:
                 continue
             sent, _, match = tf.feed("", True)
             if match is not None:
-                await self._block(match_rail(match))
+                await self._block(match_rail(match), match)
                 return None
             tf.out += sent
             if ev is not None:
@@ -1098,7 +1108,7 @@ class RailsStreamGuard:
         frames: list[tuple[bytes, tuple[tuple[int, int], ...]]] = []
         text, match = st.filter.flush()
         if match is not None:
-            await self._block(match_rail(match))
+            await self._block(match_rail(match), match)
             return None
         gates = self._feed_text(ci, st, text, batches)
         tails = await self._field_tails(ci, st, batches)
@@ -1131,7 +1141,7 @@ class RailsStreamGuard:
                 continue
             sent, rel, match = fs.feed("", True)
             if match is not None:
-                await self._block(match_rail(match))
+                await self._block(match_rail(match), match)
                 return None
             if fs.kind in _ANSWER_KINDS:
                 gates = self._feed_text(ci, st, rel, batches) or gates

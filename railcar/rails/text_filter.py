@@ -19,18 +19,31 @@ from typing import Any, Protocol
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import StreamSink
 from railcar.rails.engine_local import CheckResult
+from railcar.rails.redaction import note_from_match
+from railcar.rails.scanner import Match
 
-__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "match_rail", "end_stream"]
+__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "match_rail", "end_stream",
+           "withheld_note"]
 
 _log = logging.getLogger("railcar.rails")
 
 
 class FilterMatch(Protocol):
     """What a :class:`TextFilter` reports when it ends the stream: ``rail``, the rail name of the blocked-content
-    error chunk (``"sensitive data"`` for the inline hold-back)."""
+    error chunk (``"sensitive data"`` for the inline hold-back), and ``match``, the scanner's
+    :class:`railcar.rails.scanner.Match` (fingerprint and masked preview: the trace's note of what was withheld)."""
 
     @property
     def rail(self) -> str: ...
+
+    @property
+    def match(self) -> Match: ...
+
+
+def withheld_note(match: FilterMatch) -> RedactionNote:
+    """The redaction note of a value a block withheld from the client (issue 13 item 5: the trace notes it, so the
+    consumer makes a finding of it even when the value never reached a recorded string)."""
+    return note_from_match(match.match)
 
 
 class TextFilter(Protocol):

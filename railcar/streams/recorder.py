@@ -70,7 +70,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from railcar.core import semconv
 from railcar.core.exchange import Exchange, Outcome, RedactionNote
 from railcar.core.jsonpath import key_path
-from railcar.rails.redaction import redact_text
+from railcar.rails.redaction import redact_escaped, redact_text
 from railcar.rails.scanner import Scanner
 from railcar.streams import otlp
 from railcar.streams import schema as S
@@ -138,6 +138,8 @@ class _Redactor:
             return text, []
         # No separate gate() call: scan_text starts with the same literal prefilter and returns at once on a miss.
         red, notes = redact_text(self.scanner, text, path)
+        red, hidden = redact_escaped(self.scanner, red, path)  # what JSON escapes spell (tool arguments)
+        notes += hidden
         red, tail = self.withheld.redact(red, path, cut)
         if tail is not None:
             notes = [*notes, tail]

@@ -361,7 +361,10 @@ async def test_non_streamed_leak_in_any_field_never_reaches_the_agent(case: tupl
     out = await guard.check_response(ex, body)
     assert out is not None and not leaks(out)
     if action == "block":
-        assert ex.outcome.blocked and ex.outcome.blocked_rail == "sensitive data" and not ex.outcome.redactions
+        assert ex.outcome.blocked and ex.outcome.blocked_rail == "sensitive data"
+        # what the block withheld is noted for the trace (issue 13 item 5), masked: never the value
+        assert [n.detector for n in ex.outcome.redactions] == ["aws_access_key_id"]
+        assert KEY not in repr(ex.outcome.redactions)
         if api == "openai_chat":
             assert out["choices"][0]["finish_reason"] == "content_filter"
             assert out["choices"][0]["message"] == {"role": "assistant", "content": "I'm sorry, I can't respond to that."}

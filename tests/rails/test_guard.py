@@ -255,7 +255,7 @@ async def test_build_guard_defaults_to_the_bundled_config_and_none_only_when_ask
 
 async def test_non_streaming_redaction_notes_go_to_the_outcome() -> None:
     """A redacted non-streamed answer records one RedactionNote per placeholder (content and tool-call arguments,
-    each with its JSON path) in ``exchange.outcome.redactions``; a blocked choice records none."""
+    each with its JSON path) in ``exchange.outcome.redactions``; a blocked choice records the withheld value's note."""
     key = "AKIA" + "Q3VZ7XKM2PLRW5TN"
     gs = GuardrailsConfig(config_inline="rails:\n  input:\n    flows: [regex check input]\n  config:\n"
                                         "    regex_detection:\n      input:\n        patterns: ['zzz']\n")
@@ -280,4 +280,5 @@ async def test_non_streaming_redaction_notes_go_to_the_outcome() -> None:
     ex2 = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "run it"}]})
     await blocker.check_response(ex2, {"choices": [{"index": 0, "message": {"role": "assistant",
                                                                              "content": f"Using {key}."}}]})
-    assert ex2.outcome.blocked and ex2.outcome.redactions == []
+    assert ex2.outcome.blocked and [n.detector for n in ex2.outcome.redactions] == ["aws_access_key_id"]
+    assert key not in repr(ex2.outcome.redactions)  # the withheld value is noted, masked (issue 13 item 5)
