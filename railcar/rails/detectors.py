@@ -452,8 +452,15 @@ def select(kinds: Iterable[str] = ("secret", "pii"), disabled: Iterable[str] = (
 
 def rail_patterns(detector_id: str) -> tuple[str, ...]:
     """The patterns a NeMo ``regex`` output rail uses for ``detector_id`` (Python ``re`` syntax, which every
-    catalog pattern also is): the detector's ``opening`` when it has one (a PEM key is blocked on its BEGIN line),
-    else its ``patterns``. The rail runs no validator, so it also blocks placeholders such as
+    catalog pattern also is): for a detector with an ``opening`` (a PEM key, too long to wait for its end), the
+    opening followed by the start of a key body (optional ``Name: value`` header lines, then 32 base64 characters),
+    so the rail blocks a key as soon as its body starts but releases a BEGIN line followed by prose (issue 13
+    item 7); else its ``patterns``. The rail runs no validator, so it also blocks placeholders such as
     ``AKIAIOSFODNN7EXAMPLE``. Raises ``KeyError`` naming an unknown id."""
     d = get(detector_id)
-    return (d.opening,) if d.opening else d.patterns
+    return (d.opening + _KEY_BODY_START,) if d.opening else d.patterns
+
+
+# After a key's opening: header lines (RFC 7468 / RFC 1421 ``Proc-Type: 4,ENCRYPTED``), then base64 (raw or JSON-escaped
+# line breaks between them).
+_KEY_BODY_START = r"(?:\s|\\n)*(?:[A-Za-z][A-Za-z-]*:[^\n]*(?:\s|\\n)+)*[A-Za-z0-9+/=]{32}"

@@ -11,6 +11,7 @@ security fileset. Each row names the issue item it covers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ class Case:
     key: str = field(default_factory=_key)
 
 
+# a ~1.5 KB base64url JSON pagination cursor ("eyJ..." without the three dot-separated JWT segments)
+_CURSOR = base64.urlsafe_b64encode(json.dumps({"cursor": list(range(300))}).encode()).decode().rstrip("=")
+
+
 def _user(text: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}]}
 
@@ -125,6 +130,13 @@ CASES = [
         [_chunk({"role": "assistant", "content": ""})]
         + [_chunk({"content": p}) for p in ["-----BEGIN RSA PRIVATE KEY-----\n"]
            + [f"{key}{'A' * 44}\n" for _ in range(7)]] + [_chunk({}, finish_reason="stop")]), finding=False),
+    # item 7: fewer false blocks (no key planted in these answers: they must be delivered)
+    Case("PEM header then prose", "false blocks", (
+        lambda key: _sse([_chunk({"content": "-----BEGIN RSA PRIVATE KEY-----\nis how a key starts; " + "the body "
+                                  "would follow on the next lines, in base64, but this is only a note. " * 10})])),
+         expect="ok", finding=False),
+    Case("base64url JSON cursor", "false blocks", lambda key: _sse([_chunk({"content": "next page: " + _CURSOR})]),
+         expect="ok", finding=False),
 ]
 
 
@@ -174,7 +186,7 @@ async def test_red_team_table(stack, railcar_process) -> None:
             seen[c.name] = await _call(http, serve.base, i, c)
     for c in CASES:
         status, data = seen[c.name]
-        assert _verdict(status, data) == c.expect, (c.name, status, data[:300])
+        assert _verdict(status, data) == c.expect, (c.name, status, data[-300:])
         assert c.key.encode() not in data, f"{c.name}: the client received the key"
     upstream = b"".join(rq.body + rq.path.encode() for rq in up.requests)
     for c in CASES:
