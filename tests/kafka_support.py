@@ -29,8 +29,10 @@ def mock_cluster() -> Iterator[MockCluster]:
         yield mc
 
 
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 15.0) -> list:
-    """All records of ``topic`` from the beginning, waiting until at least ``expect`` arrived (or timeout)."""
+async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 15.0, to_end: bool = False) -> list:
+    """All records of ``topic`` from the beginning, waiting until at least ``expect`` arrived (or timeout); with
+    ``to_end``, also until every partition is read up to its end offset at the time ``expect`` was reached (a
+    count alone can stop early when some partitions hold repeats)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -54,6 +56,14 @@ async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 1
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 out.extend(recs)
+        if to_end:
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            ends = await consumer.end_offsets(tps)
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]] \
+                    and asyncio.get_running_loop().time() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for recs in batch.values():
+                    out.extend(recs)
         # A short extra read catches duplicates beyond the expected count.
         batch = await consumer.getmany(timeout_ms=300)
         for recs in batch.values():

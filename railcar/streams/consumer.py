@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from railcar.rails.scanner import Scanner
@@ -190,7 +190,7 @@ class ConsumerGroupWorker:
                 batch = await self._fetch(consumer, max_records)
                 if batch:
                     acked = await self._handle(batch, producer)  # its commit made earlier ones durable
-                    await consumer.commit()
+                    await _commit_offsets(consumer)
                     self.batches += 1
                 if self.agg.pending():
                     acked += await self._publish(producer)  # what a failed send left behind
@@ -259,6 +259,17 @@ class ConsumerGroupWorker:
             log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset, reason)
         await asyncio.to_thread(self.proc.commit)  # findings, outbox and positions durable before offsets move
         return await self._publish(producer)
+
+
+async def _commit_offsets(consumer: AIOKafkaConsumer) -> None:
+    """Commit the group's offsets. A commit refused because the group is rebalancing (or this member was fenced)
+    loses nothing: the fileset commit already holds the positions reached, so records re-delivered to whichever
+    member owns the partition next are skipped there, not counted twice. Logged, never fatal."""
+    try:
+        await consumer.commit()
+    except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+        log.warning("offset commit refused (%s); the fileset holds the positions, the records will be skipped "
+                    "when re-read", type(exc).__name__)
 
 
 class _Listener(ConsumerRebalanceListener):
