@@ -507,7 +507,7 @@ class _Call:
         resp = web.StreamResponse(status=up.status, headers=CIMultiDict(response_headers(up.headers)))
         m.inflight_streams.inc()
         m.count(self.label, up.status)
-        relay = _SSERelay(ex, up, resp, self.codec, st.config.server.max_event_bytes)
+        relay = _SSERelay(ex, up, resp, self.codec, st.config.server.max_event_bytes, bool(st.observers))
         try:
             await resp.prepare(self.request)
             await relay.run(self.guard)
@@ -537,11 +537,12 @@ class _SSERelay:
     end (its connection may go back to the pool).
     """
 
-    __slots__ = ("ex", "up", "resp", "codec", "max_event", "sink", "sg", "splitter", "clean", "_ended")
+    __slots__ = ("ex", "up", "resp", "codec", "max_event", "record", "sink", "sg", "splitter", "clean", "_ended")
 
     def __init__(self, ex: Exchange, up: aiohttp.ClientResponse, resp: web.StreamResponse, codec: Codec,
-                 max_event: int) -> None:
+                 max_event: int, record: bool = True) -> None:
         self.ex, self.up, self.resp, self.codec, self.max_event = ex, up, resp, codec, max_event
+        self.record = record  # an observer reads ``ex.stream_data`` (the trace recorder)
         self.sink = _Sink(resp)
         self.sg: StreamGuard | None = None
         self.splitter = SSESplitter()
@@ -553,7 +554,10 @@ class _SSERelay:
         # abort lets a guard that checks in the background stop the upstream between reads
         self.sg = sg = guard.open_stream(ex, self.sink, self.up.close)
         try:
-            await self._pump(sg)
+            if guard.inspects:
+                await self._pump(sg)
+            else:  # a guard that judges nothing relays every event unchanged: the upstream's reads go straight out
+                await self._pump_bytes()
         except ClientGone:
             _client_gone(ex)
         except _EventTooLarge:
@@ -575,6 +579,37 @@ class _SSERelay:
             except (ConnectionError, aiohttp.ClientConnectionResetError):
                 _client_gone(ex)
 
+    def _split(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        """The events ``chunk`` completes; :class:`_EventTooLarge` when one (or the unfinished one) is over
+        ``server.max_event_bytes``."""
+        splitter = self.splitter
+        big = splitter.pending + len(chunk) > self.max_event  # cheap: only a big read can hold a big event
+        events = splitter.feed(chunk)
+        if big and (splitter.pending > self.max_event or any(len(r) > self.max_event for r, _ in events)):
+            raise _EventTooLarge
+        return events
+
+    async def _pump_bytes(self) -> None:
+        """The relay loop for a guard that does not inspect (:attr:`railcar.core.guard.Guard.inspects` false):
+        each upstream read is written to the client as it came (one read, one write: nothing per event), and
+        split into events only while an observer records them, up to the recording budget."""
+        readany, write = self.up.content.readany, self.resp.write
+        room = _RECORD_BUDGET if self.record else 0
+        datas = self.ex.stream_data
+        while True:
+            chunk = await readany()
+            if not chunk:
+                break
+            if room > 0:
+                room = _keep(datas, self._split(chunk), room)
+            try:
+                await write(chunk)
+            except _CLIENT_WRITE_ERRORS:
+                raise ClientGone(_GONE) from None
+        if room > 0 and (tail := self.splitter.flush()) is not None:
+            _keep(datas, [tail], room)
+        self.clean = True
+
     async def _pump(self, sg: StreamGuard) -> None:
         """The relay loop, once per upstream read until the guard stops or the upstream ends: the read's complete
         events → their data payloads recorded in ``ex.stream_data`` → ``sg.on_events`` with the sink held, so
@@ -582,9 +617,7 @@ class _SSERelay:
         (a last event without its blank line) is the last batch. A guard that stops part-way keeps only the
         payloads of the events it handled."""
         readany = self.up.content.readany
-        splitter = self.splitter
-        feed = splitter.feed
-        max_event = self.max_event
+        split = self._split
         # What is kept for the trace is bounded, so a huge answer costs bounded memory (the span keeps far less).
         room = _RECORD_BUDGET
         datas = self.ex.stream_data
@@ -595,13 +628,10 @@ class _SSERelay:
         while not (eof or sg.stopped):
             chunk = await readany()
             if chunk:
-                big = splitter.pending + len(chunk) > max_event  # cheap: only a big read can hold a big event
-                events = feed(chunk)
-                if big and (splitter.pending > max_event or any(len(r) > max_event for r, _ in events)):
-                    raise _EventTooLarge
+                events = split(chunk)
             else:
                 eof = True
-                tail = splitter.flush()
+                tail = self.splitter.flush()
                 events = [] if tail is None else [tail]
             if not events:  # a read inside one event completes nothing: nothing to hand over yet
                 continue

@@ -28,8 +28,8 @@ class ServerConfig:
     passthrough_paths: list = opt(["/v1/models", "/v1/models/*"],
                                   "Unguarded /v1/* paths forwarded as is (a trailing /* matches one or more segments); "
                                   "any other path without a codec is refused.")
-    max_event_bytes: int = opt(4 * 1024 * 1024, "Largest SSE event of a guarded stream in bytes; larger ends the "
-                                                "stream with the API's error.", bound=">0")
+    max_event_bytes: int = opt(4 * 1024 * 1024, "Largest SSE event in bytes of a stream the sidecar reads (rails "
+                                                "or trace recording on); larger ends the stream with the API's error.", bound=">0")
     read_timeout_s: float = opt(30.0, "Seconds a client may take to send its request headers and body (then the "
                                       "connection is closed).", bound=">0")
     max_idle_connections: int = opt(1024, "Idle keep-alive client connections kept open; the oldest idle ones are "

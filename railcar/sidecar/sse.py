@@ -68,6 +68,10 @@ class SSESplitter:
         if self._buf:
             buf = self._buf + chunk
         else:
+            # The read of a token-paced stream: exactly one `data: ...` line and its blank line, nothing held.
+            if chunk.find(b"\n") == len(chunk) - 2 and chunk[-1:] == b"\n" and chunk[:6] == b"data: " \
+                    and b"\r" not in chunk:
+                return [(chunk, chunk[6:-2])]
             buf = chunk
         # Fast path for what every provider sends (LF only, events separated by exactly one blank line, no
         # stray blank lines): cut at `\n\n` with C-level split instead of scanning line by line. Same result

@@ -12,6 +12,7 @@ import orjson
 from railcar.core.exchange import Exchange
 from railcar.core.guard import ClientGone, GuardRejected, PassThrough, Refusal
 from railcar.sidecar.app import _Sink
+from railcar.sidecar.sse import split_events
 from railcar.tools.replay_upstream import ReplayUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -28,6 +29,8 @@ class Collect:
 class ScriptedGuard(PassThrough):
     """Refuses when the user says 'refuse', rejects 'reject', stops streams after ``stop_after`` events, and
     uppercases non-streaming answers."""
+
+    inspects = True  # it judges content: the proxy hands it every event
 
     def __init__(self, stop_after: int | None = None):
         self.stop_after = stop_after
@@ -209,6 +212,8 @@ async def test_health_ready_metrics(replay_upstream, make_config, start_sidecar)
 
 async def test_guard_abort_between_events_closes_upstream(make_config, start_sidecar):
     class AbortingGuard(PassThrough):
+        inspects = True
+
         def open_stream(self, ex, sink, abort):
             class S:
                 stopped = False
@@ -345,3 +350,29 @@ async def test_failing_check_response_answers_500_in_openai_shape(make_config, s
     assert body == {"error": {"message": "guardrails check failed", "type": "server_error", "param": None,
                               "code": "guard_error"}}
     assert col.exchanges[0].status == 500 and col.exchanges[0].error == "guard failed: RuntimeError"
+
+
+async def test_uninspected_stream_is_relayed_as_read_and_recorded_when_observed(make_config, start_sidecar):
+    """With a guard that inspects nothing, the stream goes out as the upstream's bytes (reads cut inside events);
+    every event's payload is kept for the trace when an observer is there to read it."""
+    class Observer:
+        def __init__(self):
+            self.exchanges = []
+
+        def exchange_finished(self, ex):
+            self.exchanges.append(ex)
+
+    watched = Observer()
+    async with ReplayUpstream(synthetic=True, tokens=20, split=7) as up:
+        cfg = make_config(upstream={"base_url": up.base_url})
+        bodies = []
+        async with aiohttp.ClientSession() as s:
+            for sc in (await start_sidecar(cfg, observers=[watched]), await start_sidecar(cfg)):
+                async with s.post(sc.base_url + "/chat/completions", json=dict(CHAT, stream=True)) as r:
+                    bodies.append(await r.read())
+            async with s.post(up.base_url + "/chat/completions", json=dict(CHAT, stream=True)) as r:
+                direct = await r.read()
+    assert bodies == [direct, direct]
+    (ex,) = watched.exchanges
+    payloads = [d for _, d in split_events(direct) if d is not None]
+    assert len(payloads) > 20 and ex.stream_data == payloads
