@@ -7,8 +7,8 @@ module decides. Issue 12 (one policy path over the codecs) and issue 13 items 2 
 Request (:func:`guard_request`), in this order:
 
 1. catalog secrets in **every string** the agent sends (:meth:`Codec.request_strings`, JSON-escaped text decoded
-   too) per ``[guardrails.inline] request_action``: ``redact`` replaces each value by the hold-back's placeholder
-   (:meth:`railcar.rails.inline.HoldBack.redact_or_block`) before anything goes upstream or to a rail, with a
+   too: :func:`treat_value`) per ``[guardrails.inline] request_action``: ``redact`` replaces each value by the
+   hold-back's placeholder (:meth:`railcar.rails.inline.HoldBack.redact_or_block`) before anything goes upstream or to a rail, with a
    :class:`RedactionNote` per value (path: the request string's JSON path); ``block`` refuses; ``off`` leaves them;
 2. input rails on **every input turn** and tool_output rails on every tool_output turn
    (:meth:`Codec.request_messages`, in request order), each distinct turn judged once: its verdict is kept in the
@@ -16,8 +16,8 @@ Request (:func:`guard_request`), in this order:
 
 Whole answer (:func:`guard_body`), in this order:
 
-1. the inline hold-back over **every string** of the body (:meth:`Codec.body_strings`; JSON-escaped text decoded;
-   ``logprobs`` token runs joined, since a non-streamed body splits the answer there only);
+1. the inline hold-back over **every string** of the body (:meth:`Codec.body_strings`; JSON-escaped text decoded,
+   :func:`treat_value`; ``logprobs`` token runs joined, since a non-streamed body splits the answer there only);
 2. output rails on the answer text (strings of kind ``text`` / ``reasoning`` / ``refusal``), after redaction;
 3. tool_input rails on each tool call's complete arguments (:meth:`Codec.body_tool_calls`).
 
@@ -28,7 +28,6 @@ block answers :meth:`Codec.refusal_body` (sent with :attr:`Codec.refusal_status`
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from railcar.core.guard import Refusal
 from railcar.rails import metrics
 from railcar.rails.engine_local import CheckResult
 from railcar.rails.inline import HoldBack
+from railcar.rails.json_escape import DEPTH, through_escapes
 from railcar.rails.settings import GuardrailsConfig
 from railcar.rails.text_filter import FilterMatch, TextFilter, match_rail, withheld_note
 from railcar.rails.turn_cache import TurnCache
@@ -59,7 +59,6 @@ _ANSWER_KINDS = frozenset({"text", "reasoning", "refusal"})
 # the hold-back, never part of the text the output rails judge
 _LABEL_KEYS = frozenset({"type", "id", "signature", "encrypted_content", "status", "role", "call_id", "name",
                          "model", "format", "data", "item_id", "object"})
-_JSON_DEPTH = 3  # JSON text inside JSON text inside ...: how deep escaped strings are decoded
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _WHOLE: Path = ()
 
@@ -94,71 +93,35 @@ def _scannable(text: str) -> str:
     return text
 
 
-_NOT_JSON = object()
-
-
-def _json_doc(text: str) -> Any:
-    """The decoded JSON of ``text`` when it is JSON text with escapes in it (an object, array or string literal),
-    else :data:`_NOT_JSON`. Without a backslash every decoded string is a verbatim part of ``text``, so scanning
-    ``text`` is enough. Python's ``json`` decodes what an agent's ``json.loads`` would (``NaN``, ``\\ud800``)."""
-    if "\\" not in text:
-        return _NOT_JSON
-    head = text.lstrip()[:1]
-    if head not in ("{", "[", '"'):
-        return _NOT_JSON
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
-
-
-def _treat_doc(treat: Treatment, doc: Any, path: str, depth: int) -> tuple[Any, bool, FilterMatch | None,
-                                                                           list[RedactionNote]]:
-    """``treat`` over every string of a freshly decoded JSON ``doc`` (edited in place; an explicit stack, so a
-    deep document cannot exhaust the recursion limit): ``(doc, changed, match, notes)``."""
-    if isinstance(doc, str):
-        new, match, notes = treat_value(treat, doc, path, depth)
-        return new, new is not doc, match, notes
-    changed, notes = False, []
-    stack = [doc]
-    while stack:
-        o = stack.pop()
-        for k, v in list(o.items() if isinstance(o, dict) else enumerate(o)):
-            if isinstance(v, str):
-                new, match, n = treat_value(treat, v, path, depth)
-                if match is not None:
-                    return doc, False, match, []
-                if new is not v:
-                    o[k], changed = new, True
-                    notes.extend(n)
-            elif isinstance(v, (dict, list)):
-                stack.append(v)
-    return doc, changed, None, notes
-
-
-def treat_value(treat: Treatment, text: str, path: str, depth: int = _JSON_DEPTH) -> tuple[
+def treat_value(treat: Treatment, text: str, path: str, depth: int = DEPTH) -> tuple[
         str, FilterMatch | None, list[RedactionNote]]:
-    """``treat`` one string value at JSON ``path`` and, when it is JSON text with escapes (tool-call arguments
-    spelling ``\\u0041KIA...``), every string decoded from it (``depth`` levels of JSON-in-JSON). Returns
-    ``(text_out, match, notes)``: a match blocks (``text`` returned unchanged); a redaction inside decoded JSON
-    re-serializes it (``json.dumps``, non-ASCII kept); ``text`` itself (the same object) when nothing changed.
-    Every note carries ``path``."""
+    """``treat`` one string value at JSON ``path``, and what its JSON escapes spell (tool-call arguments or a
+    structured answer writing ``\\u0041KIA...``; JSON text in JSON text, ``depth`` levels: what the agent's
+    ``json.loads`` gives back), whether the text parses or not (a truncated answer, prose around JSON): every level
+    of :func:`railcar.rails.json_escape.through_escapes`, lone surrogates made scannable. Returns ``(text_out,
+    match, notes)``: a match blocks (``text`` returned unchanged); a redaction in a decoded level is mapped back
+    onto the text as spelled (:func:`railcar.rails.json_escape.rewrite`: the escapes around it kept); ``text``
+    itself (the same object) when nothing changed. Every note carries ``path``."""
     notes: list[RedactionNote] = []
-    out = text
-    doc = _json_doc(text) if depth > 0 else _NOT_JSON
-    if doc is not _NOT_JSON:
-        new_doc, changed, match, notes = _treat_doc(treat, doc, path, depth - 1)
+    found: list[FilterMatch] = []
+
+    def change(s: str) -> str | None:
+        scan = _scannable(s)
+        new, match, more = treat(scan, path)
         if match is not None:
-            return text, match, []
-        if changed:
-            out = json.dumps(new_doc, ensure_ascii=False)
-    scan = _scannable(out)
-    new, match, more = treat(scan, path)
-    if match is not None:
-        return text, match, []
-    if new is scan:
-        return out, None, notes
-    return new, None, notes + more
+            found.append(match)
+            return None
+        if new is scan:
+            return s
+        notes.extend(more)
+        return new
+
+    out = through_escapes(text, change, depth)
+    if out is None:
+        return text, found[0], []
+    if out == text:
+        return text, None, []
+    return out, None, notes
 
 
 def request_treatment(holdback: HoldBack, action: str) -> Treatment:

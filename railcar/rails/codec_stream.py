@@ -14,10 +14,11 @@ Per upstream event (``(raw, data)``, byte-exact; :data:`railcar.core.guard.SSEEv
 - Every string of the event (``codec.stream_strings``: path, ``stream_key``, kind) is watched, so a field a
   provider adds tomorrow is covered. Deltas of one output value share a ``stream_key``: one
   :class:`railcar.rails.stream_guard.TextFilter` (the inline hold-back, ``rails.filter_factory``) per key sees them
-  concatenated; a whole value (key ``None``) gets a fresh filter of its own (fed, then flushed). Text is passed
-  through an incremental JSON-string unescape first (:class:`Unescaper`: ``\\u0041KIA...`` split across tool-argument
-  deltas is ``AKIA...`` to the filter, an escape cut at a delta's end waits for the next delta), because the agent's
-  ``json.loads`` of the arguments (or of a structured answer) undoes the escapes.
+  concatenated; a whole value (key ``None``) gets a fresh filter of its own (fed, then flushed). Text of every
+  kind (answer text, reasoning, tool arguments) is passed through an incremental JSON-string unescape first
+  (:class:`railcar.rails.json_escape.Unescaper`: ``\\u0041KIA...`` split across deltas is ``AKIA...`` to the
+  filter, an escape cut at a delta's end waits for the next delta), because the agent's ``json.loads`` of the
+  arguments (or of a structured answer) undoes the escapes.
 - Hold-back: while any filter holds a possible match open, frames are held *whole*, in order; when nothing is held
   they go out as they came (clean traffic stays byte-exact, ``event:`` lines included). In ``redact`` mode a held
   frame whose text the filter changed is rewritten at the strings' paths (:func:`railcar.codecs.base.set_at`; the
@@ -44,7 +45,6 @@ whole value).
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -59,6 +59,7 @@ from railcar.core.jsonpath import Parts, json_path
 from railcar.core.wire import sse_frame
 from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
+from railcar.rails.json_escape import Unescaper, rewrite, unescape
 from railcar.rails.text_filter import (
     FilterMatch,
     IdentityFilter,
@@ -71,125 +72,11 @@ from railcar.rails.text_filter import (
 
 log = logging.getLogger("railcar.rails")
 
-__all__ = ["CodecStreamGuard", "Unescaper", "unescape", "INVALID_EVENT_MESSAGE"]
+__all__ = ["CodecStreamGuard", "INVALID_EVENT_MESSAGE"]
 
 INVALID_EVENT_MESSAGE = "The upstream sent a stream event that is not valid JSON; the guard stopped the stream."
 _ANSWER_KINDS = frozenset({"text", "reasoning", "refusal"})
-_SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_HEX = frozenset("0123456789abcdefABCDEF")
 _CLEAN_CACHE = 4096  # whole values that passed (ids, types, model names repeat on every event)
-
-
-# ------------------------------------------------------------------------------------------- JSON-string unescape
-
-def _hex4(s: str, at: int) -> int | None:
-    h = s[at:at + 4]
-    return int(h, 16) if len(h) == 4 and all(c in _HEX for c in h) else None
-
-
-def _partial_escape(rest: str) -> bool:
-    """``rest`` (starting with a backslash) may still become an escape with more text."""
-    if len(rest) == 1:
-        return True
-    if rest[1] != "u":
-        return False
-    tail = rest[2:]
-    if len(tail) < 4:
-        return all(c in _HEX for c in tail)
-    cp = _hex4(rest, 2)
-    if cp is None or not 0xD800 <= cp < 0xDC00:
-        return False
-    low = rest[6:]  # a high surrogate waits for its low half ("\\uDC00")
-    return len(low) < 6 and "\\u".startswith(low[:2]) and all(c in _HEX for c in low[2:])
-
-
-def _escape_at(s: str, j: int) -> tuple[str, int]:
-    """The escape at ``s[j]`` (a backslash, with a complete escape after it or ``s`` final): ``(text, length)``.
-    Unknown escapes stay literal; a lone surrogate becomes U+FFFD (it could never reach a matcher as UTF-8)."""
-    c = s[j + 1] if j + 1 < len(s) else ""
-    if c in _SIMPLE and c:
-        return _SIMPLE[c], 2
-    cp = _hex4(s, j + 2) if c == "u" else None
-    if cp is None:
-        return "\\", 1
-    if 0xD800 <= cp < 0xDC00 and s[j + 6:j + 8] == "\\u":
-        lo = _hex4(s, j + 8)
-        if lo is not None and 0xDC00 <= lo < 0xE000:
-            return chr(0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)), 12
-    if 0xD800 <= cp < 0xE000:
-        return "\ufffd", 6
-    return chr(cp), 6
-
-
-def unescape(s: str, final: bool = True, offsets: list[int] | None = None) -> tuple[str, str]:
-    """JSON-string escapes of ``s`` decoded (RFC 8259 section 7: ``\\"`` ``\\\\`` ``\\/`` ``\\b`` ``\\f`` ``\\n``
-    ``\\r`` ``\\t`` ``\\uXXXX``, surrogate pairs joined); other text, unknown escapes included, is kept as is.
-
-    Returns ``(text, rest)``: ``rest`` is an escape cut at the end of ``s`` (``"\\u00"``), kept for the next delta
-    when not ``final`` (``""`` otherwise). With ``offsets`` (a list) and ``final``, the index in ``s`` of each character of
-    ``text`` is appended to it, then ``len(s)`` (the redaction rewrite maps positions back with it)."""
-    out: list[str] = []
-    i, n = 0, len(s)
-    while True:
-        j = s.find("\\", i)
-        if j < 0:
-            j = n
-        if offsets is not None:
-            offsets.extend(range(i, j))
-        out.append(s[i:j])
-        if j >= n:
-            break
-        if not final and _partial_escape(s[j:]):
-            return "".join(out), s[j:]
-        text, size = _escape_at(s, j)
-        if offsets is not None:
-            offsets.extend([j] * len(text))
-        out.append(text)
-        i = j + size
-    if offsets is not None:
-        offsets.append(n)
-    return "".join(out), ""
-
-
-class Unescaper:
-    """Incremental :func:`unescape` over the deltas of one value: ``feed(delta) -> text``; ``pending`` is an escape
-    cut at the last delta's end (``""`` when none), ``flush()`` returns it as literal text at the end."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self) -> None:
-        self.pending = ""
-
-    def feed(self, delta: str) -> str:
-        """The decoded text of ``delta`` (with what was pending before it)."""
-        if not self.pending and "\\" not in delta:
-            return delta
-        text, self.pending = unescape(self.pending + delta, final=False)
-        return text
-
-    def flush(self) -> str:
-        """The end of the value: what is pending, decoded as a final string."""
-        rest, self.pending = self.pending, ""
-        return unescape(rest)[0] if rest else ""
-
-
-def rewrite(orig: str, decoded: str, released: str) -> str:
-    """``orig`` (the value as the upstream sent it) with the changes a filter made to ``decoded`` (its
-    :func:`unescape`) applied, so the escapes outside the redacted parts are kept: ``released`` when ``orig`` has no
-    escape. Changed parts (placeholders) are inserted JSON-string-escaped."""
-    if orig == decoded:
-        return released
-    offsets: list[int] = []
-    dec, _ = unescape(orig, True, offsets)
-    if dec != decoded:  # not the decoding of orig (cannot happen): the released text is all we have
-        return released
-    out: list[str] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, decoded, released, autojunk=False).get_opcodes():
-        if op == "equal":
-            out.append(orig[offsets[i1]:offsets[i2]])
-        else:
-            out.append(orjson.dumps(released[j1:j2]).decode()[1:-1])
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------------- the guard

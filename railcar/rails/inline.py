@@ -55,7 +55,8 @@ from railcar.rails.settings import DetectionConfig, GuardrailsConfig
 
 log = logging.getLogger("railcar.rails.inline")
 
-__all__ = ["HoldBack", "InlineFilter", "InlineMatch", "prefix_pattern", "holdback_from_config"]
+__all__ = ["HoldBack", "InlineFilter", "InlineMatch", "KeyOpening", "key_openings", "cut_key", "prefix_pattern",
+           "holdback_from_config"]
 
 ACTIONS = ("block", "redact")
 
@@ -218,7 +219,33 @@ class InlineMatch:
         return self.match.detector
 
 
-_KEY_BODY = re.compile(r"[A-Za-z0-9+/=]{32,}")
+_KEY_BODY = re.compile(r"[A-Za-z0-9+/=]{32,}")  # a key body line: the detector's own minimum (detectors.pem_ok)
+# A detector whose values are too long to wait for (PEM keys), its opening (the BEGIN line) and its full patterns.
+KeyOpening = tuple[_det.Detector, re.Pattern[str], list[re.Pattern[str]]]
+
+
+def key_openings(detectors: Iterable[_det.Detector]) -> list[KeyOpening]:
+    """The compiled :data:`KeyOpening` of each of ``detectors`` that has an ``opening``
+    (:attr:`railcar.rails.detectors.Detector.opening`), in order."""
+    return [(d, re.compile(d.opening), [re.compile(p) for p in d.patterns]) for d in detectors if d.opening]
+
+
+def cut_key(openings: list[KeyOpening], text: str, start: int = 0,
+            body: bool = True) -> tuple[int, _det.Detector] | None:
+    """The first value of ``openings`` that opens at or after ``start`` in ``text`` and that no full pattern
+    completes from there (a PEM private key cut before its END line): ``(where it opens, detector)``, else
+    ``None``. ``body``: only with a key body after the opening (32+ base64 characters), so an opening followed by
+    prose is not a key; without it a bare opening counts (a text known to be cut short). Shared by the stream
+    hold-back (:meth:`HoldBack.cut_key`) and the trace redaction (:class:`railcar.streams.withheld.Withheld`)."""
+    for det, rx, fulls in openings:
+        for m in rx.finditer(text, start):
+            if any(f.match(text, m.start()) for f in fulls):
+                continue  # a whole value (the validator decided about it)
+            if not body or _KEY_BODY.search(text, m.end()):
+                return m.start(), det
+    return None
+
+
 _HOLD_MEM = 256 << 20  # per hold-back pattern and for the prefix Set
 _GATE_MEM = 768 << 20  # the combined gate: at least what its two halves had
 
@@ -276,8 +303,7 @@ class HoldBack:
         self.longest = max(self._limit.values(), default=0)
         self._by_id = {d.id: d for d in scanner.detectors}
         # secrets too long to wait for (PEM keys) whose opening alone says what follows: see cut_key()
-        self._openings = [(d, re.compile(d.opening), [re.compile(p) for p in d.patterns])
-                          for d in scanner.detectors if d.opening and d.kind == "secret"]
+        self._openings = key_openings(d for d in scanner.detectors if d.kind == "secret")
 
     def filter(self) -> InlineFilter:
         """A fresh :class:`InlineFilter` for one text stream."""
@@ -336,13 +362,9 @@ class HoldBack:
     def cut_key(self, text: str, start: int = 0) -> tuple[int, _det.Detector] | None:
         """A key that opened at or after ``start`` in ``text`` and never completed, with a key body after its
         opening (32+ base64 characters: a PEM private key cut before its END line): ``(where it opens, detector)``,
-        else ``None``. A stream that ends on one fails closed rather than releasing key material; an opening
-        followed by prose has no key body and is released."""
-        for det, rx, fulls in self._openings:
-            for m in rx.finditer(text, start):
-                if not any(f.match(text, m.start()) for f in fulls) and _KEY_BODY.search(text, m.end()):
-                    return m.start(), det
-        return None
+        else ``None`` (:func:`cut_key` over the secret detectors). A stream that ends on one fails closed rather than
+        releasing key material; an opening followed by prose has no key body and is released."""
+        return cut_key(self._openings, text, start)
 
     def settled(self, detector_id: str, tail: str) -> bool:
         """A match of ``detector_id`` whose value starts ``tail`` can no longer change with more text."""

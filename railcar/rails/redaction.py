@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
-
 from railcar.core.exchange import RedactionNote
 from railcar.core.jsonpath import key_path
+from railcar.rails.json_escape import through_escapes
 from railcar.rails.scanner import Match, Scanner
 
 PLACEHOLDER_RE = re.compile(r"\[REDACTED:([a-z0-9_]+):([0-9a-f]{8})\]")
@@ -53,18 +52,24 @@ def redact_text(scanner: Scanner, text: str, path: str = "$") -> tuple[str, list
 
 
 def redact_escaped(scanner: Scanner, text: str, path: str = "$") -> tuple[str, list[RedactionNote]]:
-    """``text`` that is itself a JSON document (tool-call arguments) with the values its JSON escapes hide redacted
-    (``{"k": "\\u0041KIA…"}`` decodes to a key that a scan of the raw text cannot see): the document re-serialized
-    with every decoded string redacted, and their notes; ``text`` unchanged (no notes) when it holds no escape, does
-    not parse, or hides nothing."""
-    if "\\" not in text or text[:1] not in ("{", "["):
+    """``text`` with the values its JSON escapes hide redacted (tool-call arguments or a structured answer writing
+    ``{"k": "\\u0041KIA…"}``: a key that a scan of the raw text cannot see, but the agent's ``json.loads`` gives
+    back; JSON text in JSON text too, :data:`railcar.rails.json_escape.DEPTH` levels), whether ``text`` parses as
+    JSON or not (arguments cut short, prose around JSON). Each decoded level is scanned
+    (:func:`railcar.rails.json_escape.through_escapes`; ``text`` itself is not: :func:`redact_text` does that) and a
+    placeholder is written where the value was spelled, the escapes around it kept. Returns ``(text, notes)``, the
+    notes with ``path``; ``text`` unchanged (no notes) when it has no backslash or hides nothing."""
+    if "\\" not in text:
         return text, []
-    try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text, []
-    new, notes = redact_json(scanner, obj, path)
-    return (orjson.dumps(new).decode(), notes) if notes else (text, [])
+    notes: list[RedactionNote] = []
+
+    def change(level: str) -> str:
+        new, found = redact_text(scanner, level, path)
+        notes.extend(found)
+        return new
+
+    out = through_escapes(text, change, top=False)
+    return (out, notes) if notes and out is not None else (text, [])
 
 
 def redact_json(scanner: Scanner, obj: Any, path: str = "$") -> tuple[Any, list[RedactionNote]]:

@@ -9,7 +9,8 @@ content deltas go through the rolling buffer of :mod:`railcar.rails.chunker`; wi
 moment it arrives and chunk checks start at once (:func:`railcar.rails.eager.spawn`: a check that has to wait continues in a
 background task; at most one in flight: if a check still runs when the next chunk is cut, the guard waits for it,
 which bounds what can leak past a block to about one chunk); without ``stream_first`` frames are held until their
-chunk passes. Tool-call deltas are held until the call's arguments are complete and pass ``tool_input``. A block
+chunk passes. Tool-call deltas, and a choice's frames once a legacy ``function_call`` started, are held until the
+call's arguments are complete (a legacy call: at ``finish_reason`` or the stream's end) and pass ``tool_input``. A block
 sends :func:`railcar.core.wire.blocked_frames` and sets ``stopped``; the proxy then closes the upstream. Every other
 event is relayed byte for byte, in order.
 
@@ -19,7 +20,9 @@ The issue-8 seam: the guard's ``filter_factory`` (default: none, i.e. :class:`Id
 stream with the error chunk (rail name ``match.rail`` if it has one, else ``"sensitive data"``). For single-choice
 content frames the guard holds the *whole frame* while the filter holds an open tail and then sends the original
 bytes when the filter changed nothing (so clean traffic stays byte-exact), or the frames rewritten with the released
-text when it redacted.
+text when it redacted. Every text, string content included, is JSON-unescaped before the filter sees it (a JSON-mode
+answer's ``\\u0041KIA...`` is ``AKIA...`` to the agent's ``json.loads``; :mod:`railcar.rails.json_escape`); content
+without a backslash keeps the fast path (one RE2 pass per delta, the original bytes relayed).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -44,7 +47,8 @@ from railcar.core.jsonpath import json_path
 from railcar.core.wire import blocked_frames, sse_frame
 from railcar.rails import eager, metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
-from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, Unescaper, rewrite, unescape
+from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE
+from railcar.rails.json_escape import Unescaper, rewrite, unescape
 from railcar.rails.messages import last_user
 from railcar.rails.text_filter import (
     FilterMatch,
@@ -86,6 +90,9 @@ _Template = tuple[bytes, bytes, int, int]
 # A gathered simple content frame: (raw, content, parsed object or None for a template hit, data).
 _RunItem = tuple[bytes, str, Any, bytes]
 _INVALID = object()  # on_events: the payload starts like a JSON object but does not parse
+_FC = "function_call"  # the tool gate of a choice's legacy function_call: (choice index, _FC); no tool-call index
+# A tool gate: (choice index, tool-call index or _FC); a frame with one waits until that call passed tool_input.
+_Gate = tuple[int, int | str]
 
 
 def _template(data: bytes, obj: dict[str, Any], content: str, ci: int) -> _Template | None:
@@ -221,6 +228,32 @@ def _feed(f: TextFilter, text: str) -> tuple[str, FilterMatch | None]:
     return f.feed(text)
 
 
+def _note_function_call(st: _Choice, delta: dict[str, Any]) -> None:
+    """A legacy ``delta.function_call`` (``{"name", "arguments"}``, deprecated by OpenAI for ``tool_calls``): the
+    call started; its argument fragment is appended as sent (what the tool_input rails judge once complete)."""
+    fc = delta.get("function_call")
+    if isinstance(fc, dict) and fc:
+        st.fc_seen = True
+        frag = fc.get("arguments")
+        if isinstance(frag, str):
+            st.fc_args += frag
+
+
+def _clean_prefix(st: _Choice, run: list[_RunItem], start: int) -> int:
+    """How many content frames of ``run`` from ``start`` on the fast path may relay as they came: the leading ones
+    whose content has no backslash (an escape is decoded by the general path first) and that the choice's filter
+    releases whole (``pass_through``); 0 while the choice holds frames or an escape cut at a delta's end."""
+    if st.pending or st.content.unesc.pending:
+        return 0
+    texts = []
+    for item in run[start:] if start else run:
+        c = item[1]
+        if "\\" in c:
+            break
+        texts.append(c)
+    return st.filter.pass_through(texts) if texts else 0
+
+
 def _nest(parts: Path, value: Any) -> Any:
     """``value`` under ``parts`` built up as fresh dicts and one-item lists (``("delta", "refusal")`` ->
     ``{"delta": {"refusal": value}}``)."""
@@ -230,11 +263,11 @@ def _nest(parts: Path, value: Any) -> Any:
 
 
 class _Field:
-    """One streamed string field of a choice other than string ``delta.content`` (one stream key of
-    :func:`railcar.codecs.openai_chat.chunk_piece`): tool-call and legacy ``function_call`` arguments,
+    """One streamed string field of a choice (one stream key of :func:`railcar.codecs.openai_chat.chunk_piece`):
+    string ``delta.content`` (:attr:`_Choice.content`), tool-call and legacy ``function_call`` arguments,
     ``reasoning_content``, ``reasoning``, ``reasoning_details[].text``, ``refusal``, ``audio.transcript``, content
     parts, ``logprobs`` tokens, any field a provider adds. Its deltas go through one filter, JSON-unescaped first
-    (:class:`railcar.rails.codec_stream.Unescaper`: the agent's ``json.loads`` of arguments undoes the escapes, so
+    (:class:`railcar.rails.json_escape.Unescaper`: the agent's ``json.loads`` of arguments undoes the escapes, so
     ``\\u0041KIA...`` is ``AKIA...`` to the filter); :meth:`feed` says what the frame carries instead of the delta:
     the released part as the upstream spelled it (escapes kept), placeholders JSON-escaped."""
 
@@ -255,9 +288,11 @@ class _Field:
         """Text of the field is held back (a possible value still open, or an escape cut at a delta's end)."""
         return bool(self.carry) or bool(self.unesc.pending)
 
-    def feed(self, frag: str, final: bool = False) -> tuple[str, str, FilterMatch | None]:
+    def feed(self, frag: str, final: bool = False, ahead: bool = True) -> tuple[str, str, FilterMatch | None]:
         """Delta ``frag`` (``final``: the field ends with it; ``""`` to flush): ``(text the frame carries, the
-        released text as the filter saw it, match or None)``."""
+        released text as the filter saw it, match or None)``. ``ahead``: an escape cut at the delta's end may go out
+        with it (the frame is sent now); without it (the frame is held whole while the escape is pending) it waits
+        for its end, so a value starting with that escape is redacted whole."""
         f = self.filter
         if not self.decode or (not self.unesc.pending and "\\" not in frag and "\\" not in self.carry):
             rel, match = _feed(f, frag) if frag else ("", None)
@@ -281,7 +316,7 @@ class _Field:
             return "", rel, match
         pending = self.unesc.pending
         sent = self._spell(src[:len(src) - len(pending)], rel)
-        if pending and not self.carry:
+        if pending and not self.carry and ahead:
             sent += pending[len(self.ahead):]
             self.ahead = pending
         return sent, rel, None
@@ -289,7 +324,7 @@ class _Field:
     def _spell(self, src: str, rel: str) -> str:
         """What the frame carries for released text ``rel`` when ``src`` (the field's unreleased original text, no
         escape cut at its end) decodes to what the filter saw: ``src`` up to the held tail (kept in ``carry``), or
-        :func:`railcar.rails.codec_stream.rewrite` of it when the filter redacted; less what went out ahead."""
+        :func:`railcar.rails.json_escape.rewrite` of it when the filter redacted; less what went out ahead."""
         held, ahead = self.filter.held, self.ahead
         offsets: list[int] = []
         full = unescape(src, True, offsets)[0]
@@ -346,7 +381,7 @@ def _bytes(frame: _Frame) -> bytes:
 @dataclass
 class _Choice:
     chunker: RollingChunker
-    filter: TextFilter
+    content: _Field           # string ``delta.content``: the choice's filter, JSON-unescaped like every field
     tools: ToolCallAssembler = field(default_factory=ToolCallAssembler)
     tool_filters: dict[int, _Field] = field(default_factory=dict)
     fields: dict[Any, _Field] = field(default_factory=dict)  # every other streamed field, by stream key
@@ -362,10 +397,20 @@ class _Choice:
     pend_keys: dict[Any, list[str]] = field(default_factory=dict)
     pend_loc: dict[Any, tuple[dict[str, Any], Path]] = field(default_factory=dict)
     pend_edit: bool = False
+    # Legacy ``delta.function_call`` (one call per choice, complete at ``finish_reason`` or the stream's end): its
+    # arguments as sent, whether one started, whether it is complete (its frames wait for the tool_input check).
+    fc_args: str = ""
+    fc_seen: bool = False
+    fc_done: bool = False
+
+    @property
+    def filter(self) -> TextFilter:
+        """The inline filter of the choice's string content."""
+        return self.content.filter
 
     def holds(self) -> bool:
         """Some text of this choice is held back (content or another field)."""
-        return bool(self.filter.held) or any(f.holding for f in self.fields.values())
+        return self.content.holding or any(f.holding for f in self.fields.values())
 
 
 class _Run:
@@ -390,9 +435,9 @@ class _Event:
         self.modified = False                              # a delta was rewritten: re-serialize the object
         self.override: list[bytes] | None = None           # frames to send instead (frame-level hold)
         self.text_gates: list[tuple[int, int]] = []
-        self.tool_gates: set[tuple[int, int]] = set()
+        self.tool_gates: set[_Gate] = set()
         self.batches: list[tuple[int, ChunkBatch]] = []    # chunks cut, checked after the frames went out
-        self.completed: list[tuple[int, list[int]]] = []   # tool calls whose arguments are complete
+        self.completed: list[tuple[int, Sequence[int | str]]] = []  # calls whose arguments are complete
         self.pre_frames: list[tuple[bytes, tuple[tuple[int, int], ...]]] = []  # synthesized, sent first
         self.has_content = False  # some choice's delta carries content (stream_first sends such frames at once)
         self.watched = False      # the held-frame choice's text went through a filter in this event
@@ -423,8 +468,8 @@ class RailsStreamGuard:
         self._new_filter: Callable[[], TextFilter] = guard.filter_factory or IdentityFilter
         self._choices: dict[int, _Choice] = {}
         # (frame, text gates, tool gates)
-        self._queue: deque[tuple[_Frame, tuple[tuple[int, int], ...], frozenset[tuple[int, int]]]] = deque()
-        self._approved: set[tuple[int, int]] = set()
+        self._queue: deque[tuple[_Frame, tuple[tuple[int, int], ...], frozenset[_Gate]]] = deque()
+        self._approved: set[_Gate] = set()
         self._inflight: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._ended = False
@@ -453,14 +498,14 @@ class RailsStreamGuard:
             if not self.stopped:
                 await self.sink.send(frame)
 
-    def _gates_open(self, text_gates: tuple[tuple[int, int], ...], tool_gates: frozenset[tuple[int, int]]) -> bool:
+    def _gates_open(self, text_gates: tuple[tuple[int, int], ...], tool_gates: frozenset[_Gate]) -> bool:
         for ci, seq in text_gates:
             if self._choices[ci].checked < seq:
                 return False
         return tool_gates <= self._approved
 
     async def _emit(self, frame: _Frame, text_gates: tuple[tuple[int, int], ...] = (),
-                    tool_gates: frozenset[tuple[int, int]] = frozenset()) -> None:
+                    tool_gates: frozenset[_Gate] = frozenset()) -> None:
         """Send ``frame`` now, or queue it behind earlier held frames / until its gates open."""
         if not self._queue and self._gates_open(text_gates, tool_gates):
             data = _bytes(frame)
@@ -529,15 +574,17 @@ class RailsStreamGuard:
             await self._inflight
             self._inflight = None
 
-    async def _check_tools_done(self, ci: int, indices: list[int]) -> None:
+    async def _check_tools_done(self, ci: int, indices: Sequence[int | str]) -> None:
+        """Tool calls ``indices`` of choice ``ci`` (``_FC``: its legacy ``function_call``) are complete: each one's
+        arguments through the tool_input rails (when enabled), then its frames may go (a block stops the stream)."""
         st = self._choices[ci]
         for idx in indices:
             if self.stopped:
                 return
-            call = st.tools.calls[idx]
-            if self._check_tools and call.arguments:
+            args = st.tools.calls[idx].arguments if isinstance(idx, int) else st.fc_args
+            if self._check_tools and args:
                 res = await self.guard.run_check(self.exchange, "tool_input", [
-                    {"role": "user", "content": self._user}, {"role": "assistant", "content": call.arguments}])
+                    {"role": "user", "content": self._user}, {"role": "assistant", "content": args}])
                 if res.blocked:
                     await self._block(res.rail or "tool_input")
                     return
@@ -548,7 +595,9 @@ class RailsStreamGuard:
         st = self._choices.get(ci)
         if st is None:
             g = self.guard
-            st = self._choices[ci] = _Choice(RollingChunker(g.chunk_size, g.context_size), self._new_filter())
+            content = _Field(self._new_filter(), "text", ("choices", ci, "delta", "content"),
+                             g.filter_factory is not None)
+            st = self._choices[ci] = _Choice(RollingChunker(g.chunk_size, g.context_size), content)
         return st
 
     # -- events ----------------------------------------------------------------------------------------------
@@ -680,16 +729,21 @@ class RailsStreamGuard:
         """Handle a run of simple content frames of choice ``ci`` (see :meth:`on_events`); returns how many were
         handled (all unless the stream stopped, counting the frame whose handling blocked)."""
         st = self._choices[ci]
-        k = st.filter.pass_through([r[1] for r in run])
-        if k:
-            n = await self._relay_clean(run, k, st, ci)
-            if self.stopped:
-                return n
-        for n, (raw, _, obj, data) in enumerate(run[k:], k + 1):
+        n, total = 0, len(run)
+        while n < total:
+            k = _clean_prefix(st, run, n)
+            if k:  # (again after a frame the general path took: a short hold must not slow the rest of the run)
+                done = await self._relay_clean(run[n:n + k], k, st, ci)
+                if self.stopped:
+                    return n + done
+                n += k
+                continue
+            raw, _, obj, data = run[n]
+            n += 1
             await self._on_obj(raw, obj if obj is not None else orjson.loads(data))
             if self.stopped:
                 return n
-        return len(run)
+        return total
 
     async def _relay_clean(self, run: list[_RunItem], k: int, st: _Choice, ci: int) -> int:
         """Relay the first ``k`` frames of ``run`` (deltas the filter released whole) as their original bytes, the
@@ -868,7 +922,7 @@ class RailsStreamGuard:
         fs = st.fields.get(key)
         if fs is None:
             fs = st.fields[key] = _Field(self._new_filter(), p.kind, p.parts, self.guard.filter_factory is not None)
-        sent, rel, match = fs.feed(p.text)
+        sent, rel, match = fs.feed(p.text, ahead=hold != ci)
         if match is not None:
             await self._block(match_rail(match), match)
             return False
@@ -899,6 +953,12 @@ class RailsStreamGuard:
         if isinstance(delta, dict):
             if not await self._on_delta(delta, hold == ci, ci, st, ev):
                 return False
+            if "function_call" in delta and not st.fc_done:
+                _note_function_call(st, delta)
+        if st.fc_seen and (ci, _FC) not in self._approved:
+            # A legacy function_call is under way: the choice's frames (the call's deltas, frames held with them)
+            # wait until it is complete and passed tool_input, as a tool call's do.
+            ev.tool_gates.add((ci, _FC))
         if choice.get("finish_reason") is not None and not st.finished:
             return await self._on_finish_reason(ci, st, delta, ev)
         return True
@@ -922,20 +982,23 @@ class RailsStreamGuard:
 
     async def _filter_content(self, delta: dict[str, Any], content: str, held: bool, st: _Choice,
                               ev: _Event) -> str | None:
-        """Content ``content`` through the choice's filter: the released text, or ``None`` when it matched
-        (blocked). In a frame that may be held whole (``held``) the change is judged over the held frames."""
-        text, match = st.filter.feed(content)
+        """Content ``content`` through the choice's :class:`_Field` (JSON-unescaped first when it has a backslash: a
+        structured answer's ``\\u0041KIA...`` is ``AKIA...`` to the agent's ``json.loads``): the released text as
+        the filter saw it, or ``None`` when it matched (blocked). The frame carries the released part as the
+        upstream spelled it; in a frame that may be held whole (``held``) the change is judged over the held
+        frames."""
+        sent, rel, match = st.content.feed(content, ahead=not held)
         if match is not None:
             await self._block(match_rail(match), match)
             return None
         if held:
             st.pend_in += content
-            st.pend_out += text
+            st.pend_out += sent
             ev.watched = True
-        elif text != content:
-            delta["content"] = text
+        elif sent != content:
+            delta["content"] = sent
             ev.modified = True
-        return text
+        return rel
 
     async def _on_tool_calls(self, ci: int, st: _Choice, tcs: list[Any], ev: _Event) -> bool:
         """Tool-call entries of a delta: assembled, gated until their call is complete and passed, their argument
@@ -1040,6 +1103,9 @@ class RailsStreamGuard:
             ev.completed.append((ci, open_calls))
             for idx in open_calls:
                 ev.tool_gates.add((ci, idx))
+        if st.fc_seen and not st.fc_done:
+            st.fc_done = True
+            ev.completed.append((ci, [_FC]))
         return True
 
     async def _send_event(self, raw: bytes, obj: dict[str, Any], ev: _Event) -> None:
@@ -1052,8 +1118,9 @@ class RailsStreamGuard:
             frames = [_Lazy(raw, obj, ev.calls, ev.edits, ev.modified)]
         else:
             frames = [raw if not ev.modified else sse_frame(obj)]
+        fc_gates = frozenset(g for g in ev.tool_gates if g[1] == _FC)  # released tails may be function_call text
         for pf, gates in ev.pre_frames:
-            await self._emit(pf, gates)
+            await self._emit(pf, gates, fc_gates)
         if self.guard.stream_first and not ev.tool_gates and not ev.pre_frames and ev.has_content:
             for frame in frames:
                 await self._send(_bytes(frame))  # stream_first: text never waits, not even behind held tool calls
@@ -1106,11 +1173,11 @@ class RailsStreamGuard:
         when text was held back outside them, each with its text gate) and cut the final chunk into ``batches``.
         ``None`` when a flush matched (blocked)."""
         frames: list[tuple[bytes, tuple[tuple[int, int], ...]]] = []
-        text, match = st.filter.flush()
+        text, rel, match = st.content.feed("", True)  # the filter's flush, and an escape cut at the end
         if match is not None:
             await self._block(match_rail(match), match)
             return None
-        gates = self._feed_text(ci, st, text, batches)
+        gates = self._feed_text(ci, st, rel, batches)
         tails = await self._field_tails(ci, st, batches)
         if tails is None:
             return None
@@ -1190,10 +1257,16 @@ class RailsStreamGuard:
         extra = await self._flush_choice(ci, st, batches)
         if extra is None:
             return False
+        fc_gates = frozenset({(ci, _FC)}) if st.fc_seen and (ci, _FC) not in self._approved else frozenset()
         for f, gates in extra:
-            await self._emit(f, gates)
+            await self._emit(f, gates, fc_gates)
         for _, b in batches:
             await self._submit(ci, b)
+        if st.fc_seen and not st.fc_done:
+            st.fc_done = True
+            await self._check_tools_done(ci, [_FC])
+            if self.stopped:
+                return False
         open_calls = st.tools.finish()
         if open_calls:
             calls: list[_Field] = []

@@ -28,18 +28,14 @@ Thread-safety: use one per thread (the hold-back it builds is thread-safe, the l
 
 from __future__ import annotations
 
-import re
-
 from railcar.core.exchange import RedactionNote
 from railcar.rails.detectors import Detector
-from railcar.rails.inline import HoldBack
+from railcar.rails.inline import HoldBack, KeyOpening, cut_key, key_openings
 from railcar.rails.masking import fingerprint, mask
 from railcar.rails.redaction import placeholder
 from railcar.rails.scanner import Scanner
 
 __all__ = ["Withheld"]
-
-_KEY_BODY = re.compile(r"[A-Za-z0-9+/=]{32,}")
 
 
 class Withheld:
@@ -49,8 +45,7 @@ class Withheld:
 
     def __init__(self, scanner: Scanner) -> None:
         self.scanner = scanner
-        self._openings: list[tuple[Detector, re.Pattern[str], list[re.Pattern[str]]]] = [
-            (d, re.compile(d.opening), [re.compile(p) for p in d.patterns]) for d in scanner.detectors if d.opening]
+        self._openings: list[KeyOpening] = key_openings(scanner.detectors)
         self._holdback: HoldBack | None = None
 
     def _hold(self) -> HoldBack:
@@ -59,14 +54,10 @@ class Withheld:
         return self._holdback
 
     def _opening(self, text: str, cut: bool) -> tuple[int, Detector | None]:
-        """The first opening no catalog pattern completes (with a key body after it unless ``cut``)."""
-        for det, rx, fulls in self._openings:
-            for m in rx.finditer(text):
-                if any(f.match(text, m.start()) for f in fulls):
-                    continue  # a whole value (the validator decided about it)
-                if cut or _KEY_BODY.search(text, m.end()):
-                    return m.start(), det
-        return len(text), None
+        """The first opening no catalog pattern completes (with a key body after it unless ``cut``):
+        :func:`railcar.rails.inline.cut_key`, the hold-back's own test."""
+        found = cut_key(self._openings, text, 0, body=not cut)
+        return found if found is not None else (len(text), None)
 
     def _held(self, text: str) -> tuple[int, Detector | None]:
         """The earliest open value prefix at the end of ``text`` with a detector's literal as evidence."""

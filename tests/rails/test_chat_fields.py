@@ -29,9 +29,10 @@ from railcar.core.exchange import Exchange
 from railcar.core.jsonpath import walk_strings
 from railcar.core.wire import blocked_frames
 from railcar.rails import detectors as det
-from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, unescape
+from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE
 from railcar.rails.guard import RailsGuard
 from railcar.rails.inline import HoldBack
+from railcar.rails.json_escape import unescape
 from railcar.rails.scanner import Scanner
 from railcar.sidecar.sse import split_events
 

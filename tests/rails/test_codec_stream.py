@@ -24,8 +24,9 @@ from railcar.codecs.registry import CODECS
 from railcar.core.exchange import Exchange
 from railcar.core.jsonpath import walk_strings
 from railcar.rails import detectors as d
-from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, CodecStreamGuard, Unescaper, rewrite, unescape
+from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE, CodecStreamGuard
 from railcar.rails.inline import HoldBack
+from railcar.rails.json_escape import Unescaper, rewrite, unescape
 from railcar.rails.scanner import Scanner
 from railcar.sidecar.sse import split_events
 from railcar.tools.synthetic import Script, stream_frames
