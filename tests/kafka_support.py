@@ -1,15 +1,23 @@
 """Test helpers for the Kafka part: a mock-cluster fixture, reading a topic back, polling until a condition holds,
-a connected publisher, the 2-consumer group patch.
+a connected publisher, the 2-consumer group patch, a short group session for ``railcar consume`` subprocesses.
 
 The SyncGroup delay below is a test-only workaround for librdkafka's mock cluster (``../shared/KAFKA.md``): the
 mock rejects a follower's SyncGroup that arrives after the leader's, so the leader's SyncGroup is delayed ~0.3 s.
 Railcar's own code never carries it.
+
+:func:`short_session_env` is another test-only workaround, for restarts after a SIGKILL: the mock cluster
+(``rdkafka_mock_cgrp.c``) waits ``session_timeout_ms - 1000`` for members to (re)join before it elects a leader,
+keeps a dead member until its session times out, and may elect that dead member leader (a real coordinator
+elects among the members that rejoined); the new member then waits in SyncGroup for another session timeout
+before the next round. With aiokafka's 10 s session each restart costs 10 s, sometimes 25 s; a 3 s session
+makes it 2-6 s. Only the timeouts change, never Railcar's code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +115,35 @@ def delayed_sync_group(delay_s: float = 0.3) -> Iterator[None]:
         yield
     finally:
         CoordinatorGroupRebalance._on_join_leader = original
+
+
+_SESSION_SHIM = '''"""Test-only, written by tests/kafka_support.py:short_session_env: AIOKafkaConsumer defaults to a
+short group session in this process (a workaround for the mock cluster's slow rejoin after a member died)."""
+import os
+
+import aiokafka
+
+_init = aiokafka.AIOKafkaConsumer.__init__
+
+
+def __init__(self, *topics, **kw):
+    kw.setdefault("session_timeout_ms", int(os.environ["MOCK_KAFKA_SESSION_TIMEOUT_MS"]))
+    kw.setdefault("heartbeat_interval_ms", int(os.environ["MOCK_KAFKA_HEARTBEAT_INTERVAL_MS"]))
+    _init(self, *topics, **kw)
+
+
+aiokafka.AIOKafkaConsumer.__init__ = __init__
+'''
+
+
+def short_session_env(tmp_path: Path, session_timeout_ms: int = 3000, heartbeat_interval_ms: int = 500) -> dict:
+    """Test-only: environment entries for a ``railcar consume`` subprocess (the ``railcar_process`` fixture)
+    whose aiokafka consumers default to a ``session_timeout_ms`` group session with heartbeats every
+    ``heartbeat_interval_ms`` (a ``sitecustomize`` written under ``tmp_path``, put first on ``PYTHONPATH``).
+    Why: the mock cluster's rejoin after a SIGKILLed member (module docstring). Returns ``{name: value}``."""
+    shim = tmp_path / "short_session_shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_SESSION_SHIM)
+    path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "MOCK_KAFKA_SESSION_TIMEOUT_MS": str(session_timeout_ms),
+            "MOCK_KAFKA_HEARTBEAT_INTERVAL_MS": str(heartbeat_interval_ms)}

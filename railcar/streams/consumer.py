@@ -19,7 +19,12 @@ latest revision of an id is the current state (so the topic can be compacted by 
 
 The broker unreachable at start: the member waits, retrying with exponential backoff (0.5 s doubling to 30 s,
 one warning per attempt naming ``[kafka] bootstrap_servers``), and ``/readyz`` answers 503 ``waiting for kafka``
-meanwhile; :meth:`ConsumerGroupWorker.stop` ends the wait.
+meanwhile; :meth:`ConsumerGroupWorker.stop` ends the wait. A group join refused by a reachable coordinator is
+retried the same way (``/readyz`` 503 ``not ready``). A group error while consuming (e.g. a SyncGroup refused
+while the group rebalances around a member that was SIGKILLed and has not yet timed out) is logged and the
+member rejoins; three in a row and the consumer is replaced by a new member. Only authorization errors end
+:meth:`ConsumerGroupWorker.run`. After a crash, the restarted member waits for the group to drop the dead member
+(its session timeout, aiokafka's ``session_timeout_ms``, 10 s by default) before it gets partitions.
 
 Several consumers of one group: each instance is one fileset writer (own state file) and the snapshot is the
 merge of all writers' states rebuilt under the lock, so they never overwrite each other and a suggestion id is
@@ -50,7 +55,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from railcar.rails.scanner import Scanner
@@ -105,6 +120,8 @@ class ConsumerGroupWorker:
         self._rate_t = time.monotonic()
         self._rate_n = 0
         self.batch_window_s = 0.1  # longest wait to fill a batch once records are flowing
+        self.group_errors = 0  # group errors met while consuming (a refused SyncGroup, ...), each one rejoined
+        self.max_group_errors = 3  # in a row: then the consumer is replaced by a new member
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish its current batch and return (call it from the event loop's thread)."""
@@ -144,50 +161,94 @@ class ConsumerGroupWorker:
                 n += len(recs)
         return batch
 
-    async def _start_clients(self) -> tuple[Any, Any] | None:
-        """``(consumer, producer)`` started, waiting with exponential backoff while the broker is unreachable;
-        None when :meth:`stop` was called meanwhile. Raises what aiokafka raises for anything but an unreachable
-        broker (a bad TLS or SASL setting)."""
-        opts = self.k.client_options()
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(group_id=self.k.group_id, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", **self.k.client_options(), **self.consumer_kwargs)
+        consumer.subscribe([self.k.trace_topic], listener=_Listener(self))
+        return consumer
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(**self.k.client_options(), acks="all", enable_idempotence=True, linger_ms=5,
+                                max_batch_size=self.k.max_batch_size, max_request_size=self.k.max_request_size)
+
+    async def _started(self, make: Any, what: str) -> Any | None:
+        """``make()`` started (an aiokafka producer or consumer; a consumer's start returns once it holds an
+        assignment), retried with exponential backoff while the broker is unreachable or the group join fails;
+        None when :meth:`stop` was called meanwhile. Raises the authorization errors (a wrong ACL does not heal
+        by retrying)."""
         delay, longest = self.backoff_s
         while not self._stop.is_set():
-            consumer = AIOKafkaConsumer(group_id=self.k.group_id, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", **opts, **self.consumer_kwargs)
-            consumer.subscribe([self.k.trace_topic], listener=_Listener(self))
-            producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=5,
-                                        max_batch_size=self.k.max_batch_size,
-                                        max_request_size=self.k.max_request_size)
+            client = make()
             try:
-                await producer.start()
-                await consumer.start()
+                await client.start()
                 self.waiting = False
-                return consumer, producer
+                return client
             except (KafkaError, OSError) as exc:
-                self.waiting = True
-                with contextlib.suppress(Exception):  # half-started clients: release their sockets
-                    await consumer.stop()
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                log.warning("kafka at %s not reachable (%s); retrying in %.1f s", self.k.bootstrap_servers,
-                            type(exc).__name__, delay)
+                with contextlib.suppress(Exception):  # a half-started client: release its sockets, leave the group
+                    await client.stop()
+                if isinstance(exc, _FATAL):
+                    raise
+                self.waiting = _unreachable(exc)
+                if self.waiting:
+                    log.warning("kafka at %s not reachable (%s); retrying in %.1f s", self.k.bootstrap_servers,
+                                type(exc).__name__, delay)
+                else:  # e.g. a SyncGroup refused while the group rebalances around a crashed member
+                    log.warning("%s for group %s did not start (%s: %s); retrying in %.1f s", what,
+                                self.k.group_id, type(exc).__name__, exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, longest)
         return None
 
+    async def _start_clients(self) -> tuple[Any, Any] | None:
+        """``(consumer, producer)`` started (:meth:`_started`); None when :meth:`stop` was called meanwhile."""
+        producer = await self._started(self._new_producer, "findings producer")
+        if producer is None:
+            return None
+        try:
+            consumer = await self._started(self._new_consumer, "consumer")
+        except BaseException:
+            await producer.stop()
+            raise
+        if consumer is None:
+            await producer.stop()
+            return None
+        return consumer, producer
+
     async def run(self, max_records: int = 1000) -> None:
         """Consume until :meth:`stop`; per batch: process, fileset commit, findings topic, offset commit. The
-        outbox a previous run left is sent first."""
+        outbox a previous run left is sent first. A group error while consuming (a SyncGroup or JoinGroup the
+        coordinator refused, e.g. while the group rebalances around a crashed member) is logged and consumption
+        goes on: aiokafka rejoins by itself; after ``max_group_errors`` in a row the consumer is replaced by a new
+        one (a new member). Raises the authorization errors (group, topic, cluster); anything else from aiokafka
+        at start (an unreachable broker, a refused join, a TLS or SASL failure) is retried with backoff."""
         quiet_aiokafka()  # a broker outage must not flood the log with aiokafka's repeats
         clients = await self._start_clients()
         if clients is None:
             return
         consumer, producer = clients
-        acked = 0
+        acked, errors = 0, 0
+        last_err: tuple[Any, float] = (None, 0.0)  # (type, text) of the last group error and when it came
         try:
             acked += await self._publish(producer)
             while not self._stop.is_set():
-                batch = await self._fetch(consumer, max_records)
+                try:
+                    batch = await self._fetch(consumer, max_records)
+                    errors = 0
+                except KafkaError as exc:
+                    now, sig = time.monotonic(), (type(exc), str(exc))
+                    if last_err[0] == sig and now - last_err[1] < 1.0:
+                        # aiokafka raises each error twice (to the waiting fetch, then as pending); a dead
+                        # coordinator task raises on every call: no busy loop, counted again after 1 s
+                        await asyncio.sleep(0.05)
+                        continue
+                    last_err, errors = (sig, now), errors + 1
+                    consumer = await self._group_error(consumer, exc, errors)
+                    if consumer is None:
+                        break
+                    if errors >= self.max_group_errors:  # a new consumer: count afresh
+                        errors = 0
+                    continue
                 if batch:
                     acked = await self._handle(batch, producer)  # its commit made earlier ones durable
                     await _commit_offsets(consumer)
@@ -204,8 +265,27 @@ class ConsumerGroupWorker:
         finally:
             self.joined = False
             self._update_rate(force=True)
-            await consumer.stop()
+            if consumer is not None:
+                await consumer.stop()
             await producer.stop()
+
+    async def _group_error(self, consumer: Any, exc: KafkaError, errors: int) -> Any | None:
+        """After a KafkaError from a fetch (``errors`` in a row): ``consumer`` itself, or after
+        ``max_group_errors`` a newly started one (None when :meth:`stop` came meanwhile). Nothing is lost either
+        way: the fileset holds the positions reached, so records re-delivered after the rejoin are skipped.
+        Raises ``exc`` when it is an authorization error."""
+        if isinstance(exc, _FATAL):
+            raise exc
+        self.group_errors += 1
+        if errors < self.max_group_errors:
+            log.warning("consumer group %s: %s; rejoining", self.k.group_id, exc)
+            return consumer
+        log.warning("consumer group %s: %d errors in a row (the last: %s); replacing the consumer",
+                    self.k.group_id, errors, exc)
+        self.joined = False
+        with contextlib.suppress(Exception):  # leave the group; a dead coordinator task may raise again here
+            await consumer.stop()
+        return await self._started(self._new_consumer, "consumer")
 
     async def _publish(self, producer: Any) -> int:
         """Send the outbox (the findings records sealed by the last commit, or left by a previous run) and wait
@@ -262,14 +342,28 @@ class ConsumerGroupWorker:
 
 
 async def _commit_offsets(consumer: AIOKafkaConsumer) -> None:
-    """Commit the group's offsets. A commit refused because the group is rebalancing (or this member was fenced)
-    loses nothing: the fileset commit already holds the positions reached, so records re-delivered to whichever
-    member owns the partition next are skipped there, not counted twice. Logged, never fatal."""
+    """Commit the group's offsets. A commit refused (the group is rebalancing, this member was fenced, the
+    coordinator moved, any other group error) loses nothing: the fileset commit already holds the positions
+    reached, so records re-delivered to whichever member owns the partition next are skipped there, not counted
+    twice. Logged, never fatal, except an authorization error (raised)."""
     try:
         await consumer.commit()
-    except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+    except (KafkaError, IllegalStateError) as exc:
+        if isinstance(exc, _FATAL):
+            raise
         log.warning("offset commit refused (%s); the fileset holds the positions, the records will be skipped "
                     "when re-read", type(exc).__name__)
+
+
+# A wrong ACL does not heal by retrying: these end ``run``.
+_FATAL = (GroupAuthorizationFailedError, TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True for the errors of a broker that cannot be reached (``/readyz`` says ``waiting for kafka``), False
+    for a group join refused by a reachable coordinator."""
+    return isinstance(exc, (OSError, KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError,
+                            RequestTimedOutError))
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -4,7 +4,10 @@ The ``confluent-kafka`` wheel bundles ``librdkafka*.so*`` in ``site-packages/con
 contains a mock cluster (``rdkafka_mock.h``): N in-process brokers listening on loopback ports that implement
 Produce, Fetch, Metadata, ListOffsets, the group protocol, InitProducerId. Any Kafka client, aiokafka included,
 connects to :attr:`MockCluster.bootstrap`. Limits (``../shared/KAFKA.md``): no admin API, tiny retention (5 MiB
-or 100k batches per partition), groups of two or more aiokafka consumers need a test-only SyncGroup delay.
+or 100k batches per partition), groups of two or more aiokafka consumers need a test-only SyncGroup delay, and
+a member that joins after another was SIGKILLed waits ``session_timeout_ms - 1000`` before the leader election,
+which may elect the dead member (then about 2.5 session timeouts): tests shorten the session
+(``tests/kafka_support.py``).
 
 Usage::
 
@@ -86,7 +89,7 @@ class MockCluster:
     """
 
     # Kafka API keys (https://kafka.apache.org/protocol#protocol_api_keys), for push_request_errors.
-    PRODUCE, FETCH, METADATA, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT = 0, 1, 3, 11, 14, 8
+    PRODUCE, FETCH, METADATA, OFFSET_COMMIT, JOIN_GROUP, HEARTBEAT, SYNC_GROUP = 0, 1, 3, 8, 11, 12, 14
 
     def __init__(self, brokers: int = 1) -> None:
         if brokers < 1:
