@@ -19,8 +19,12 @@ only) run on the first ``--baseline-mb`` MB of the same planted corpus (default 
 ``--baseline-mb 50`` runs them on all of it). Recall = planted values found by the tool / planted values in the
 bytes it scanned (Presidio: PII values only, it has no secret recognizers for these formats).
 
-Prints a table and writes it to ``.notes/detect.md``. Baselines are optional: missing packages are reported.
-Usage: ``.venv/bin/python bench/detect.py [--mb 50] [--baseline-mb 5] [--events 20000]``.
+Every throughput figure is the quickest of ``--repeat`` identical passes (default 3; the consumer gets a fresh
+processor for each): the machine is shared, and the least disturbed pass is the one that measures the code.
+Prints a table and writes it to ``.notes/detect.md``, with each issue-14 target (fast tier >= 100 MB/s per core,
+consumer >= 5,000 events/s per core with the deep tier on) marked met or NOT MET next to its figure. Baselines
+are optional: missing packages are reported.
+Usage: ``.venv/bin/python bench/detect.py [--mb 50] [--baseline-mb 5] [--events 20000] [--repeat 3]``.
 """
 
 from __future__ import annotations
@@ -84,15 +88,25 @@ def _found(value: str, reported: list[str]) -> bool:
     return any(len(r) >= 6 and any(r in f or f in r for f in forms) for r in reported)
 
 
-def run_railcar(lines: list[str], truth: list, clean: list[str]) -> dict:
+def _cpu(fn, repeat: int) -> tuple[float, object]:
+    """``(least CPU seconds of this process over repeat runs of fn(), the first run's result)``: the machine is
+    shared, so the quickest of a few identical passes is the figure least disturbed by other work."""
+    best, first = float("inf"), None
+    for i in range(max(1, repeat)):
+        t = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - t)
+        first = out if i == 0 else first
+    return best, first
+
+
+def run_railcar(lines: list[str], truth: list, clean: list[str], repeat: int = 3) -> dict:
     """Railcar's scanner over both corpora: MB/s (decimal MB) planted and clean, recall over planted values."""
     scanner = Scanner(key=b"bench")
     enc = [line.encode() for line in lines]
     for b in enc[:2000]:  # warm-up: RE2 builds its DFA states lazily; measure the steady state
         scanner.scan_json_text(b)
-    t = time.process_time()
-    results = [scanner.scan_json_text(b) for b in enc]
-    dt = time.process_time() - t
+    dt, results = _cpu(lambda: [scanner.scan_json_text(b) for b in enc], repeat)
     planted_mb = sum(map(len, enc)) / 1e6
     hits = total = 0
     for line, planted, ms in zip(lines, truth, results):
@@ -104,15 +118,12 @@ def run_railcar(lines: list[str], truth: list, clean: list[str]) -> dict:
             total += 1
             hits += _found(value, got)
     cenc = [line.encode() for line in clean]
-    t = time.process_time()
-    for b in cenc:
-        scanner.scan_json_text(b)
-    cdt = time.process_time() - t
+    cdt, _ = _cpu(lambda: [scanner.scan_json_text(b) for b in cenc], repeat)
     return {"planted_mbps": planted_mb / dt, "clean_mbps": sum(map(len, cenc)) / 1e6 / cdt,
             "recall": hits / total, "planted": total, "mb": planted_mb}
 
 
-def run_deep(lines: list[str], truth: list, clean: list[str]) -> dict:
+def run_deep(lines: list[str], truth: list, clean: list[str], repeat: int = 3) -> dict:
     """The deep tier over both corpora as the consumer runs it (each line's strings in one call, minus the fast
     tier's matches): MB per CPU second, and recall of the planted values with both tiers."""
     fast = Scanner(key=b"bench")
@@ -126,9 +137,7 @@ def run_deep(lines: list[str], truth: list, clean: list[str]) -> dict:
 
     planted = [items(line) for line in lines]  # parsing and the fast tier are not the deep tier's cost
     deep.scan_strings(planted[0])
-    t = time.process_time()
-    results = [deep.scan_strings(x) for x in planted]
-    dt = time.process_time() - t
+    dt, results = _cpu(lambda: [deep.scan_strings(x) for x in planted], repeat)
     hits = total = 0
     for p, its, ms in zip(truth, planted, results):
         if not p:
@@ -140,18 +149,15 @@ def run_deep(lines: list[str], truth: list, clean: list[str]) -> dict:
             total += 1
             hits += _found(value, got)
     citems = [items(line) for line in clean]
-    t = time.process_time()
-    for x in citems:
-        deep.scan_strings(x)
-    cdt = time.process_time() - t
+    cdt, _ = _cpu(lambda: [deep.scan_strings(x) for x in citems], repeat)
     mb = sum(len(x) + 1 for x in lines) / 1e6
     return {"planted_mbps": mb / dt, "clean_mbps": sum(len(x) + 1 for x in clean) / 1e6 / cdt,
             "recall": hits / max(1, total), "name": deep.name}
 
 
-def run_consumer(n_events: int, deep: bool = True) -> dict:
+def run_consumer(n_events: int, deep: bool = True, repeat: int = 3) -> dict:
     """``SecurityProcessor`` (with the deep tier when ``deep``) over ``n_events`` recorded trace events: events per
-    CPU second."""
+    CPU second (a fresh processor for each of ``repeat`` passes; the quickest counts), and the findings."""
     import tempfile
 
     rng = random.Random(5)
@@ -168,16 +174,19 @@ def run_consumer(n_events: int, deep: bool = True) -> dict:
         ex.response_body = json.dumps({"model": "m", "choices": [{"index": 0, "message": {
             "content": " ".join(rng.choice(words) for _ in range(64))}}]}).encode()
         values.append(rec.build(ex)[1])
-    with tempfile.TemporaryDirectory() as root:
-        proc = SecurityProcessor(fast, open_fileset(root), "bench", deep=DeepScanner(fast.key) if deep else None,
-                                 metrics=consumer_metrics(CollectorRegistry()))
-        proc.process(values[0])
-        t = time.process_time()
-        for v in values:
-            proc.process(v)
-        dt = time.process_time() - t
-        found = len(proc.commit())
-    return {"eps": n_events / dt, "bytes": sum(map(len, values)) / n_events, "findings": found}
+    deep_tier = DeepScanner(fast.key) if deep else None
+    best, found = float("inf"), 0
+    for _ in range(max(1, repeat)):
+        with tempfile.TemporaryDirectory() as root:
+            proc = SecurityProcessor(fast, open_fileset(root), "bench", deep=deep_tier,
+                                     metrics=consumer_metrics(CollectorRegistry()))
+            proc.process(values[0])
+            t = time.process_time()
+            for v in values:
+                proc.process(v)
+            best = min(best, time.process_time() - t)
+            found = len(proc.commit())
+    return {"eps": n_events / best, "bytes": sum(map(len, values)) / n_events, "findings": found}
 
 
 def _met(value: float, target: float) -> str:
@@ -240,13 +249,15 @@ def main() -> int:
     ap.add_argument("--mb", type=float, default=50.0, help="corpus size in MB (default 50)")
     ap.add_argument("--baseline-mb", type=float, default=5.0, help="MB of the planted corpus given to baselines")
     ap.add_argument("--events", type=int, default=20000, help="trace events for the consumer measurement")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="timed passes per throughput figure; the quickest counts (the machine is shared)")
     ap.add_argument("--out", default=str(ROOT / ".notes" / "detect.md"))
     args = ap.parse_args()
     lines, truth, clean = build(args.mb)
-    rc = run_railcar(lines, truth, clean)
-    dp = run_deep(lines, truth, clean)
-    cons = run_consumer(args.events)
-    fast_only = run_consumer(args.events, deep=False)
+    rc = run_railcar(lines, truth, clean, args.repeat)
+    dp = run_deep(lines, truth, clean, args.repeat)
+    cons = run_consumer(args.events, repeat=args.repeat)
+    fast_only = run_consumer(args.events, deep=False, repeat=args.repeat)
     blines, btruth = _prefix(lines, truth, args.baseline_mb)
     ds = run_detect_secrets(blines, btruth)
     pr = run_presidio(blines, btruth)
@@ -274,7 +285,7 @@ def main() -> int:
     text = "\n".join([
         "# Detection benchmark (`bench/detect.py`)", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; "
-        "one core, one thread per tool.", "",
+        f"one core, one thread per tool; quickest of {args.repeat} passes.", "",
         "| tool | corpus | MB/s | recall |", "|---|---|---|---|", *rows, "", *[f"- {r}" for r in ratios], "",
         "| target | measured | goal | |", "|---|---|---|---|", *targets, ""])
     print(text)

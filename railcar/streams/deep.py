@@ -87,6 +87,7 @@ _OFFLINE_CHECKS: dict[str, Callable[[str], str | None]] = {
 # ``jwt-base64`` rule reports its named header-type group, e.g. ``aGJHY2lPaU``, not the encoded token).
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-.\\")
 _SEP = "\n\n"  # between joined strings; a finding that spans it is dropped
+_SEP_B = _SEP.encode()
 
 
 class DeepScanner:
@@ -103,6 +104,7 @@ class DeepScanner:
             raise ValueError(f"deep tier confidence must be one of {sorted(CONFIDENCE)}, got {confidence!r}")
         self.key = key
         self._scanner, self.version, self.rule_count = _engine(confidence, base64)
+        self._scan_bytes = self._scanner._native.scan_bytes
 
     @property
     def name(self) -> str:
@@ -121,13 +123,23 @@ class DeepScanner:
         findings in one string keep the more confident, then the longer one."""
         if not items:
             return []
-        blobs = [t.encode("utf-8", "surrogatepass") for _, t, _ in items]
-        sep = _SEP.encode()
+        joined = _SEP.join(t for _, t, _ in items)
+        if joined.isascii():  # the common case: one encoding, and byte lengths are character lengths
+            data, blobs = joined.encode("ascii"), None
+            lengths = [len(t) for _, t, _ in items]
+        else:
+            blobs = [t.encode("utf-8", "surrogatepass") for _, t, _ in items]
+            data, lengths = _SEP_B.join(blobs), [len(b) for b in blobs]
         starts, pos = [], 0
-        for b in blobs:
+        for n in lengths:
             starts.append(pos)
-            pos += len(b) + len(sep)
-        found = self._scanner.scan(sep.join(blobs))
+            pos += n + len(_SEP_B)
+        # The native call without the SDK's per-finding wrapper objects (same attributes).
+        found = self._scan_bytes(data)
+        if not found:
+            return []
+        if blobs is None:
+            blobs = [t.encode("ascii") for _, t, _ in items]
         out: list[tuple[int, Match]] = []
         for f in found:
             hit = self._match(f, items, blobs, starts)

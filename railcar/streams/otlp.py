@@ -142,6 +142,12 @@ def decode(data: bytes) -> TracesData:
 def any_value(v: AnyValue) -> Any:
     """A Python value from an OTLP ``AnyValue`` (arrays become lists, kvlists dicts, bytes stay bytes)."""
     kind = v.WhichOneof("value")
+    if kind == "string_value":
+        return v.string_value
+    return _any_other(v, kind)
+
+
+def _any_other(v: AnyValue, kind: str | None) -> Any:
     if kind is None:
         return None
     if kind == "array_value":
@@ -153,7 +159,12 @@ def any_value(v: AnyValue) -> Any:
 
 def attributes_of(items: Iterable[Any]) -> dict[str, Any]:
     """A dict from repeated OTLP ``KeyValue`` (span, event or resource attributes)."""
-    return {kv.key: any_value(kv.value) for kv in items}
+    out: dict[str, Any] = {}
+    for kv in items:  # the consumer's hottest decoding loop: strings without a call per value
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[kv.key] = v.string_value if kind == "string_value" else _any_other(v, kind)
+    return out
 
 
 def iter_spans(td: TracesData) -> Iterable[tuple[dict[str, Any], PbSpan]]:

@@ -94,7 +94,7 @@ class SecurityProcessor:
                  deep: DeepScanner | None = None, max_locations: int = 100) -> None:
         self.scanner, self.fileset, self.writer_id = scanner, fileset, writer_id
         self.deep = deep
-        self._pending: list[tuple[str, str, list[tuple[int, int]]]] = []  # this span's strings for the deep tier
+        self._pending: list[tuple[str, str]] = []  # this span's (path, string)s, scanned together at its end
         self.agg = FindingsAggregator(scanner.detectors, source="consume", max_locations=max_locations)
         self.agg.restore(fileset.load_state(writer_id))
         self.agg.note_scan(tiers=tiers_name(deep))
@@ -135,7 +135,7 @@ class SecurityProcessor:
         self._scan_events(events, loc)
         self._scan_attributes(attrs, entries, out_entry, loc)
         if self._pending:
-            self._deep_pass(loc)
+            self._scan_pending(loc)
         model = str(attrs.get(S.RESPONSE_MODEL) or attrs.get(S.REQUEST_MODEL) or "")
         if model:
             self.agg.observe_model_path(agent, model, attrs.get(S.RAILS_ACTIVATED) or ())
@@ -208,22 +208,29 @@ class SecurityProcessor:
                     self._scan(v, key_path(f"{path}[{i}]", k), loc)
 
     def _scan(self, val: Any, path: str, loc: dict[str, Any]) -> None:
-        """Every string under ``val`` (a string, or lists and objects of them), at its JSON path."""
-        found = ((path, val),) if isinstance(val, str) else iter_strings(val, path)  # the common case: no walk
-        for p, text in found:
-            if text:  # scan_text starts with the literal prefilter: no separate gate() pass
-                ms = self.scanner.scan_text(text, p)
-                for m in ms:
-                    self.agg.add_match(m, loc)
-                if self.deep is not None and len(text) >= _DEEP_MIN_LEN:
-                    self._pending.append((p, text, [(m.start, m.end) for m in ms]))
+        """Queue every string under ``val`` (a string, or lists and objects of them) at its JSON path for
+        :meth:`_scan_pending`."""
+        if isinstance(val, str):  # the common case: no walk
+            if val:
+                self._pending.append((path, val))
+        else:
+            self._pending.extend((p, t) for p, t in iter_strings(val, path) if t)
 
-    def _deep_pass(self, loc: dict[str, Any]) -> None:
-        """The deep tier over the span's strings (one native scan), skipping what the catalog matched."""
+    def _scan_pending(self, loc: dict[str, Any]) -> None:
+        """The span's strings through the catalog in one pass (:meth:`railcar.rails.scanner.Scanner.scan_strings`:
+        the same matches as one ``scan_text`` per string), then the deep tier in one native scan over those it may
+        hold a credential in, minus the spans the catalog matched."""
         items, self._pending = self._pending, []
-        assert self.deep is not None
-        for m in self.deep.scan_strings(items):
-            self.agg.add_match(m, loc)
+        deep_items: list[tuple[str, str, list[tuple[int, int]]]] = []
+        for (p, text), ms in zip(items, self.scanner.scan_strings(items)):
+            for m in ms:
+                self.agg.add_match(m, loc)
+            if self.deep is not None and len(text) >= _DEEP_MIN_LEN:
+                deep_items.append((p, text, [(m.start, m.end) for m in ms]))
+        if deep_items:
+            assert self.deep is not None
+            for m in self.deep.scan_strings(deep_items):
+                self.agg.add_match(m, loc)
 
     def messages(self, trace_id: bytes, chain: str) -> list[dict[str, Any]]:
         """The conversation's message list ending at chain ref ``chain`` (16 hex,

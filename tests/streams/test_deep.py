@@ -175,3 +175,14 @@ def test_deep_scan_runs_without_a_network(tmp_path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "NETWORK" not in out.stdout and f"['{rule}']" in out.stdout
+
+
+def test_offsets_are_characters_whether_the_span_is_ascii_or_not(deep) -> None:
+    """The joined span is encoded once when it is ASCII (byte offsets are character offsets) and per string
+    otherwise (issue 14): the same findings at the same character offsets either way."""
+    for prefix in ("plain ", "héllo wörld ✓ "):
+        items = [("$.a", prefix * 3, ()), *[(f"$.s{i}", f"{prefix}{v} ü", ()) for i, (_, v) in enumerate(DEEP_ONLY)]]
+        got = deep.scan_strings(items)
+        assert [m.rule for m in got] == [r for r, _ in DEEP_ONLY]
+        for m in got:
+            assert next(t for p, t, _ in items if p == m.path)[m.start:m.end] == DEEP_ONLY[int(m.path[3:])][1]

@@ -73,3 +73,20 @@ def test_direct_encoder_is_byte_identical_to_the_sdk_path() -> None:
                         parent_span_id=rng.choice([None, rng.getrandbits(64) or 1]),
                         error=rng.choice([None, "", "timeout: upstream"]))
         assert encode_call(call, res) == encode([build_span(call, res)]), i
+
+
+def test_attribute_values_of_every_kind_decode() -> None:
+    """``attributes_of`` (strings on a fast path since issue 14) decodes every ``AnyValue`` kind."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+
+    kvs = [KeyValue(key="s", value=AnyValue(string_value="x")), KeyValue(key="e", value=AnyValue(string_value="")),
+           KeyValue(key="b", value=AnyValue(bool_value=True)), KeyValue(key="i", value=AnyValue(int_value=-3)),
+           KeyValue(key="d", value=AnyValue(double_value=0.5)), KeyValue(key="y", value=AnyValue(bytes_value=b"\0")),
+           KeyValue(key="a", value=AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="p"),
+                                                                           AnyValue(int_value=1)]))),
+           KeyValue(key="k", value=AnyValue(kvlist_value=KeyValueList(values=[
+               KeyValue(key="n", value=AnyValue(string_value="q"))]))),
+           KeyValue(key="none", value=AnyValue())]
+    assert otlp.attributes_of(kvs) == {"s": "x", "e": "", "b": True, "i": -3, "d": 0.5, "y": b"\0",
+                                       "a": ["p", 1], "k": {"n": "q"}, "none": None}
+    assert [otlp.any_value(kv.value) for kv in kvs[:2]] == ["x", ""]

@@ -107,3 +107,45 @@ def test_strings_inside_kvlist_attributes_are_scanned(scanner, tmp_path) -> None
     found = iter_findings([data], scanner, open_fileset(str(tmp_path)), "w")
     assert [(f["detector"], f["location"]["json_path"]) for f in found] == [
         ("github_token", "$.attributes.http.request.headers.authorization")]
+
+
+class _OneStringAtATime(Scanner):
+    """The pre-issue-14 consumer path: one ``scan_text`` per string."""
+
+    def scan_strings(self, items):
+        return [self.scan_text(t, p) for p, t in items]
+
+
+def test_a_span_is_scanned_in_one_pass_with_the_findings_of_one_scan_per_string(tmp_path) -> None:
+    """The consumer hands a span's strings to ``Scanner.scan_strings`` at once (issue 14): the findings, their
+    locations (in order) are those of scanning each string alone, values at string edges included."""
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from planted_corpus import CONTEXT, GENERATORS
+
+    rng = random.Random(14)
+    rec = TraceRecorder(Scanner(key=b"k" * 32, detectors=()), None, otlp.make_resource(agent_id="agent-b"))
+    values = []
+    for i, det in enumerate(sorted(GENERATORS)):
+        v = CONTEXT.get(det, "{v}").format(v=GENERATORS[det](rng))
+        args = orjson.dumps({"q": v}).decode()
+        ex = Exchange(body={"model": "m", "messages": [
+            {"role": "system", "content": v},                       # a whole string
+            {"role": "user", "content": f"{i}: please use {v}"},    # at the end
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{i}", "type": "function", "function": {"name": "f", "arguments": args}}]}]})
+        ex.response_body = orjson.dumps({"choices": [{"message": {"content": f"{v} noted"}}]})
+        values.append(rec.build(ex)[1])
+    runs = []
+    for k, sc in enumerate((Scanner(key=b"k" * 32), _OneStringAtATime(key=b"k" * 32))):
+        proc = SecurityProcessor(sc, open_fileset(str(tmp_path / str(k))), "w",
+                                 metrics=consumer_metrics(CollectorRegistry()))
+        for v in values:
+            proc.process(v)
+        runs.append([(f.id, f.detector, f.count, [loc.get("json_path") for loc in f.as_dict()["locations"]])
+                     for f in proc.agg.findings()])
+    assert sorted(map(repr, runs[0])) == sorted(map(repr, runs[1]))  # findings() orders by time seen
+    assert len({f[1] for f in runs[0]}) >= len(GENERATORS) - 2  # nearly every format found, and alike
