@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -39,8 +38,8 @@ def normalize(detector_id: str, value: str) -> str:
 
 def fingerprint(key: bytes, detector_id: str, value: str) -> str:
     """16 hex chars of ``HMAC-SHA256(key, normalize(detector_id, value))``."""
-    mac = hmac.new(key, normalize(detector_id, value).encode("utf-8", "surrogatepass"), hashlib.sha256)
-    return mac.hexdigest()[:FP_LEN]
+    # hmac.digest: the one-shot C path (no HMAC object per match); same bytes as hmac.new(...).digest()
+    return hmac.digest(key, normalize(detector_id, value).encode("utf-8", "surrogatepass"), "sha256").hex()[:FP_LEN]
 
 
 def mask(detector_id: str, value: str) -> str:
