@@ -14,6 +14,8 @@ hits them alike.
 Contenders (each a ``railcar serve`` unless named otherwise):
 
 - ``direct``: the load generator straight to the upstream (the baseline "added" figures subtract);
+- ``floor: TCP pipe`` (``bench/floor_pipe.py``): a uvloop byte pipe pinned like the sidecars, no HTTP at all: what
+  one upstream read and one client write cost on this machine, printed beside the per-delta targets;
 - ``bare``: no rails, trace recording off;
 - ``rails``: the bundled default config (``guardrails.config_path = "default"``: regex input / output rails, the
   inline hold-back on), trace recording off;
@@ -68,6 +70,7 @@ from common import (
 from railcar.rails.guardrails_config import expand_catalog_markers
 
 TOKENS = 256
+FLOOR = "floor: TCP pipe"  # a uvloop byte pipe, no HTTP: the least a Python sidecar can cost per delta
 SIDECAR_CPUS, LOAD_CPUS = {1}, {0}
 CHAT = b'{"model":"synthetic-model","stream":true,"messages":[{"role":"user","content":"count"}]}'
 # Issue 12's formats: the request each API's SDK sends, and the bytes that mark a token event in its stream.
@@ -261,6 +264,10 @@ class Harness:
             env = {**self.env, **base, **extra, "RAILCAR_SERVER_PORT": str(port)}
             proc = self.spawn([sys.executable, "-m", "railcar.cli", "serve"], env, SIDECAR_CPUS, log_name(name))
             self.contenders.append(Contender(name, f"http://127.0.0.1:{port}", proc))
+        port = free_port()  # the floor: what one upstream read and one client write cost here (bench/floor_pipe.py)
+        proc = self.spawn([sys.executable, str(ROOT / "bench" / "floor_pipe.py"), str(port), str(self.up_port)],
+                          self.env, SIDECAR_CPUS, log_name(FLOOR))
+        self.contenders.append(Contender(FLOOR, f"http://127.0.0.1:{port}", proc))
         for c in self.contenders[1:]:
             await self.wait_ready(c.base + "/readyz", c)
         if self.peers:
@@ -460,8 +467,10 @@ def targets(f: Figures, chat: list[Point], fmt_points: dict[str, list]) -> list[
     rows = []
     for name, limit in (("bare", 60), ("rails", 90)):
         vals = [f.run(name, p).us_per_delta for p in (c1_5, c32_5)]
+        floor = [r.us_per_delta if (r := f.run(FLOOR, p)) else None for p in (c1_5, c32_5)]
+        shown = f" (floor: a TCP pipe, {floor[0]:.1f} and {floor[1]:.1f})" if None not in floor else ""
         rows.append((f"µs CPU per delta at 5 ms/token, c=1 and c=32, {name} <= {limit} (#15)",
-                     f"{vals[0]:.1f} and {vals[1]:.1f}", all(v <= limit for v in vals)))
+                     f"{vals[0]:.1f} and {vals[1]:.1f}{shown}", all(v <= limit for v in vals)))
     bare99, rec99 = pct(f.run("bare", c256).ttft, .99), pct(f.run("rails + recording", c256).ttft, .99)
     rows.append(("TTFT p99 at c=256, rails + recording <= 2x bare (#15)",
                  f"{rec99 * 1000:.0f} ms vs {bare99 * 1000:.0f} ms ({rec99 / bare99:.2f}x)", rec99 <= 2 * bare99))
