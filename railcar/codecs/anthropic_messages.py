@@ -43,8 +43,10 @@ from .base import (
     Piece,
     PieceKind,
     StreamState,
+    TextDelta,
     ToolCall,
     Turn,
+    flat_strings,
     kinds_under,
     mapping,
     number,
@@ -68,6 +70,8 @@ _STATUS_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not
 _CALL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _new_tuple = tuple.__new__  # builds a Piece without its keyword constructor (once per string of every event)
 _DELTA_PREFIX = ("delta",)
+_TEXT_PARTS = ("delta", "text")
+_SCALARS = (int, float, bool, type(None))
 
 
 def _stem(delta: dict[str, Any]) -> str:
@@ -151,6 +155,28 @@ class AnthropicMessagesCodec(Codec):
             elif isinstance(v, str) or (isinstance(v, (dict, list)) and v):
                 return self.walk_stream_strings(obj)
         return out
+
+    def text_delta(self, obj: dict[str, Any]) -> TextDelta | None:
+        """A ``content_block_delta`` whose ``delta`` is ``{"type": "text_delta", "text": str}`` (beside scalars and
+        empty containers) and whose other values are flat: ``text`` under key ``(index, "text")``, kind ``text``;
+        the other strings are the event's ``type`` (and any flat string) and ``"text_delta"`` (see
+        :meth:`Codec.text_delta`)."""
+        if obj.get("type") != "content_block_delta":
+            return None
+        delta, index = obj.get("delta"), obj.get("index")
+        if type(delta) is not dict or type(index) is not int or delta.get("type") != "text_delta":
+            return None
+        text = delta.get("text")
+        if type(text) is not str:
+            return None
+        for k, v in delta.items():
+            if k != "type" and k != "text" and not (isinstance(v, _SCALARS) or (isinstance(v, (dict, list)) and not v)):
+                return None  # another string of the delta joins the text's stream: the general path
+        others = flat_strings(obj, "delta")
+        if others is None:
+            return None
+        others.append("text_delta")
+        return (index, "text"), text, "text", _TEXT_PARTS, others
 
     def _piece(self, obj: dict[str, Any], parts: Path, text: str, kind: PieceKind) -> Piece:
         delta = obj.get("delta")

@@ -46,7 +46,7 @@ from railcar.core.jsonpath import Parts, json_path, walk_strings
 __all__ = ["Path", "Turn", "Piece", "ToolCall", "RequestProblem", "StreamState", "Codec",
            "walk_strings", "walk_typed", "Typed", "json_path", "set_at", "sse_event", "kind_of", "kind_at",
            "kinds_under", "TurnKind", "PieceKind", "mapping", "text", "number", "stop_list", "text_turns",
-           "string_turns", "with_rail", "require", "get_at"]
+           "string_turns", "with_rail", "require", "get_at", "TextDelta", "flat_strings"]
 
 Path = Parts
 TurnKind = Literal["input", "tool_output"]
@@ -256,6 +256,28 @@ class Piece(NamedTuple):
         return json_path(self.parts)
 
 
+# A plain text delta event for the stream guard's fast path (:meth:`Codec.text_delta`): (stream key, the delta's text,
+# its kind, its path, the event's other string values, each a whole value).
+TextDelta = tuple[tuple[Any, ...], str, PieceKind, Parts, list[str]]
+_CONTAINERS = (dict, list)
+
+
+def flat_strings(obj: dict[str, Any], skip: str) -> list[str] | None:
+    """The string values of ``obj`` beside the one under ``skip``, in order, when every other value is a scalar or
+    an empty container (what :func:`walk_typed` finds at depth 1); ``None`` when one is a non-empty container."""
+    out: list[str] = []
+    for k, v in obj.items():
+        t = type(v)
+        if t is str:
+            if k != skip:
+                out.append(v)
+        elif t is int or v is None or t is bool or t is float:
+            continue
+        elif isinstance(v, str) or (v and k != skip and isinstance(v, _CONTAINERS)):
+            return None  # (a str subclass: left to the generic walk)
+    return out
+
+
 # ``tuple.__new__(Piece, (parts, text, stream_key, kind))`` builds a Piece without the keyword constructor: the
 # codecs build one per string of every streamed event
 _new_tuple = tuple.__new__
@@ -331,6 +353,10 @@ class Codec:
     terminal_data: ClassVar[str | None] = None
     refusal_status: ClassVar[int] = 200
     required: ClassVar[dict[str, tuple[type, ...]]] = {}
+    # The top-level integer field of a :meth:`text_delta` event that :meth:`tool_calls_done` records (into
+    # ``StreamState.sequence_number``) and that changes from event to event, or ``None``: the stream guard's frame
+    # template leaves a hole for it.
+    counter_field: ClassVar[str | None] = None
 
     # -- request ---------------------------------------------------------------------------------------------
     def validate(self, body: Any) -> RequestProblem | None:
@@ -360,6 +386,17 @@ class Codec:
         :meth:`_piece`: the reference every fast path must equal."""
         piece_of = self._piece
         return [piece_of(obj, p, s, kind_at(k, t)) for p, s, k, t in walk_typed(obj)]
+
+    def text_delta(self, obj: dict[str, Any]) -> TextDelta | None:
+        """The stream guard's fast path (:class:`railcar.rails.codec_stream.CodecStreamGuard`): for the API's plain
+        text delta event, ``(stream key, text, kind, parts, others)``, else ``None`` (the default: no fast path).
+
+        Contract (tests/codecs/test_fast_paths.py): when not ``None``, :meth:`stream_strings` of ``obj`` is exactly
+        ``Piece(parts, text, key, kind)`` plus one whole value (``stream_key`` None) per string of ``others``;
+        :meth:`is_terminal` is false; :meth:`tool_calls_done` returns ``[]`` for it and records nothing but the
+        :attr:`counter_field` (if any) as ``state.sequence_number`` (the caller still runs it, or records that).
+        Pure: no state is touched here."""
+        return None
 
     def body_strings(self, obj: Any) -> list[Piece]:
         """Every string value of a non-streamed answer (or error body), each a whole value (``stream_key`` None)."""

@@ -48,8 +48,10 @@ from .base import (
     PieceKind,
     RequestProblem,
     StreamState,
+    TextDelta,
     ToolCall,
     Turn,
+    flat_strings,
     kinds_under,
     mapping,
     number,
@@ -78,6 +80,9 @@ _DELTA_FIELDS: dict[str, tuple[str, PieceKind]] = {
     "reasoning_summary": ("summary", "reasoning"),
     "audio.transcript": ("transcript", "text"),
 }
+# the delta events the guard's fast path takes (Codec.text_delta): answer text of every kind, never tool arguments
+_TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta", "response.reasoning_text.delta",
+                          "response.reasoning_summary_text.delta", "response.audio.transcript.delta"})
 _CALL_ITEMS = {"function_call": "arguments", "custom_tool_call": "input"}
 _FIELD_OF: dict[str, tuple[str, PieceKind]] = {}  # event type -> its _DELTA_FIELDS entry, once computed
 _DELTA_PARTS = ("delta",)
@@ -125,6 +130,7 @@ class OpenAIResponsesCodec(Codec):
     operation = "chat"  # semconv OpenAI page: Responses is a chat operation with openai.api.type "responses"
     provider = "openai"
     api_type = "responses"
+    counter_field = "sequence_number"
 
     def validate(self, body: Any) -> RequestProblem | None:
         """``model`` is required (unless a stored ``prompt`` names it); ``input``, when given, is a string or an
@@ -179,6 +185,22 @@ class OpenAIResponsesCodec(Codec):
                 return self.walk_stream_strings(obj)
         return out
 
+    def text_delta(self, obj: dict[str, Any]) -> TextDelta | None:
+        """A flat ``response.output_text.delta`` (or refusal / reasoning / transcript delta) event: its ``delta`` with
+        :func:`delta_key`'s key and kind, the other strings (``type``, ``item_id``, ``obfuscation``...) (see
+        :meth:`Codec.text_delta`)."""
+        etype = obj.get("type")
+        if type(etype) is not str or etype not in _TEXT_DELTAS:
+            return None
+        text = obj.get("delta")
+        if type(text) is not str:
+            return None
+        others = flat_strings(obj, "delta")
+        if others is None:
+            return None
+        key, kind = delta_key(obj)
+        return key, text, kind, _DELTA_PARTS, others
+
     def _piece(self, obj: dict[str, Any], parts: Path, text: str, kind: PieceKind) -> Piece:
         etype = obj.get("type")
         if (parts == _DELTA_PARTS and isinstance(etype, str) and etype.startswith("response.")
@@ -193,6 +215,8 @@ class OpenAIResponsesCodec(Codec):
         if isinstance(obj.get("sequence_number"), int):
             state.sequence_number = obj["sequence_number"]
         etype = obj.get("type")
+        if type(etype) is str and etype in _TEXT_DELTAS:  # (the streamed text: no call starts or ends here)
+            return []
         item = mapping(obj.get("item"))
         is_call = item.get("type") in _CALL_ITEMS
         key = (obj.get("output_index"), "arguments")

@@ -37,6 +37,13 @@ Per upstream event (``(raw, data)``, byte-exact; :data:`railcar.core.guard.SSEEv
   then. ``codec.flush_tool_calls`` completes what the stream left open.
 - Frames are always sent in upstream order (a frame waits behind any earlier held one).
 
+Fast path (same frames, same checks; tests/rails/test_codec_fast_path.py compares it with the general path): the
+codec's plain text deltas (:meth:`railcar.codecs.base.Codec.text_delta`) of one read whose other strings are whole
+values that passed are gathered into runs; the leading deltas of a run that the stream's filter releases whole go
+through one ``TextFilter.pass_through`` call and out as their original bytes (chunker fed per delta), the next one
+through the general path. Once a stream's frame template is known (:func:`_template`: the bytes around the delta's
+string token and the codec's ``counter_field``), such an event costs one short parse.
+
 At the end the filters' redaction notes go to ``exchange.outcome.redactions`` with the JSON path of the value
 (``$.delta`` for Responses deltas, ``$.delta.text`` for Anthropic's, ``$.response.output[0].content[0].text`` for a
 whole value).
@@ -77,6 +84,9 @@ __all__ = ["CodecStreamGuard", "INVALID_EVENT_MESSAGE"]
 INVALID_EVENT_MESSAGE = "The upstream sent a stream event that is not valid JSON; the guard stopped the stream."
 _ANSWER_KINDS = frozenset({"text", "reasoning", "refusal"})
 _CLEAN_CACHE = 4096  # whole values that passed (ids, types, model names repeat on every event)
+# Long whole values that passed, in characters per stream: a Responses answer repeats its whole text in
+# ``output_text.done``, ``content_part.done``, ``output_item.done`` and ``response.completed`` (judged once).
+_CLEAN_LONG_CHARS = 1 << 18
 
 
 # --------------------------------------------------------------------------------------------------- the guard
@@ -95,6 +105,96 @@ class _Stream:
         return bool(self.filter.held) or bool(self.unesc.pending)
 
 
+# A plain text delta of on_events' fast path: (raw, text, stream key, kind, path of the text, parsed event or None
+# for a template hit, data, the event's counter value (template hit) or None).
+_RunItem = tuple[bytes, str, Any, str, Parts, Any, bytes, int | None]
+# A per-stream frame template (see _template): (bytes before the delta's string token, bytes between it and the
+# counter's digits (or up to the end when there is no counter), bytes after the digits, stream key, kind, path of
+# the text, whether there is a counter).
+_Template = tuple[bytes, bytes, bytes, Any, str, Parts, bool]
+_MARK = 987654321  # the counter value a template is verified with
+_TEMPLATE_TRIES = 8  # templates derived per stream at most (a stream whose bytes vary around the delta stops trying)
+
+
+def _token_at(data: bytes, name: str) -> tuple[int, int] | None:
+    """Start and end (exclusive) of the string token that is the value of the last ``"name":`` in ``data``."""
+    at = data.rfind(b'"' + name.encode() + b'"')
+    if at < 0:
+        return None
+    i, n = at + len(name) + 2, len(data)
+    while i < n and data[i] in b" \t\r\n:":
+        i += 1
+    if i >= n or data[i] != 0x22:  # '"'
+        return None
+    j = data.find(b'"', i + 1)
+    if j < 0 or data.find(b"\\", i, j) >= 0:  # an escaped token: no template
+        return None
+    return i, j + 1
+
+
+def _template(data: bytes, obj: dict[str, Any], key: Any, kind: str, parts: Parts,
+              counter: str | None) -> _Template | None:
+    """The bytes around the delta's string token (and the ``counter``'s digits) of a plain text delta event
+    ``data`` (parsed: ``obj``), or ``None``.
+
+    A payload ``prefix + T + mid + D + suffix`` where ``T`` is a JSON string token and ``D`` a non-negative JSON
+    integer is then the same event as ``obj`` with the text ``loads(T)`` at ``parts`` and ``counter = int(D)``: the
+    template is accepted only if ``prefix + <a marker string> + mid + <a marker int> + suffix`` parses to ``obj`` with exactly those
+    two values changed (whatever duplicate keys or spacing the upstream uses), and JSON being context-free any other
+    tokens of those types there give the same structure. Providers send the same bytes around every delta (item
+    ids, indexes, ``logprobs: []``), so such an event then costs one short parse instead of the codec's walk."""
+    tok = _token_at(data, str(parts[-1]))
+    if tok is None:
+        return None
+    pre, mid, suf = data[:tok[0]], data[tok[1]:], b""
+    seq = obj.get(counter) if counter is not None else None
+    has = type(seq) is int and seq >= 0
+    if has:
+        digits = str(seq).encode()
+        at = mid.rfind(b'"' + str(counter).encode() + b'":' + digits)
+        cut = at + len(counter or "") + 3
+        if at < 0 or mid[cut + len(digits):cut + len(digits) + 1] in (b"0", b"1", b"2", b"3", b"4", b"5", b"6",
+                                                                        b"7", b"8", b"9", b".", b"e", b"E"):
+            return None
+        mid, suf = mid[:cut], mid[cut + len(digits):]
+    try:
+        test = orjson.loads(pre + b'"\\u0001"' + mid + (str(_MARK).encode() if has else b"") + suf)
+        want = orjson.loads(data)
+        set_at(want, parts, "\x01")
+        if has:
+            want[counter] = _MARK
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    if test != want:
+        return None
+    return pre, mid, suf, key, kind, parts, has
+
+
+def _hit(tpl: _Template, data: bytes) -> tuple[str, int | None] | None:
+    """``(text, counter)`` of payload ``data`` when it is template ``tpl``'s event with another non-empty text
+    (a token without escapes) and counter, else ``None``."""
+    pre, mid, suf = tpl[0], tpl[1], tpl[2]
+    if not data.startswith(pre) or not data.endswith(suf):
+        return None
+    n = len(pre)
+    j = data.find(b'"', n + 1)
+    end = len(data) - len(suf)
+    if j < 0 or j >= end or j == n + 1 or data.find(b"\\", n, j) >= 0:
+        return None
+    rest = data[j + 1:end]
+    seq = None
+    if tpl[6]:
+        digits = rest[len(mid):]
+        if not rest.startswith(mid) or not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1):
+            return None
+        seq = int(digits)
+    elif rest != mid:
+        return None
+    try:
+        text = orjson.loads(data[n:j + 1])
+    except orjson.JSONDecodeError:  # (a raw control character, bad UTF-8: the general path fails closed)
+        return None
+    return text, seq
 # (stream key, path of the string or None for text released by a flush, string as sent, decoded, released)
 _Seg = tuple[Any, Parts | None, str, str, str]
 
@@ -161,6 +261,9 @@ class CodecStreamGuard:
         self._out: list[bytes] | None = None       # frames collected during one upstream read (one write)
         self._notes: list[RedactionNote] = []
         self._clean: set[str] = set()
+        self._long = 0                             # characters of the long values in _clean
+        self._tpl: _Template | None = None        # the frame template of this stream's text deltas (_template)
+        self._tpl_tries = _TEMPLATE_TRIES
         self._user_text: str | None = None
         self._noted = False
 
@@ -297,8 +400,7 @@ class CodecStreamGuard:
         dec = unescape(text)[0] if "\\" in text else text
         flt = self._factory()
         if flt.pass_through([dec]):
-            if len(text) < 256 and len(self._clean) < _CLEAN_CACHE:
-                self._clean.add(text)
+            self._remember(text)
             return True
         rel, match = flt.feed(dec)
         if match is None:
@@ -427,18 +529,162 @@ class CodecStreamGuard:
         read lets through go out as one write. Returns how many events were handled: ``len(events)``, or fewer when
         the stream stopped part-way, counting the event whose handling stopped it."""
         self._out = []
+        run: list[_RunItem] = []
         try:
             for i, (raw, data) in enumerate(events):
                 if self.stopped:
                     return i
+                item = self._simple_hit(raw, data) if data is not None and data[:1] == b"{" else None
+                if item is not None and (not run or run[0][2] == item[2]):
+                    if not run:
+                        at = i
+                    run.append(item)
+                    continue
+                if run:
+                    done = await self._run(run)
+                    if self.stopped:
+                        return at + done
+                    run = []
+                if item is not None:
+                    at, run = i, [item]
+                    continue
                 await self._on_event(raw, data)
                 if self.stopped:
                     return i + 1
+            if run:
+                done = await self._run(run)
+                if self.stopped:
+                    return at + done
             return len(events)
         finally:
             while self._out and not self.stopped:  # (a check finishing meanwhile may add frames)
                 await self._flush_out()
             self._out = None
+
+    # -- fast path: runs of plain text deltas ----------------------------------------------------------------
+    def _simple(self, raw: bytes, data: bytes) -> _RunItem | None:
+        """A run item when event ``data`` is the codec's plain text delta (:meth:`Codec.text_delta`) whose other
+        strings are whole values that pass (judged here as :meth:`_whole` would, and remembered), of a stream that
+        is no tool call; else ``None`` (the general path takes the event, parsing it again)."""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is not dict:
+            return None
+        td = self.codec.text_delta(obj)
+        if td is None:
+            return None
+        key, text, kind, parts, others = td
+        if not text or "\\" in text or key in self.state.calls:
+            return None
+        clean = self._clean
+        for v in others:
+            if v and v not in clean and not self._whole_ok(v):
+                return None
+        if self._tpl_tries:  # (a plain delta the template missed, or there is none yet: learn this one's bytes)
+            self._tpl_tries -= 1
+            self._tpl = _template(data, obj, key, kind, parts, self.codec.counter_field) or self._tpl
+        return raw, text, key, kind, parts, obj, data, None
+
+    def _simple_hit(self, raw: bytes, data: bytes) -> _RunItem | None:
+        """:meth:`_simple` for a payload that is this stream's template event (:func:`_template`): its other
+        strings are the template's, which passed; only the delta's token is parsed."""
+        tpl = self._tpl
+        got = _hit(tpl, data) if tpl is not None else None
+        if got is None or tpl is None:
+            return self._simple(raw, data)
+        text, seq = got
+        if "\\" in text or tpl[3] in self.state.calls:
+            return None
+        return raw, text, tpl[3], tpl[4], tpl[5], None, data, seq
+
+    def _whole_ok(self, text: str) -> bool:
+        """``text`` as a whole value passes the hold-back unchanged (one RE2 pass; remembered when short)."""
+        if self._factory is None:
+            return True
+        dec = unescape(text)[0] if "\\" in text else text
+        if not self._factory().pass_through([dec]):
+            return False
+        self._remember(text)
+        return True
+
+    def _remember(self, text: str) -> None:
+        """``text`` passed as a whole value: remember it (bounded in count, long values in characters)."""
+        if len(self._clean) >= _CLEAN_CACHE:
+            return
+        if len(text) >= 256:
+            if self._long + len(text) > _CLEAN_LONG_CHARS:
+                return
+            self._long += len(text)
+        self._clean.add(text)
+
+    async def _run(self, run: list[_RunItem]) -> int:
+        """Handle a run of plain text deltas of one stream key (see :meth:`on_events`): the leading ones its filter
+        releases whole (one ``pass_through`` call) go out as their original bytes, the chunker fed per delta;
+        the next one takes the general path, then again. Returns how many were handled (all unless the stream
+        stopped, counting the event whose handling stopped it)."""
+        n, total = 0, len(run)
+        while n < total:
+            k = self._clean_prefix(run, n)
+            if k:
+                done = await self._relay(run, n, n + k)
+                if self.stopped:
+                    return n + done
+                n += k
+                continue
+            raw, _, _, _, _, obj, data, _ = run[n]
+            n += 1
+            await self._on_obj(raw, obj if obj is not None else orjson.loads(data))
+            if self.stopped:
+                return n
+        return total
+
+    def _clean_prefix(self, run: list[_RunItem], start: int) -> int:
+        """How many items of ``run`` from ``start`` on the filter of their stream releases whole: 0 while any
+        frame or tail is held (the general path then decides)."""
+        if self._held or self._holding:
+            return 0
+        key, kind, parts = run[start][2], run[start][3], run[start][4]
+        s = self._streams.get(key)
+        if s is None:
+            s = self._streams[key] = _Stream(self._factory() if self._factory else IdentityFilter(), kind, parts)
+        if s.holding:
+            return 0
+        return s.filter.pass_through([item[1] for item in run[start:]])
+
+    async def _relay(self, run: list[_RunItem], start: int, end: int) -> int:
+        """Send ``run[start:end]`` (released whole) as the general path would: each frame out at once or queued
+        behind earlier ones / its chunk check, a chunk check submitted after the frame that completed it. Returns
+        how many were handled (``end - start`` unless a check stopped the stream)."""
+        chunked = self._check_output and run[start][3] in _ANSWER_KINDS
+        sf = self.rails.stream_first
+        chunker, queue, out = self._chunker, self._queue, self._out
+        for n in range(start, end):
+            raw, text, obj, seq = run[n][0], run[n][1], run[n][5], run[n][7]
+            if obj is not None:
+                self.codec.tool_calls_done(obj, self.state)  # (its bookkeeping: e.g. the sequence number)
+            elif seq is not None:  # a template hit: the counter is all that bookkeeping records
+                self.state.sequence_number = seq
+            b = chunker.feed(text) if chunked else None
+            seq = chunker.fed if chunked and not sf else 0
+            if not queue and seq <= self._checked:
+                if out is None:
+                    await self._send(raw)
+                else:
+                    out.append(raw)
+            else:
+                f = _Frame(raw)
+                f.seq = seq
+                queue.append(f)
+            if b is not None:
+                await self._submit(b)
+                if self.stopped:
+                    return n - start + 1
+                out = self._out
+        if queue:
+            await self._release()
+        return end - start
 
     async def _on_event(self, raw: bytes, data: bytes | None) -> None:
         if data is None:
