@@ -40,15 +40,13 @@ class _Client(asyncio.Protocol):
         self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # (uvloop's TCPTransport: a Transport in all but name)
 
     def data_received(self, data: bytes) -> None:
         if self.upstream is not None:
             self.upstream.write(data)
             return
-        if not self.pending and data.startswith(READY):
-            assert self.transport is not None
+        if not self.pending and data.startswith(READY) and self.transport is not None:
             self.transport.write(READY_ANSWER)
             self.transport.close()
             return
@@ -57,9 +55,11 @@ class _Client(asyncio.Protocol):
             asyncio.ensure_future(self._open())
 
     async def _open(self) -> None:
-        assert self.transport is not None
+        client = self.transport
+        if client is None:
+            return
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(lambda: _Upstream(self.transport), "127.0.0.1", self.port)
+        transport, _ = await loop.create_connection(lambda: _Upstream(client), "127.0.0.1", self.port)
         self.upstream = transport
         for data in self.pending:
             transport.write(data)
