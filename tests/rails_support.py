@@ -37,6 +37,18 @@ SECRET_PATTERN_YAML = textwrap.dedent("""
           stream_first: %(first)s
 """)
 
+# Output rails that never fire (``% "true"`` / ``% "false"`` for stream_first): whatever stops a value is the inline
+# hold-back.
+NEVER_FIRING_RAILS = """
+rails:
+  config:
+    regex_detection:
+      output:
+        patterns: ["NEVER-MATCHES-[0-9]{40}"]
+  output:
+    flows: [regex check output]
+    streaming: {enabled: true, chunk_size: 4, context_size: 2, stream_first: %s}
+"""
 
 class Sink:
     """In-memory :class:`railcar.core.guard.StreamSink`."""

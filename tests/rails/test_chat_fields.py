@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as hst
 from planted_corpus import GENERATORS
-from rails_support import RECORDED, SECRET_PATTERN_YAML, Sink, guard_for, run_stream
+from rails_support import NEVER_FIRING_RAILS, RECORDED, SECRET_PATTERN_YAML, Sink, guard_for, run_stream
 
 from railcar.core.exchange import Exchange
 from railcar.core.jsonpath import walk_strings
@@ -38,17 +38,7 @@ from railcar.sidecar.sse import split_events
 
 DONE = b"data: [DONE]\n\n"
 BLOCKED = blocked_frames("sensitive data")
-# Output rails that never fire: whatever stops the key is the inline hold-back.
-NEVER = """
-rails:
-  config:
-    regex_detection:
-      output:
-        patterns: ["NEVER-MATCHES-[0-9]{40}"]
-  output:
-    flows: [regex check output]
-    streaming: {enabled: true, chunk_size: 4, context_size: 2, stream_first: %s}
-"""
+NEVER = NEVER_FIRING_RAILS
 KEYS = {det_id: GENERATORS[det_id](random.Random(13)) for det_id in ("aws_access_key_id", "github_token")}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from rails_support import Sink, guard_for, run_stream
+from rails_support import NEVER_FIRING_RAILS, Sink, guard_for, run_stream
 
 from railcar.codecs.registry import CODECS
 from railcar.core.exchange import Exchange
@@ -36,16 +36,7 @@ from railcar.sidecar.sse import split_events
 from railcar.tools.synthetic import Script, stream_frames
 
 KEY = "AKIA" + "Q3VZ7XKM" + "2PLRW5TN"
-NEVER = """
-rails:
-  config:
-    regex_detection:
-      output:
-        patterns: ["NEVER-MATCHES-[0-9]{40}"]
-  output:
-    flows: [regex check output]
-    streaming: {enabled: true, chunk_size: 4, context_size: 2, stream_first: %s}
-"""
+NEVER = NEVER_FIRING_RAILS
 DONE = b"data: [DONE]\n\n"
 BLOCKED = blocked_frames("sensitive data")
 

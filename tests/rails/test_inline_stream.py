@@ -12,23 +12,13 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from rails_support import FramesUpstream, relay_raw
+from rails_support import NEVER_FIRING_RAILS, FramesUpstream, relay_raw
 
 from railcar.rails.guard import build_guard
 from railcar.tools.replay_upstream import ReplayUpstream, synthetic_frames
 
 KEY = "ghp_" + "Zq81mXv2LpT0aRk7wYb4NcJd9sEu3HfGi6Ao"  # github_token shape, random body, not a placeholder
-# Output rails that never fire: whatever stops the key here is the inline hold-back.
-RAILS = """
-rails:
-  config:
-    regex_detection:
-      output:
-        patterns: ["NEVER-MATCHES-[0-9]{40}"]
-  output:
-    flows: [regex check output]
-    streaming: {enabled: true, chunk_size: 4, context_size: 2, stream_first: true}
-"""
+RAILS = NEVER_FIRING_RAILS % "true"
 
 
 def frames_of(deltas: list[str]) -> list[bytes]:
