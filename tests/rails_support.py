@@ -14,9 +14,12 @@ from aiohttp import web
 from shared_fixtures import RECORDED_CHAT
 
 from railcar.core.exchange import Exchange
+from railcar.rails import detectors as det
 from railcar.rails.engine_local import LocalEngine
 from railcar.rails.guard import RailsGuard
 from railcar.rails.guardrails_config import load_guardrails_config
+from railcar.rails.inline import HoldBack
+from railcar.rails.scanner import Scanner
 from railcar.rails.settings import GuardrailsConfig
 from railcar.sidecar.sse import split_events
 
@@ -165,3 +168,22 @@ async def relay_raw(client: Any, rec: dict[str, Any]) -> bytes:
         model=extra.pop("model"), messages=extra.pop("messages"), stream=extra.pop("stream"),
         extra_body=extra, extra_headers={"x-replay-id": rec["id"]})
     return await raw.http_response.aread()
+
+
+_HOLDBACK_GUARDS: dict[tuple[bool, str], RailsGuard] = {}
+_HOLDBACK_LOOP: list[Any] = [None]
+
+
+def holdback_guard(first: bool = True, action: str = "block") -> RailsGuard:
+    """Rails that never fire (:data:`NEVER_FIRING_RAILS`) plus the real inline hold-back of the catalog's secrets
+    (``action``: ``block`` | ``redact``), one per event loop (the rails engine keeps loop-bound state: a guard is not
+    shared across the tests' loops)."""
+    loop = asyncio.get_running_loop()
+    if _HOLDBACK_LOOP[0] is not loop:
+        _HOLDBACK_GUARDS.clear()
+        _HOLDBACK_LOOP[0] = loop
+    if (first, action) not in _HOLDBACK_GUARDS:
+        g = guard_for(NEVER_FIRING_RAILS % str(first).lower())
+        g.filter_factory = HoldBack(Scanner(det.select(["secret"]), b"k" * 32), action)
+        _HOLDBACK_GUARDS[first, action] = g
+    return _HOLDBACK_GUARDS[first, action]

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as hst
 from planted_corpus import GENERATORS
-from rails_support import NEVER_FIRING_RAILS, RECORDED, SECRET_PATTERN_YAML, Sink, guard_for, run_stream
+from rails_support import NEVER_FIRING_RAILS, RECORDED, SECRET_PATTERN_YAML, Sink, guard_for, holdback_guard, run_stream
 
 from railcar.core.exchange import Exchange
 from railcar.core.jsonpath import walk_strings
@@ -96,24 +96,6 @@ FIELDS: dict[str, tuple[str, bool, Callable[[int, str], bytes]]] = {
     "function_call.arguments": (ARGS, False, _function_call),
     "function_call.arguments_escaped": (ARGS, True, _function_call),
 }
-
-_GUARDS: dict[tuple[bool, str], RailsGuard] = {}
-_LOOP: list[Any] = [None]
-
-
-def holdback_guard(first: bool = True, action: str = "block") -> RailsGuard:
-    """Rails that never fire plus the inline hold-back (``action``), one per event loop (the rails engine keeps
-    loop-bound state: a guard is not shared across the tests' loops)."""
-    loop = asyncio.get_running_loop()
-    if _LOOP[0] is not loop:
-        _GUARDS.clear()
-        _LOOP[0] = loop
-    if (first, action) not in _GUARDS:
-        g = guard_for(NEVER % str(first).lower())
-        g.filter_factory = HoldBack(Scanner(det.select(["secret"]), b"k" * 32), action)
-        _GUARDS[first, action] = g
-    return _GUARDS[first, action]
-
 
 def value_of(field: str, key: str) -> str:
     template, esc, _ = FIELDS[field]

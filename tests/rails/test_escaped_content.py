@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from rails_support import NEVER_FIRING_RAILS, Sink, guard_for, run_stream
+from rails_support import NEVER_FIRING_RAILS, Sink, guard_for, holdback_guard, run_stream
 
 from railcar.codecs.registry import CODECS
 from railcar.core.exchange import Exchange
@@ -50,23 +50,6 @@ def escaped(value: str) -> str:
 ANSWER = '{"key":"' + escaped(KEY) + '","n":1}'
 # A JSON answer with escaped quotes around the key (a JSON string literal holding JSON), for the codec streams.
 QUOTED = '"{\\"key\\":\\"' + escaped(KEY) + '\\"}"'
-
-_GUARDS: dict[tuple[bool, str], RailsGuard] = {}
-_LOOP: list[Any] = [None]
-
-
-def guard(first: bool = True, action: str = "block") -> RailsGuard:
-    """Never-firing rails plus the real inline hold-back (``action``), one per event loop."""
-    loop = asyncio.get_running_loop()
-    if _LOOP[0] is not loop:
-        _GUARDS.clear()
-        _LOOP[0] = loop
-    if (first, action) not in _GUARDS:
-        g = guard_for(NEVER % str(first).lower())
-        g.filter_factory = HoldBack(Scanner(det.select(["secret"]), b"k" * 32), action)
-        _GUARDS[first, action] = g
-    return _GUARDS[first, action]
-
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
     obj = {"id": "chatcmpl-e", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -121,7 +104,7 @@ async def test_escaped_key_in_chat_content_is_blocked_at_every_split(first: bool
     for pieces in cuts_of(ANSWER):
         frames = chat_stream(pieces)
         for run in (run_stream, one_read):
-            sink, sg, ex = await run(guard(first), frames)
+            sink, sg, ex = await run(holdback_guard(first), frames)
             assert sg.stopped and ex.outcome.blocked_rail == "sensitive data", pieces
             assert sink.body.endswith(BLOCKED) and KEY not in agent_sees(sink.body), pieces
             assert [n.detector for n in ex.outcome.redactions] == ["aws_access_key_id"]
@@ -131,7 +114,7 @@ async def test_escaped_key_in_chat_content_is_redacted_at_every_split() -> None:
     for pieces in cuts_of(ANSWER):
         frames = chat_stream(pieces)
         for run in (run_stream, one_read):
-            sink, sg, ex = await run(guard(True, "redact"), frames)
+            sink, sg, ex = await run(holdback_guard(True, "redact"), frames)
             assert not sg.stopped and KEY not in agent_sees(sink.body), pieces
             note = ex.outcome.redactions[0]
             assert note.detector == "aws_access_key_id" and note.path == "$.choices[0].delta.content"
@@ -145,7 +128,7 @@ async def test_escaped_key_after_a_clean_run_is_blocked_in_one_read() -> None:
     key: the fast path must not take the escaped deltas as clean."""
     clean = [f"w{i} " for i in range(12)]
     frames = chat_stream(clean + [ANSWER[:12], ANSWER[12:20], ANSWER[20:]])
-    sink, sg, ex = await one_read(guard(), frames)
+    sink, sg, ex = await one_read(holdback_guard(), frames)
     assert sg.stopped and KEY not in agent_sees(sink.body)
     assert sink.body.startswith(b"".join(frames[:13]))  # the clean run went out byte for byte
 
@@ -167,7 +150,7 @@ async def test_clean_content_with_backslashes_is_relayed_byte_exact(text: str) -
         frames = chat_stream(pieces)
         for action in ("block", "redact"):
             for run in (run_stream, one_read):
-                sink, sg, ex = await run(guard(True, action), frames)
+                sink, sg, ex = await run(holdback_guard(True, action), frames)
                 assert not sg.stopped and sink.body == b"".join(frames), (pieces, action)
                 assert ex.outcome.redactions == []
 
@@ -176,7 +159,7 @@ async def test_stream_ending_inside_an_escape_releases_it_as_text() -> None:
     """A delta that ends with a cut escape and no more text: released at the end (nothing is lost)."""
     frames = chat_stream(["price: 5", " \\u00"])
     for run in (run_stream, one_read):
-        sink, sg, _ = await run(guard(), frames)
+        sink, sg, _ = await run(holdback_guard(), frames)
         assert not sg.stopped and content_of(sink.body) == "price: 5 \\u00"
 
 
@@ -202,7 +185,7 @@ async def test_escaped_key_in_non_streamed_chat_content(case: str, action: str) 
     content = WHOLE[case]
     assert KEY not in content
     ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    out = await guard(True, action).check_response(ex, chat_body(content, "length"))
+    out = await holdback_guard(True, action).check_response(ex, chat_body(content, "length"))
     assert out is not None
     msg = out["choices"][0]["message"]["content"]
     assert KEY not in msg and KEY not in unescape(msg)[0] and KEY not in unescape(unescape(msg)[0])[0]
@@ -221,7 +204,7 @@ async def test_escaped_key_in_non_streamed_chat_content(case: str, action: str) 
 async def test_clean_non_streamed_content_with_escapes_is_relayed() -> None:
     ex = Exchange(body={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     for text in CLEAN_TEXTS:
-        assert await guard(True, "redact").check_response(ex, chat_body(text)) is None
+        assert await holdback_guard(True, "redact").check_response(ex, chat_body(text)) is None
     assert ex.outcome.redactions == []
 
 
@@ -249,7 +232,7 @@ async def test_escaped_key_in_codec_text_deltas_is_never_delivered(api: str, tex
         frames = stream_frames(api, Script(tuple(pieces)))
         assert sum(kind in f for f in frames) == len(pieces)  # the pieces are text deltas of that kind
         for action in ("block", "redact"):
-            sink, sg, ex = await codec_run(guard(True, action), api, frames)
+            sink, sg, ex = await codec_run(holdback_guard(True, action), api, frames)
             assert KEY not in agent_sees(sink.body), (pieces, action)
             assert sg.stopped == (action == "block")
             assert {n.detector for n in ex.outcome.redactions} == {"aws_access_key_id"}
