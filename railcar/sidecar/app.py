@@ -540,7 +540,7 @@ class _SSERelay:
     __slots__ = ("ex", "up", "resp", "codec", "max_event", "record", "sink", "sg", "splitter", "clean", "_ended")
 
     def __init__(self, ex: Exchange, up: aiohttp.ClientResponse, resp: web.StreamResponse, codec: Codec,
-                 max_event: int, record: bool = True) -> None:
+                 max_event: int, record: bool) -> None:
         self.ex, self.up, self.resp, self.codec, self.max_event = ex, up, resp, codec, max_event
         self.record = record  # an observer reads ``ex.stream_data`` (the trace recorder)
         self.sink = _Sink(resp)
@@ -618,8 +618,9 @@ class _SSERelay:
         payloads of the events it handled."""
         readany = self.up.content.readany
         split = self._split
-        # What is kept for the trace is bounded, so a huge answer costs bounded memory (the span keeps far less).
-        room = _RECORD_BUDGET
+        # What is kept for the trace is bounded, so a huge answer costs bounded memory (the span keeps far less);
+        # nothing is kept when no observer reads it.
+        room = _RECORD_BUDGET if self.record else 0
         datas = self.ex.stream_data
         sink = self.sink
         hold, release, write = sink.hold, sink.release, sink.write
