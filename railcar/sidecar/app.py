@@ -41,6 +41,7 @@ from railcar.codecs.base import Codec
 from railcar.codecs.registry import CODECS
 from railcar.core.exchange import Exchange
 from railcar.core.guard import ClientGone, ExchangeObserver, Guard, GuardRejected, StreamGuard
+from railcar.sidecar.direct import DirectBody
 from railcar.sidecar.headers import forwarded_headers, response_headers, upstream_headers
 from railcar.sidecar.metrics import CONTENT_TYPE_LATEST, Metrics
 from railcar.sidecar.routes import PassthroughPaths, Refused, Route, resolve
@@ -507,7 +508,7 @@ class _Call:
         resp = web.StreamResponse(status=up.status, headers=CIMultiDict(response_headers(up.headers)))
         m.inflight_streams.inc()
         m.count(self.label, up.status)
-        relay = _SSERelay(ex, up, resp, self.codec, st.config.server.max_event_bytes, bool(st.observers))
+        relay = _SSERelay(ex, self.request, up, resp, self.codec, st.config.server.max_event_bytes, bool(st.observers))
         try:
             await resp.prepare(self.request)
             await relay.run(self.guard)
@@ -537,11 +538,12 @@ class _SSERelay:
     end (its connection may go back to the pool).
     """
 
-    __slots__ = ("ex", "up", "resp", "codec", "max_event", "record", "sink", "sg", "splitter", "clean", "_ended")
+    __slots__ = ("ex", "request", "up", "resp", "codec", "max_event", "record", "sink", "sg", "splitter", "clean",
+                 "_ended")
 
-    def __init__(self, ex: Exchange, up: aiohttp.ClientResponse, resp: web.StreamResponse, codec: Codec,
-                 max_event: int, record: bool) -> None:
-        self.ex, self.up, self.resp, self.codec, self.max_event = ex, up, resp, codec, max_event
+    def __init__(self, ex: Exchange, request: web.Request, up: aiohttp.ClientResponse, resp: web.StreamResponse,
+                 codec: Codec, max_event: int, record: bool) -> None:
+        self.ex, self.request, self.up, self.resp, self.codec, self.max_event = ex, request, up, resp, codec, max_event
         self.record = record  # an observer reads ``ex.stream_data`` (the trace recorder)
         self.sink = _Sink(resp)
         self.sg: StreamGuard | None = None
@@ -592,10 +594,20 @@ class _SSERelay:
     async def _pump_bytes(self) -> None:
         """The relay loop for a guard that does not inspect (:attr:`railcar.core.guard.Guard.inspects` false):
         each upstream read is written to the client as it came (one read, one write: nothing per event), and
-        split into events only while an observer records them, up to the recording budget."""
+        split into events only while an observer records them, up to the recording budget. The first read goes
+        out through ``StreamResponse.write`` (it carries the headers); the rest through :class:`DirectBody` from
+        the upstream socket's callback when both ends allow it, else through the same ``readany`` loop."""
         readany, write = self.up.content.readany, self.resp.write
         room = _RECORD_BUDGET if self.record else 0
         datas = self.ex.stream_data
+        tap: DirectBody | None = None
+
+        def relay(chunk: bytes) -> None:
+            nonlocal room
+            if room > 0:
+                room = _keep(datas, self._split(chunk), room)
+            direct.write(chunk)
+
         while True:
             chunk = await readany()
             if not chunk:
@@ -606,6 +618,14 @@ class _SSERelay:
                 await write(chunk)
             except _CLIENT_WRITE_ERRORS:
                 raise ClientGone(_GONE) from None
+            if tap is None:  # after the first write (it carried the headers): once, the direct relay if it can
+                tap = direct = DirectBody(self.up, self.resp, self.request)
+                if direct.usable():
+                    try:
+                        await direct.run(relay)
+                    except ConnectionResetError:
+                        raise ClientGone(_GONE) from None
+                    break
         if room > 0 and (tail := self.splitter.flush()) is not None:
             _keep(datas, [tail], room)
         self.clean = True
