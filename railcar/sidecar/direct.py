@@ -131,7 +131,7 @@ class DirectBody:
         finally:
             content.__class__ = StreamReader
             del _TAPS[content]
-            self.wake = None
+            self.wake = self.handler = None  # the handler's closure refers back to this relay: no cycle left behind
             if self.timer is not None:
                 self.timer.cancel()
             proto.read_timeout = self.timeout
