@@ -600,32 +600,30 @@ class _SSERelay:
         readany, write = self.up.content.readany, self.resp.write
         room = _RECORD_BUDGET if self.record else 0
         datas = self.ex.stream_data
-        tap: DirectBody | None = None
 
-        def relay(chunk: bytes) -> None:
+        def record(chunk: bytes) -> None:
             nonlocal room
             if room > 0:
                 room = _keep(datas, self._split(chunk), room)
+
+        def relay(chunk: bytes) -> None:  # the direct relay's handler, from the upstream socket's callback
+            if room > 0:  # tested here too: no call per read when nothing records
+                record(chunk)
             direct.write(chunk)
 
-        while True:
-            chunk = await readany()
-            if not chunk:
-                break
-            if room > 0:
-                room = _keep(datas, self._split(chunk), room)
+        direct = DirectBody(self.up, self.resp, self.request)
+        while chunk := await readany():
+            record(chunk)
             try:
                 await write(chunk)
             except _CLIENT_WRITE_ERRORS:
                 raise ClientGone(_GONE) from None
-            if tap is None:  # after the first write (it carried the headers): once, the direct relay if it can
-                tap = direct = DirectBody(self.up, self.resp, self.request)
-                if direct.usable():
-                    try:
-                        await direct.run(relay)
-                    except ConnectionResetError:
-                        raise ClientGone(_GONE) from None
-                    break
+            if direct.usable():  # the first write carried the headers: the rest goes direct when both ends allow it
+                try:
+                    await direct.run(relay)
+                except ConnectionResetError:
+                    raise ClientGone(_GONE) from None
+                break
         if room > 0 and (tail := self.splitter.flush()) is not None:
             _keep(datas, [tail], room)
         self.clean = True

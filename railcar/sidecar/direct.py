@@ -50,8 +50,10 @@ class _Tapped(StreamReader):
         pass
 
     def feed_eof(self) -> None:
-        super().feed_eof()  # the body's end: aiohttp releases the connection to its pool here
-        _TAPS[self].wakeup()
+        body = _TAPS[self]
+        body.untap()  # before aiohttp pools the connection (in feed_eof): it goes back with its own timeout
+        StreamReader.feed_eof(self)
+        body.wakeup()
 
     def set_exception(self, exc: BaseException, exc_cause: BaseException = aiohttp.streams._EXC_SENTINEL) -> None:
         super().set_exception(exc, exc_cause)  # a broken connection, a parse error, the read timeout
@@ -72,8 +74,8 @@ class DirectBody:
     ``aiohttp.SocketTimeoutError``, …), or :class:`ConnectionResetError` from :meth:`write` when the agent is gone.
     """
 
-    __slots__ = ("up", "content", "writer", "out", "loop", "handler", "wake", "error", "last", "timeout", "timer",
-                 "drain")
+    __slots__ = ("up", "content", "writer", "out", "loop", "proto", "handler", "wake", "error", "last", "timeout",
+                 "timer", "drain")
 
     def __init__(self, up: aiohttp.ClientResponse, resp: web.StreamResponse, request: web.Request) -> None:
         self.up, self.content = up, up.content
@@ -82,6 +84,7 @@ class DirectBody:
         chunked = getattr(self.writer, "chunked", False) and not resp.compression
         self.out: Any = request.transport if chunked else None
         self.loop = asyncio.get_running_loop()
+        self.proto: Any = None  # aiohttp's ResponseHandler of the connection, once run() taps it
         self.handler: Callable[[bytes], None] | None = None
         self.wake: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
@@ -102,10 +105,11 @@ class DirectBody:
         out = self.out
         if out.is_closing():
             raise ConnectionResetError("client disconnected")
-        out.write(b"%x\r\n%b\r\n" % (len(data), data))
+        n = len(data)
+        out.write(b"%x\r\n%b\r\n" % (n, data))
         w = self.writer
-        w.output_size += len(data)
-        w.buffer_size += len(data)
+        w.output_size += n
+        w.buffer_size += n
         if w.buffer_size > _DRAIN_AT:
             self.drain = True
 
@@ -115,6 +119,7 @@ class DirectBody:
         if content._buffer:  # what the parser had buffered before the tap: first, in order
             handler(content.read_nowait())
         proto: Any = self.up.connection.protocol  # type: ignore[union-attr]  # usable() checked it
+        self.proto = proto
         # aiohttp re-arms its sock_read timer on every read; this one re-arms itself only when it fires
         self.timeout, proto.read_timeout = proto.read_timeout, None
         self.last = self.loop.time()
@@ -129,12 +134,8 @@ class DirectBody:
                 if self.drain and self.error is None:
                     await self._drain(proto)
         finally:
-            content.__class__ = StreamReader
-            del _TAPS[content]
+            self.untap()
             self.wake = self.handler = None  # the handler's closure refers back to this relay: no cycle left behind
-            if self.timer is not None:
-                self.timer.cancel()
-            proto.read_timeout = self.timeout
         if self.error is not None:
             raise self.error
         if (exc := content.exception()) is not None:
@@ -156,6 +157,17 @@ class DirectBody:
         if self.drain:
             self.wakeup()
 
+    def untap(self) -> None:
+        """The body's reader and the connection's read timeout back to aiohttp's own (idempotent)."""
+        content = self.content
+        if _TAPS.pop(content, None) is None:
+            return
+        content.__class__ = StreamReader
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.proto.read_timeout = self.timeout
+
     def wakeup(self) -> None:
         w = self.wake
         if w is not None and not w.done():
@@ -167,6 +179,9 @@ class DirectBody:
         """The agent reads slower than the upstream writes: stop reading the upstream until its socket drained."""
         self.writer.buffer_size = 0
         transport = proto.transport  # the socket itself: aiohttp's pause_reading() would also pause its parser
+        if transport is None:  # the upstream connection is gone: run() sees the body's error
+            self.drain = False
+            return
         transport.pause_reading()
         try:
             await self.writer.drain()
@@ -181,9 +196,11 @@ class DirectBody:
     def _expire(self) -> None:
         """The lazy read timer: end the body with aiohttp's read timeout when no read came for ``timeout`` s."""
         assert self.timeout is not None
-        due = self.last + self.timeout
-        if self.drain or self.loop.time() < due:
-            self.timer = self.loop.call_at(max(due, self.loop.time() + self.timeout * self.drain), self._expire)
+        now = self.loop.time()
+        # while the agent drains, the upstream is paused by us: its silence does not count
+        due = now + self.timeout if self.drain else self.last + self.timeout
+        if now < due:
+            self.timer = self.loop.call_at(due, self._expire)
             return
         self.timer = None
         self.content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
