@@ -2,12 +2,14 @@
 
 Protocol. Every part is its own process. The sidecars (and the peers) are pinned to core 1; the load generator
 (this process: uvloop + aiohttp), the synthetic upstream (``python -m railcar.tools.replay_upstream --synthetic``)
-and the Kafka broker (``python -m railcar.tools.mock_broker``) to core 0. A contender's CPU is utime + stime of its
-process tree from ``/proc/<pid>/stat`` (all threads, children summed), read before a run and again once the
+and the Kafka broker (``python -m railcar.tools.mock_broker``) to core 0. A contender's CPU is its process tree's time on a CPU
+(all threads, children summed: :func:`common.cpu_seconds`, per-thread ``schedstat`` in ns, or utime + stime from
+``/proc/<pid>/stat`` when that is more), read before a run and again once the
 process has gone quiet after it (work deferred past the last byte, such as trace recording or the embedded
 consumer's scan, is the contender's too); its peak RSS is ``VmHWM`` of ``/proc/<pid>/status`` (reset before the
 c=256 point with ``/proc/<pid>/clear_refs``, so "RSS c=256" is that point's peak). Streams are 256 one-token deltas;
-TTFT is request sent to the first chunk carrying a token, at the load generator. The contenders run point by point
+TTFT is request sent to the first chunk carrying a token (its text, not a ``*_tokens`` usage field), at the load
+generator. The contenders run point by point
 in turn (every contender runs a point before the next point), so a burst of other load on the shared machine
 hits them alike.
 
@@ -70,6 +72,7 @@ from common import (
 from railcar.rails.guardrails_config import expand_catalog_markers
 
 TOKENS = 256
+TOKEN = b'tok "'  # the end of a token's JSON string ("tok " per delta), in every format's delta event
 FLOOR = "floor: TCP pipe"  # a uvloop byte pipe, no HTTP: the least a Python sidecar can cost per delta
 SIDECAR_CPUS, LOAD_CPUS = {1}, {0}
 CHAT = b'{"model":"synthetic-model","stream":true,"messages":[{"role":"user","content":"count"}]}'
@@ -157,14 +160,16 @@ def request_for(c: Contender, point: Point) -> tuple[str, bytes, dict[str, str]]
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> float:
-    """Send one streamed request; returns its TTFT in seconds (first chunk carrying ``tok``). Raises
-    ``RuntimeError`` on a non-200 or a stream with fewer than :data:`TOKENS` tokens."""
+    """Send one streamed request; returns its TTFT in seconds: to the first chunk carrying a token (:data:`TOKEN`;
+    not ``tok`` alone, which ``input_tokens`` in an Anthropic ``message_start`` and ``max_output_tokens`` in a
+    Responses ``response.created`` carry before any token). Raises ``RuntimeError`` on a non-200 or a stream with
+    fewer than :data:`TOKENS` tokens."""
     t0 = time.perf_counter()
     first = None
     chunks = []
     async with session.post(url, data=body, headers=headers) as r:
         while chunk := await r.content.readany():
-            if first is None and b"tok" in chunk:
+            if first is None and TOKEN in chunk:
                 first = time.perf_counter()
             chunks.append(chunk)
     raw = b"".join(chunks)
@@ -336,7 +341,7 @@ async def supports(session: aiohttp.ClientSession, c: Contender, fmt: str) -> bo
 def points(quick: bool) -> list[Point]:
     """The chat points (streams per contender, for Railcar / for the peers)."""
     if quick:
-        return [Point(1, 0, 8, 4), Point(1, 5, 2, 1), Point(32, 0, 32, 32), Point(32, 5, 32, 32),
+        return [Point(1, 0, 8, 4), Point(1, 5, 4, 1), Point(32, 0, 32, 32), Point(32, 5, 32, 32),
                 Point(256, 0, 256, 0)]
     return [Point(1, 0, 100, 20), Point(1, 5, 10, 4), Point(32, 0, 1024, 96), Point(32, 5, 128, 64),
             Point(256, 0, 2048, 512)]
@@ -405,7 +410,7 @@ async def format_points(s: aiohttp.ClientSession, contenders: list[Contender], q
         if not all(ok):
             out[fmt] = []
             continue
-        pts = [Point(32, 0, 32 if quick else 512, 0, fmt), Point(1, 5, 2 if quick else 8, 0, fmt)]
+        pts = [Point(32, 0, 32 if quick else 512, 0, fmt), Point(1, 5, 4 if quick else 8, 0, fmt)]
         for point in pts:
             await measure_point(s, chosen, point)
         out[fmt] = pts
