@@ -1,16 +1,15 @@
 """Proxy benchmark (issues 2, 12, 15), measured the way an outside harness measures a sidecar.
 
-Protocol. Every part is its own process. The sidecars (and the peers) are pinned to core 1; the load generator
-(this process: uvloop + aiohttp), the synthetic upstream (``python -m railcar.tools.replay_upstream --synthetic``)
-and the Kafka broker (``python -m railcar.tools.mock_broker``) to core 0. A contender's CPU is its process tree's time on a CPU
-(all threads, children summed: :func:`common.cpu_seconds`, per-thread ``schedstat`` in ns, or utime + stime from
-``/proc/<pid>/stat`` when that is more), read before a run and again once the
-process has gone quiet after it (work deferred past the last byte, such as trace recording or the embedded
-consumer's scan, is the contender's too); its peak RSS is ``VmHWM`` of ``/proc/<pid>/status`` (reset before the
-c=256 point with ``/proc/<pid>/clear_refs``, so "RSS c=256" is that point's peak). Streams are 256 one-token deltas;
-TTFT is request sent to the first chunk carrying a token (its text, not a ``*_tokens`` usage field), at the load
-generator. The contenders run point by point
-in turn (every contender runs a point before the next point), so a burst of other load on the shared machine
+Protocol. Every part is its own process. The sidecars (and the peers) are pinned to core 1; the load generator (this
+process: uvloop + aiohttp), the synthetic upstream (``python -m railcar.tools.replay_upstream --synthetic``) and the
+Kafka broker (``python -m railcar.tools.mock_broker``) to core 0. A contender's CPU is its process tree's time on a
+CPU (all threads, children summed: :func:`common.cpu_seconds`, per-thread ``schedstat`` in ns, or utime + stime from
+``/proc/<pid>/stat`` when that is more), read before a run and again once the process has gone quiet after it (work
+deferred past the last byte, such as trace recording or the embedded consumer's scan, is the contender's too); its
+peak RSS is ``VmHWM`` of ``/proc/<pid>/status`` (reset before the c=256 point with ``/proc/<pid>/clear_refs``, so
+"RSS c=256" is that point's peak). Streams are 256 one-token deltas; TTFT is request sent to the first chunk
+carrying a token (its text, not a ``*_tokens`` usage field), at the load generator. The contenders run point by
+point in turn (every contender runs a point before the next point), so a burst of other load on the shared machine
 hits them alike.
 
 Contenders (each a ``railcar serve`` unless named otherwise):
