@@ -90,7 +90,11 @@ class Guard(Protocol):
 
     ``inspects``: the guard judges content, so the proxy must not relay what it could not hand to it (a whole answer
     that is not a JSON object, a stream request answered without SSE): the API's 502 replaces it. ``False`` only for
-    a guard that relays everything unseen anyway (:class:`PassThrough`)."""
+    a guard that relays everything unseen anyway (:class:`PassThrough`).
+
+    Optional ``steps_in_callback`` (default false when absent): the stream guards it opens may be stepped outside
+    any task, from the upstream socket's callback (nothing in ``on_events`` needs ``asyncio.current_task()``, e.g.
+    ``asyncio.timeout``, before its first suspension); the proxy then hands each read over there."""
 
     inspects: bool
 

@@ -8,7 +8,7 @@ in the caller's task, like Python 3.12's ``asyncio.eager_task_factory`` (asyncio
 is Python 3.11); only when it suspends does the caller get something to await or schedule:
 
 - :func:`run_bounded` awaits a coroutine with a deadline that only exists once it suspends (a check that finishes
-  without waiting cannot be interrupted by ``asyncio.timeout`` anyway: cancellation needs an await point);
+  without waiting cannot be interrupted by a timeout anyway: cancellation needs an await point);
 - :func:`spawn` returns ``None`` for a coroutine that finished eagerly, else an :class:`asyncio.Task` continuing it.
 
 The continuation is a generator-based coroutine that hands every future the inner coroutine yields to the driving
@@ -61,13 +61,24 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
 
 
 async def run_bounded(coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
-    """``await coro`` with ``asyncio.timeout_at(deadline)`` (loop time, seconds) around the part after its first
-    suspension; raises :class:`TimeoutError` past the deadline, or what ``coro`` raises."""
+    """``await coro`` with a deadline (loop time, seconds) around the part after its first suspension; raises
+    :class:`TimeoutError` past the deadline, or what ``coro`` raises.
+
+    In a task the deadline is ``asyncio.timeout_at``. Outside any task (the proxy may step a stream guard from a
+    socket callback, :attr:`railcar.core.guard.Guard.steps_in_callback`; ``asyncio.timeout`` needs a current task)
+    it is ``asyncio.wait_for``'s, with the rest of ``coro`` in a task of its own; nothing can cancel a caller that
+    is no task, so a ``CancelledError`` out of it is that deadline (Python 3.11's ``wait_for`` can raise one when
+    ``coro`` fails at the deadline) and becomes :class:`TimeoutError`."""
     done, value = start(coro)
     if done:
         return value
-    async with asyncio.timeout_at(deadline):
-        return await value
+    if asyncio.current_task() is not None:
+        async with asyncio.timeout_at(deadline):
+            return await value
+    try:
+        return await asyncio.wait_for(_continue(value), max(0.0, deadline - asyncio.get_running_loop().time()))
+    except asyncio.CancelledError:
+        raise TimeoutError from None
 
 
 async def _continue(cont: Any) -> Any:

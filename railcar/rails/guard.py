@@ -85,6 +85,10 @@ class RailsGuard:
                          else settings.local_timeout_millis) / 1000.0
         self._flows = {"input": tuple(loaded.input_flows), "output": tuple(loaded.output_flows)}
         self.turn_cache = TurnCache()
+        # Model-free local IORails checks run start to finish without a task (no asyncio.timeout, no admission
+        # queue once warm): the relay may step the stream guard in the upstream socket's callback. A remote or
+        # LLMRails engine uses task-bound timeouts, so its streams stay in the relay's task.
+        self.steps_in_callback = bool(getattr(engine, "model_free", False)) and engine.mode == "local"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def warm(self) -> None:

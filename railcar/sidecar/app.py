@@ -25,8 +25,10 @@ append to it before the app starts). No request or response content is ever logg
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+import types
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -539,7 +541,7 @@ class _SSERelay:
     """
 
     __slots__ = ("ex", "request", "up", "resp", "codec", "max_event", "record", "sink", "sg", "splitter", "clean",
-                 "_ended")
+                 "room", "_ended")
 
     def __init__(self, ex: Exchange, request: web.Request, up: aiohttp.ClientResponse, resp: web.StreamResponse,
                  codec: Codec, max_event: int, record: bool) -> None:
@@ -549,6 +551,9 @@ class _SSERelay:
         self.sg: StreamGuard | None = None
         self.splitter = SSESplitter()
         self.clean = False
+        # Bytes of payloads still to keep for the trace (nothing when no observer reads them): bounded, so a huge
+        # answer costs bounded memory (the span keeps far less).
+        self.room = _RECORD_BUDGET if record else 0
         self._ended = False
 
     async def run(self, guard: Guard) -> None:
@@ -557,7 +562,7 @@ class _SSERelay:
         self.sg = sg = guard.open_stream(ex, self.sink, self.up.close)
         try:
             if guard.inspects:
-                await self._pump(sg)
+                await self._pump(sg, getattr(guard, "steps_in_callback", False))
             else:  # a guard that judges nothing relays every event unchanged: the upstream's reads go straight out
                 await self._pump_bytes()
         except ClientGone:
@@ -598,7 +603,7 @@ class _SSERelay:
         out through ``StreamResponse.write`` (it carries the headers); the rest through :class:`DirectBody` from
         the upstream socket's callback when both ends allow it, else through the same ``readany`` loop."""
         readany, write = self.up.content.readany, self.resp.write
-        room = _RECORD_BUDGET if self.record else 0
+        room = self.room
         datas = self.ex.stream_data
 
         def record(chunk: bytes) -> None:
@@ -628,7 +633,31 @@ class _SSERelay:
             _keep(datas, [tail], room)
         self.clean = True
 
-    async def _pump(self, sg: StreamGuard) -> None:
+    async def _pump(self, sg: StreamGuard, in_callback: bool) -> None:
+        """A guarded stream: through :class:`_GuardedTap` from the upstream socket's callback when the guard's
+        stream may run outside a task (``in_callback``: :attr:`railcar.core.guard.Guard.steps_in_callback`) and
+        both ends allow it (:meth:`DirectBody.usable`), then (or else) :meth:`_pump_loop` for what is left, the tail
+        at EOF."""
+        direct = DirectBody(self.up, self.resp, self.request)
+        if in_callback and direct.usable():
+            tap = _GuardedTap(self, sg, direct)
+            try:
+                await direct.run(tap.feed)
+                await tap.quiesce()
+            except _Stopped:
+                pass
+            except ClientGone:
+                raise
+            except ConnectionResetError:
+                raise ClientGone(_GONE) from None
+            finally:
+                tap.close()
+            if sg.stopped:
+                self.ex.outcome.block()
+                return
+        await self._pump_loop(sg)
+
+    async def _pump_loop(self, sg: StreamGuard) -> None:
         """The relay loop, once per upstream read until the guard stops or the upstream ends: the read's complete
         events → their data payloads recorded in ``ex.stream_data`` → ``sg.on_events`` with the sink held, so
         the frames the guard sends go out as one client write (see :class:`_Sink`). At EOF the splitter's tail
@@ -636,9 +665,7 @@ class _SSERelay:
         payloads of the events it handled."""
         readany = self.up.content.readany
         split = self._split
-        # What is kept for the trace is bounded, so a huge answer costs bounded memory (the span keeps far less);
-        # nothing is kept when no observer reads it.
-        room = _RECORD_BUDGET if self.record else 0
+        room = self.room
         datas = self.ex.stream_data
         sink = self.sink
         hold, release, write = sink.hold, sink.release, sink.write
@@ -715,6 +742,123 @@ class _SSERelay:
             await self._finish(None)
         except BaseException:
             pass
+
+
+class _Stopped(Exception):
+    """The stream guard stopped the stream (a block) in the upstream socket's callback."""
+
+
+@types.coroutine
+def _resume(coro: Any, step: Any) -> Any:
+    """Go on with ``coro``, which was started by hand and yielded ``step`` (what it awaits), as a task's coroutine:
+    the task waits on ``step``, then ``coro`` continues. Cancelled while waiting, ``coro`` is closed."""
+    try:
+        yield step
+    except BaseException:
+        coro.close()
+        raise
+    return (yield from coro)
+
+
+class _GuardedTap:
+    """The guarded relay from the upstream socket's callback (:class:`DirectBody`): each upstream read is split into
+    events, recorded and handed to the stream guard there, and the frames the guard sends go to the agent as one
+    write in the same callback: no future, task wake-up or timer per read (issue 15).
+
+    ``sg.on_events`` is a coroutine; it is stepped by hand in the callback (in the relay task's context), and
+    nearly always finishes there (the rails' checks run eagerly). When it does not (it awaits a check still
+    running), it goes on in a task (:func:`_resume`) while the upstream is held; reads that arrive meanwhile wait
+    in order and are handed over when it is done. A block raises :class:`_Stopped` out of :meth:`DirectBody.run`;
+    what fails later reaches it through :meth:`DirectBody.fail`."""
+
+    __slots__ = ("relay", "sg", "direct", "ctx", "task", "backlog", "idle")
+
+    def __init__(self, relay: _SSERelay, sg: StreamGuard, direct: DirectBody) -> None:
+        self.relay, self.sg, self.direct = relay, sg, direct
+        self.ctx = contextvars.copy_context()  # the guard runs as if in the relay's task, never in a bare callback
+        self.task: asyncio.Task[int] | None = None  # on_events going on after the callback
+        self.backlog: list[bytes] = []
+        self.idle: asyncio.Future[None] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """``DirectBody``'s handler: one piece of the upstream body."""
+        if self.task is not None:
+            self.backlog.append(chunk)
+            self.direct.hold()
+        elif not self.sg.stopped:
+            self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
+        relay = self.relay
+        events = relay._split(chunk)
+        if not events:  # a read inside one event completes nothing: nothing to hand over yet
+            return
+        datas = relay.ex.stream_data
+        mark = len(datas)
+        if relay.room > 0:
+            relay.room = _keep(datas, events, relay.room)
+        relay.sink.hold()
+        coro = self.sg.on_events(events)
+        try:
+            step = self.ctx.run(coro.send, None)
+        except StopIteration as done:
+            self._settle(done.value, events, mark)
+            return
+        except BaseException:
+            self._out()  # what the guard sent before it failed still goes out, as in the relay loop
+            raise
+        self.task = task = asyncio.get_running_loop().create_task(_resume(coro, step), context=self.ctx)
+        self.direct.hold()
+        task.add_done_callback(lambda t: self._resumed(t, events, mark))
+
+    def _settle(self, n: int, events: list[tuple[bytes, bytes | None]], mark: int) -> None:
+        self._out()
+        if n < len(events):  # stopped part-way: only the payloads of the events it handled stay recorded
+            datas = self.relay.ex.stream_data
+            del datas[mark + sum(1 for _, d in events[:n] if d is not None):]
+        if self.sg.stopped:
+            raise _Stopped
+
+    def _out(self) -> None:
+        data = self.relay.sink.release()
+        if data is not None:
+            self.direct.write(data)
+
+    def _resumed(self, task: asyncio.Task[int], events: list[tuple[bytes, bytes | None]], mark: int) -> None:
+        self.task = None
+        try:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is not None:
+                self._out()
+                raise exc
+            self._settle(task.result(), events, mark)
+            while self.backlog and self.task is None:
+                self._take(self.backlog.pop(0))
+        except BaseException as exc:
+            self.direct.fail(exc)
+        finally:
+            if self.task is None:
+                self.direct.release()
+                if self.idle is not None and not self.idle.done():
+                    self.idle.set_result(None)
+
+    async def quiesce(self) -> None:
+        """After :meth:`DirectBody.run` returned at the body's end: wait until the guard is done with every read,
+        then raise what failed meanwhile."""
+        while self.task is not None:
+            self.idle = asyncio.get_running_loop().create_future()
+            await self.idle
+        if self.direct.error is not None:
+            raise self.direct.error
+
+    def close(self) -> None:
+        """The relay ended: a guard step still going on is cancelled."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self.backlog.clear()
 
 
 # ------------------------------------------------------------------------------------------------ pass-through

@@ -70,12 +70,13 @@ class DirectBody:
 
     :meth:`run` ``(handler)``: ``handler(data: bytes)`` is called with each piece of the body, in order, from the
     upstream socket's callback; it must not block, and what it raises ends the relay and is re-raised by
-    :meth:`run`. Returns when the body ended; raises what ``readany()`` would (``aiohttp.ClientPayloadError``,
+    :meth:`run`. A handler that must wait for something (a stream guard's check that did not finish in the
+    callback) calls :meth:`hold` and later :meth:`release`, and :meth:`fail` when that later work fails. Returns when the body ended; raises what ``readany()`` would (``aiohttp.ClientPayloadError``,
     ``aiohttp.SocketTimeoutError``, …), or :class:`ConnectionResetError` from :meth:`write` when the agent is gone.
     """
 
     __slots__ = ("up", "content", "writer", "out", "loop", "proto", "handler", "wake", "error", "last", "timeout",
-                 "timer", "drain")
+                 "timer", "drain", "held")
 
     def __init__(self, up: aiohttp.ClientResponse, resp: web.StreamResponse, request: web.Request) -> None:
         self.up, self.content = up, up.content
@@ -92,6 +93,7 @@ class DirectBody:
         self.timeout: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.drain = False
+        self.held = False  # the handler asked for no more reads for now (hold() / release())
 
     def usable(self) -> bool:
         """Both ends allow the direct relay (else the caller keeps the ``readany`` loop)."""
@@ -167,11 +169,40 @@ class DirectBody:
             self.timer.cancel()
             self.timer = None
         self.proto.read_timeout = self.timeout
+        self.release()  # the body's end came in the read the handler held after: the connection goes back reading
 
     def wakeup(self) -> None:
         w = self.wake
         if w is not None and not w.done():
             w.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the relay from outside the parser's callback (work the handler finished later failed): :meth:`run`
+        raises ``exc``."""
+        if self.error is None:
+            self.error = exc
+        self.wakeup()
+
+    def hold(self) -> None:
+        """Stop reading the upstream until :meth:`release` (the handler is busy with what it has); the upstream's
+        silence meanwhile does not count against the read timeout. Nothing once the body ended (its connection
+        may already serve another request)."""
+        if _TAPS.get(self.content) is not self or self.held:
+            return
+        self.held = True
+        transport = self.proto.transport
+        if transport is not None:
+            transport.pause_reading()
+
+    def release(self) -> None:
+        """Read the upstream again after :meth:`hold`; the read timeout restarts now."""
+        if not self.held:
+            return
+        self.held = False
+        self.last = self.loop.time()
+        transport = self.proto.transport
+        if transport is not None and not transport.is_closing() and not self.drain:
+            transport.resume_reading()
 
     # -------------------------------------------------------------------------------------------- internals
 
@@ -190,15 +221,15 @@ class DirectBody:
         finally:
             self.drain = False  # the upstream's silence while paused was ours: the read timeout restarts now
             self.last = self.loop.time()
-            if not transport.is_closing():
+            if not transport.is_closing() and not self.held:
                 transport.resume_reading()
 
     def _expire(self) -> None:
         """The lazy read timer: end the body with aiohttp's read timeout when no read came for ``timeout`` s."""
         assert self.timeout is not None
         now = self.loop.time()
-        # while the agent drains, the upstream is paused by us: its silence does not count
-        due = now + self.timeout if self.drain else self.last + self.timeout
+        # while the agent drains or the handler holds, the upstream is paused by us: its silence does not count
+        due = now + self.timeout if self.drain or self.held else self.last + self.timeout
         if now < due:
             self.timer = self.loop.call_at(due, self._expire)
             return
