@@ -99,7 +99,8 @@ class DirectBody:
         """Both ends allow the direct relay (else the caller keeps the ``readany`` loop)."""
         c = self.content
         return (self.out is not None and type(c) is StreamReader and self.up.connection is not None
-                and not c.is_eof() and c.exception() is None)
+                and not c.is_eof() and c.exception() is None
+                and not getattr(self.writer, "_headers_buf", None))  # the headers left: body bytes may follow
 
     def write(self, data: bytes) -> None:
         """Write ``data`` to the agent as one HTTP/1.1 chunk, now. Raises :class:`ConnectionResetError` when the
