@@ -28,7 +28,7 @@ Per upstream event (``(raw, data)``, byte-exact; :data:`railcar.core.guard.SSEEv
 - Output rails (``rails.enabled("output")``): the released answer text (kinds ``text``, ``reasoning``, ``refusal``)
   goes through one :class:`railcar.rails.chunker.RollingChunker` (``chunk_size`` / ``context_size``, counted in
   deltas, context carried over); with ``stream_first`` a frame goes out at once and its chunk is checked right after
-  (at most one check in flight, :func:`railcar.rails.eager.spawn`), without it the frame waits until its chunk
+  (at most one check in flight, :func:`railcar.core.eager.spawn`), without it the frame waits until its chunk
   passed. The last chunk is checked when the stream ends (``codec.is_terminal`` event, ``terminal_data``, or
   :meth:`CodecStreamGuard.on_end`), before the terminal event goes out.
 - Tool calls: the frames carrying a call's argument deltas (pieces whose key is a call in ``codec``'s
@@ -60,11 +60,12 @@ from typing import Any
 import orjson
 
 from railcar.codecs.base import Codec, Piece, ToolCall, set_at, walk_strings
+from railcar.core import eager
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
 from railcar.core.jsonpath import Parts, json_path
 from railcar.core.wire import sse_frame
-from railcar.rails import eager, metrics
+from railcar.rails import metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
 from railcar.rails.json_escape import Unescaper, rewrite, unescape
 from railcar.rails.text_filter import (

@@ -35,10 +35,11 @@ from typing import Any
 from opentelemetry import trace
 
 from railcar.codecs.registry import CODECS
+from railcar.core import eager
 from railcar.core.config import ConfigError, Problem
 from railcar.core.exchange import Exchange
 from railcar.core.guard import GuardRejected, Refusal, StreamSink
-from railcar.rails import eager, metrics
+from railcar.rails import metrics
 from railcar.rails.codec_guard import DEFAULT_REFUSAL, guard_body, guard_request
 from railcar.rails.codec_stream import CodecStreamGuard
 from railcar.rails.engine_local import CheckResult, LocalEngine
@@ -122,7 +123,7 @@ class RailsGuard:
 
         Cheap when nothing needs more: the child span (``guardrails.check <kind>``, made current around the engine
         call so remote span events land on it) only when the tracer records; the timeout only if the engine
-        check suspends (:func:`railcar.rails.eager.run_bounded`; a local model-free check runs to completion in one step
+        check suspends (:func:`railcar.core.eager.run_bounded`; a local model-free check runs to completion in one step
         and could not be interrupted anyway); metric children cached per label set."""
         t0 = time.perf_counter()
         span = _tracer.start_span(f"guardrails.check {kind}")

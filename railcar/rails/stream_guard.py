@@ -6,7 +6,7 @@ per-event form the property tests compare it with).
 
 Streaming (``rails.output.streaming`` of the guardrail config, NeMo Platform "Running Inference with Guardrails"):
 content deltas go through the rolling buffer of :mod:`railcar.rails.chunker`; with ``stream_first`` a delta is sent the
-moment it arrives and chunk checks start at once (:func:`railcar.rails.eager.spawn`: a check that has to wait continues in a
+moment it arrives and chunk checks start at once (:func:`railcar.core.eager.spawn`: a check that has to wait continues in a
 background task; at most one in flight: if a check still runs when the next chunk is cut, the guard waits for it,
 which bounds what can leak past a block to about one chunk); without ``stream_first`` frames are held until their
 chunk passes. Tool-call deltas, and a choice's frames once a legacy ``function_call`` started, are held until the
@@ -41,11 +41,12 @@ import orjson
 from railcar.codecs.base import Path, Piece, get_at, set_at
 from railcar.codecs.chat_tools import ToolCallAssembler
 from railcar.codecs.openai_chat import OpenAIChatCodec
+from railcar.core import eager
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
 from railcar.core.jsonpath import json_path
 from railcar.core.wire import blocked_frames, sse_frame
-from railcar.rails import eager, metrics
+from railcar.rails import metrics
 from railcar.rails.chunker import ChunkBatch, RollingChunker
 from railcar.rails.codec_stream import INVALID_EVENT_MESSAGE
 from railcar.rails.json_escape import Unescaper, rewrite, unescape

@@ -28,7 +28,6 @@ import asyncio
 import contextvars
 import logging
 import time
-import types
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from multidict import CIMultiDict
 
 from railcar.codecs.base import Codec
 from railcar.codecs.registry import CODECS
+from railcar.core import eager
 from railcar.core.exchange import Exchange
 from railcar.core.guard import ClientGone, ExchangeObserver, Guard, GuardRejected, StreamGuard
 from railcar.sidecar.direct import DirectBody
@@ -748,26 +748,15 @@ class _Stopped(Exception):
     """The stream guard stopped the stream (a block) in the upstream socket's callback."""
 
 
-@types.coroutine
-def _resume(coro: Any, step: Any) -> Any:
-    """Go on with ``coro``, which was started by hand and yielded ``step`` (what it awaits), as a task's coroutine:
-    the task waits on ``step``, then ``coro`` continues. Cancelled while waiting, ``coro`` is closed."""
-    try:
-        yield step
-    except BaseException:
-        coro.close()
-        raise
-    return (yield from coro)
-
-
 class _GuardedTap:
     """The guarded relay from the upstream socket's callback (:class:`DirectBody`): each upstream read is split into
     events, recorded and handed to the stream guard there, and the frames the guard sends go to the agent as one
     write in the same callback: no future, task wake-up or timer per read (issue 15).
 
-    ``sg.on_events`` is a coroutine; it is stepped by hand in the callback (in the relay task's context), and
-    nearly always finishes there (the rails' checks run eagerly). When it does not (it awaits a check still
-    running), it goes on in a task (:func:`_resume`) while the upstream is held; reads that arrive meanwhile wait
+    ``sg.on_events`` is a coroutine; it is stepped by hand in the callback (:func:`railcar.core.eager.start`, in the
+    relay task's context), and nearly always finishes there (the rails' checks run eagerly). When it does not (it
+    awaits a check still running), it goes on in a task (:func:`railcar.core.eager.continue_in_task`) while the
+    upstream is held; reads that arrive meanwhile wait
     in order and are handed over when it is done. A block raises :class:`_Stopped` out of :meth:`DirectBody.run`;
     what fails later reaches it through :meth:`DirectBody.fail`."""
 
@@ -798,16 +787,15 @@ class _GuardedTap:
         if relay.room > 0:
             relay.room = _keep(datas, events, relay.room)
         relay.sink.hold()
-        coro = self.sg.on_events(events)
         try:
-            step = self.ctx.run(coro.send, None)
-        except StopIteration as done:
-            self._settle(done.value, events, mark)
-            return
+            done, value = eager.start(self.sg.on_events(events), self.ctx)
         except BaseException:
             self._out()  # what the guard sent before it failed still goes out, as in the relay loop
             raise
-        self.task = task = asyncio.get_running_loop().create_task(_resume(coro, step), context=self.ctx)
+        if done:
+            self._settle(value, events, mark)
+            return
+        self.task = task = eager.continue_in_task(value, self.ctx)
         self.direct.hold()
         task.add_done_callback(lambda t: self._resumed(t, events, mark))
 

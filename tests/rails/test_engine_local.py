@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from railcar.rails import eager
+from railcar.core import eager
 from railcar.rails.engine_local import LocalEngine, RailError
 from railcar.rails.guardrails_config import load_guardrails_config
 from railcar.rails.settings import GuardrailsConfig

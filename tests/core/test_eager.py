@@ -1,4 +1,4 @@
-"""rails/eager.py: eager start of coroutines, a deadline only once they suspend, tasks only for those that wait."""
+"""core/eager.py: eager start of coroutines, a deadline only once they suspend, tasks only for those that wait."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextvars
 
 import pytest
 
-from railcar.rails import eager
+from railcar.core import eager
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="caller")
 
@@ -80,3 +80,35 @@ async def test_cancelling_a_spawned_task_reaches_the_coroutine() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log == ["started", "cleaned up"]
+
+
+async def _outside_a_task(coro, then=None):
+    """Step ``coro`` from a plain loop callback (no current task), as the proxy's guarded tap does; the task that
+    goes on with it, or its result."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future = loop.create_future()
+
+    def step() -> None:
+        assert asyncio.current_task() is None
+        done, value = eager.start(coro, contextvars.copy_context())
+        out.set_result((done, value if done else eager.continue_in_task(value, contextvars.copy_context())))
+
+    loop.call_soon(step)
+    return await out
+
+
+async def test_run_bounded_outside_a_task_keeps_its_deadline_and_a_cancel_stays_a_cancel() -> None:
+    loop = asyncio.get_running_loop()
+    log: list[str] = []
+    done, task = await _outside_a_task(eager.run_bounded(waits(5.0, log), loop.time() + 0.05))
+    assert not done
+    with pytest.raises(TimeoutError):  # asyncio.timeout would have refused to run without a task
+        await task
+    assert log == ["started", "cleaned up"]
+
+    done, task = await _outside_a_task(eager.run_bounded(waits(5.0, []), loop.time() + 5.0))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):  # not turned into the deadline's TimeoutError
+        await task
+    assert task.cancelled()

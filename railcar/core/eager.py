@@ -24,7 +24,7 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ["start", "run_bounded", "spawn"]
+__all__ = ["start", "run_bounded", "spawn", "continue_in_task"]
 
 
 def start(coro: Coroutine[Any, Any, Any], context: contextvars.Context | None = None) -> tuple[bool, Any]:
@@ -66,9 +66,9 @@ async def run_bounded(coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
 
     In a task the deadline is ``asyncio.timeout_at``. Outside any task (the proxy may step a stream guard from a
     socket callback, :attr:`railcar.core.guard.Guard.steps_in_callback`; ``asyncio.timeout`` needs a current task)
-    it is ``asyncio.wait_for``'s, with the rest of ``coro`` in a task of its own; nothing can cancel a caller that
-    is no task, so a ``CancelledError`` out of it is that deadline (Python 3.11's ``wait_for`` can raise one when
-    ``coro`` fails at the deadline) and becomes :class:`TimeoutError`."""
+    it is ``asyncio.wait_for``'s, with the rest of ``coro`` in a task of its own; a ``CancelledError`` out of it is
+    that deadline (Python 3.11's ``wait_for`` can raise one when ``coro`` fails at the deadline) and becomes
+    :class:`TimeoutError`, unless the task the caller went on in since is being cancelled."""
     done, value = start(coro)
     if done:
         return value
@@ -78,11 +78,20 @@ async def run_bounded(coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
     try:
         return await asyncio.wait_for(_continue(value), max(0.0, deadline - asyncio.get_running_loop().time()))
     except asyncio.CancelledError:
+        task = asyncio.current_task()  # the caller went on in a task since (the proxy's continuation of a step)
+        if task is not None and task.cancelling():
+            raise  # that task was cancelled: not the deadline
         raise TimeoutError from None
 
 
 async def _continue(cont: Any) -> Any:
     return await cont
+
+
+def continue_in_task(cont: Any, context: contextvars.Context) -> asyncio.Task:
+    """A task that goes on with ``cont`` (what :func:`start` returned for a coroutine that suspended) in ``context``
+    (the one its first step ran in)."""
+    return asyncio.get_running_loop().create_task(_continue(cont), context=context)
 
 
 def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
@@ -96,4 +105,4 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
     done, value = start(coro, ctx)
     if done:
         return None
-    return asyncio.get_running_loop().create_task(_continue(value), context=ctx)
+    return continue_in_task(value, ctx)
