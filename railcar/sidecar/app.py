@@ -774,7 +774,9 @@ class _GuardedTap:
         if self.task is not None:
             self.backlog.append(chunk)
             self.direct.hold()
-        elif not self.sg.stopped:
+        elif self.sg.stopped:  # blocked between reads (a background check): nothing more goes to the agent
+            raise _Stopped
+        else:
             self._take(chunk)
 
     def _take(self, chunk: bytes) -> None:

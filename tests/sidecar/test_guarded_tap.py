@@ -129,3 +129,32 @@ async def test_the_hold_back_judges_in_the_callback_and_a_split_key_never_reache
     assert KEY not in text and "w39 " in text  # the prose before it was relayed, the key was not
     assert b'"code":"content_blocked"' in body
     assert 1 in seen
+
+
+class LaterBlock(WaitingGuard):
+    """Relays every event; 30 ms in, a background "check" blocks (sends the block frame, sets ``stopped``) without
+    calling ``abort``: the relay itself must stop at the next read."""
+
+    def open_stream(self, exchange: Exchange, sink: Any, abort: Any) -> WaitingStream:
+        st = super().open_stream(exchange, sink, lambda: None)
+
+        async def block() -> None:
+            await asyncio.sleep(0.03)
+            st.stopped = True
+            await sink.send(b'data: {"error":"blocked"}\n\n')
+
+        asyncio.get_running_loop().create_task(block())
+        return st
+
+
+async def test_a_block_between_reads_ends_the_relay_at_the_next_read(make_config, start_sidecar) -> None:
+    frames = _frames(400)
+    guard = LaterBlock(every=10**9)
+    async with FramesUpstream(frames, delay_s=0.002) as up:
+        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=guard)
+        async with aiohttp.ClientSession() as s, s.post(sc.base_url + "/chat/completions", json=CHAT) as r:
+            body = await r.read()
+        await asyncio.wait_for(up.disconnected.wait(), 5)
+        assert up.sent < len(frames) // 2
+    (st,) = guard.streams
+    assert body == b"".join(st.seen) + b'data: {"error":"blocked"}\n\n' + b"data: end\n\n"
