@@ -88,14 +88,9 @@ def plain_chunks(datas: list[bytes]) -> list[dict[str, Any] | tuple[dict[str, An
             if tok.count(b'"') == 2 and tok[0] == tok[-1] == 0x22 and tok[-2] != 0x5C:
                 batch.append((len(out), tok, raw))  # one string token: nothing between its quotes can end it
                 out.append(ref)
-                continue
-            try:
-                v = loads(tok)
-            except JSONDecodeError:
-                v = None
-            if v.__class__ is str:
-                out.append((ref, v))
-                continue
+            else:
+                out.append(_one(ref, tok, raw))
+            continue
         try:
             whole = loads(raw)
         except JSONDecodeError:
