@@ -439,7 +439,7 @@ async def format_points(s: aiohttp.ClientSession, contenders: list[Contender], q
         if not all(ok):
             out[fmt] = []
             continue
-        pts = [Point(32, 0, 32 if quick else 512, 0, fmt), Point(1, 5, 4 if quick else 8, 0, fmt)]
+        pts = [Point(32, 0, 32 if quick else 512, 0, fmt)]  # its added TTFT: ttft_rounds
         for point in pts:
             await measure_point(s, chosen, point)
         out[fmt] = pts
@@ -493,10 +493,6 @@ class Figures:
     def run(self, name: str, point: Point) -> Run | None:
         c = self.by_name.get(name)
         return c.runs.get(point) if c else None
-
-    def added_p50(self, name: str, point: Point) -> float | None:
-        r, d = self.run(name, point), self.run("direct", point)
-        return None if r is None or d is None else (pct(r.ttft, .5) - pct(d.ttft, .5)) * 1000
 
     def added_paired(self, name: str, fmt: str) -> float | None:
         """Median added TTFT (ms) of ``name`` over :func:`ttft_rounds` of ``fmt``; None when not measured."""
