@@ -2,19 +2,19 @@
 
 Most chunks of a stream are byte for byte the same but for ``delta.content``
 (``{"id":…,"object":"chat.completion.chunk",…,"choices":[{"index":0,"delta":{"content":"<text>"},
-"finish_reason":null}]}``). :func:`plain_chunks` parses payloads whole until one is *plain* (:func:`_is_plain`:
-it tells the answer's fold nothing but one content string), takes it as the reference, cuts its bytes around the
+"finish_reason":null}]}``). :func:`plain_chunks` parses payloads whole until one is *plain* (:func:`_is_plain`: it
+tells the answer's fold nothing but one content string), takes it as the reference, cuts its bytes around the
 content string into a prefix and a suffix, and reads every later payload with that prefix and suffix as the
-reference with another content (a ``(reference, content)`` pair): only the bytes between are parsed, and only as one JSON string (those with no quote
-inside all in one ``orjson.loads``). Any other payload is parsed whole. The result is what parsing every payload
-gives; the recorder's fold (:mod:`railcar.streams.answer`) appends a pair's content and is done with it, which
-halves the recorder's work on a 256-token stream.
+reference with another content (a ``(reference, content)`` pair): only the bytes between are parsed, and only as one
+JSON string (those with no quote inside all in one ``orjson.loads``). Any other payload is parsed whole. The result
+is what parsing every payload gives; the recorder's fold (:mod:`railcar.streams.answer`) appends a pair's content
+and is done with it, which halves the recorder's work on a 256-token stream.
 
 Why it is exact: a payload that is the reference's prefix, then one JSON string token (checked by parsing those
-bytes alone), then the reference's suffix is the reference document with that string in the place of its content,
-so it parses to the reference with that content. A token decoded in the batch has exactly two quotes, the first
-and the last byte, the last not after a backslash: nothing inside it can close it, so the batch holds one string
-per token. The reference's bytes name ``"content"`` once, so that place is the value a parser keeps.
+bytes alone), then the reference's suffix is the reference document with that string in the place of its content, so
+it parses to the reference with that content (the cut is proved once per reference, :func:`_cut`). A token decoded
+in the batch has exactly two quotes, the first and the last byte, the last not after a backslash: nothing inside it
+can close it, so the batch holds one string per token.
 """
 
 from __future__ import annotations
@@ -59,14 +59,30 @@ def _string_end(raw: bytes, start: int) -> int:
     return -1
 
 
+_PROBE = "\x00railcar-cut\x00"
+_PROBE_TOKEN = b'"\\u0000railcar-cut\\u0000"'
+_TRIES = 4  # references found in a row that nothing matched: the stream varies per chunk, stop looking
+
+
 def _cut(raw: bytes, obj: Any) -> tuple[bytes, bytes] | None:
-    """``(prefix, suffix)`` around the content string of ``raw`` when its parse ``obj`` is plain and its bytes
-    name ``"content"`` once, else ``None``."""
-    if raw.count(b'"content"') != 1 or (at := raw.find(_KEY)) < 0 or not _is_plain(obj):
+    """``(prefix, suffix)`` around the content string of ``raw`` when its parse ``obj`` is plain and that string
+    is the content a parser keeps, else ``None``.
+
+    The first ``"content":"`` need not be it: a key spelled with an escape (``"\\u0063ontent"``) later in the
+    object wins (the last duplicate counts), and the same bytes may sit under another key (``logprobs``). So the
+    cut is proved once, by parsing the prefix, a probe string and the suffix: it must give the probe as content."""
+    if (at := raw.find(_KEY)) < 0 or not _is_plain(obj):
         return None
     start = at + len(_KEY) - 1
     end = _string_end(raw, start)
-    return None if end < 0 else (raw[:start], raw[end:])
+    if end < 0:
+        return None
+    prefix, suffix = raw[:start], raw[end:]
+    try:
+        probe = orjson.loads(prefix + _PROBE_TOKEN + suffix)
+    except orjson.JSONDecodeError:
+        return None
+    return (prefix, suffix) if _is_plain(probe) and probe["choices"][0]["delta"]["content"] == _PROBE else None
 
 
 def plain_chunks(datas: list[bytes]) -> list[dict[str, Any] | tuple[dict[str, Any], str]]:
@@ -79,12 +95,14 @@ def plain_chunks(datas: list[bytes]) -> list[dict[str, Any] | tuple[dict[str, An
     prefix = suffix = b""
     lp = ls = 0
     ref: dict[str, Any] | None = None
+    tries = matched = 0  # references in a row that read no payload; payloads the current one read
     out: list[Any] = []
     batch: list[tuple[int, bytes, bytes]] = []  # (place in out, token, payload): tokens with no quote inside
     for raw in datas:
         n = len(raw)
         if ref is not None and n > lp + ls and raw.startswith(prefix) and raw.endswith(suffix):
             tok = raw[lp:n - ls]
+            matched += 1
             if tok.count(b'"') == 2 and tok[0] == tok[-1] == 0x22 and tok[-2] != 0x5C:
                 batch.append((len(out), tok, raw))  # one string token: nothing between its quotes can end it
                 out.append(ref)
@@ -98,9 +116,11 @@ def plain_chunks(datas: list[bytes]) -> list[dict[str, Any] | tuple[dict[str, An
         if whole.__class__ is not dict:
             continue
         out.append(whole)
-        if (cut := _cut(raw, whole)) is not None:
+        if tries < _TRIES and (cut := _cut(raw, whole)) is not None:
+            tries = tries + 1 if ref is not None and not matched else 0
             ref, (prefix, suffix) = whole, cut
             lp, ls = len(prefix), len(suffix)
+            matched = 0
     if batch:
         _decode(batch, out)
     return [c for c in out if c is not _SKIPPED]

@@ -145,3 +145,27 @@ def test_a_key_split_across_chunks_is_reassembled_whole(cuts: list[int], escape:
         datas[0] = _chunk("").replace(b'"content":""', b'"content":"' + "".join(
             f"\\u{ord(ch):04x}" for ch in parts[0]).encode() + b'"')
     assert reassemble(_exchange(datas))["content"] == text
+
+
+@pytest.mark.parametrize("shape", [
+    # the content key spelled again with an escape after the first: a parser keeps the last one
+    b'{"id":"c","choices":[{"index":0,"delta":{"content":"%s","\\u0063ontent":"kept"},"finish_reason":null}]}',
+    # the same bytes under another key before the delta
+    b'{"id":"c","choices":[{"index":0,"logprobs":{"content":"%s"},"delta":{"content":"kept"},'
+    b'"finish_reason":null}]}',
+])
+def test_a_reference_whose_first_content_bytes_are_not_the_content_is_not_cut_there(shape: bytes) -> None:
+    datas = [shape % t for t in (b"a", b"b", b"c", b"d")]
+    assert _expand(datas) == [orjson.loads(d) for d in datas]
+    assert reassemble(_exchange(datas))["content"] == "kept" * 4
+
+
+def test_a_stream_that_varies_per_chunk_stops_looking_for_a_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from railcar.streams import chunk_template
+
+    calls = []
+    real = chunk_template._cut
+    monkeypatch.setattr(chunk_template, "_cut", lambda raw, obj: calls.append(1) or real(raw, obj))
+    datas = [_chunk(f"t{i}", obfuscation=f"{i:08x}") for i in range(100)]  # a random field per chunk (Responses-like)
+    assert _expand(datas) == [orjson.loads(d) for d in datas]
+    assert len(calls) <= chunk_template._TRIES + 1  # not one probe parse per chunk
