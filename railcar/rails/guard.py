@@ -88,8 +88,8 @@ class RailsGuard:
         self.turn_cache = TurnCache()
         # Model-free local IORails checks run start to finish without a task (no asyncio.timeout, no admission
         # queue once warm): the relay may step the stream guard in the upstream socket's callback. A remote or
-        # LLMRails engine uses task-bound timeouts, so its streams stay in the relay's task.
-        self.steps_in_callback = bool(getattr(engine, "model_free", False)) and engine.mode == "local"
+        # LLMRails engine (no model_free) uses task-bound timeouts, so its streams stay in the relay's task.
+        self.steps_in_callback = bool(getattr(engine, "model_free", False))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def warm(self) -> None:

@@ -71,7 +71,8 @@ class DirectBody:
     :meth:`run` ``(handler)``: ``handler(data: bytes)`` is called with each piece of the body, in order, from the
     upstream socket's callback; it must not block, and what it raises ends the relay and is re-raised by
     :meth:`run`. A handler that must wait for something (a stream guard's check that did not finish in the
-    callback) calls :meth:`hold` and later :meth:`release`, and :meth:`fail` when that later work fails. Returns when the body ended; raises what ``readany()`` would (``aiohttp.ClientPayloadError``,
+    callback) calls :meth:`hold` and later :meth:`release`, and :meth:`fail` when that later work fails. Returns
+    when the body ended; raises what ``readany()`` would (``aiohttp.ClientPayloadError``,
     ``aiohttp.SocketTimeoutError``, …), or :class:`ConnectionResetError` from :meth:`write` when the agent is gone.
     """
 
