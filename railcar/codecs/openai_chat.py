@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from railcar.core import semconv, wire
 
 from .base import (
@@ -50,7 +52,8 @@ from .base import (
 )
 from .chat_tools import ToolCallAssembler
 
-__all__ = ["OpenAIChatCodec", "OpenAIChunkCodec", "openai_request_attributes", "openai_response_attributes"]
+__all__ = ["OpenAIChatCodec", "OpenAIChunkCodec", "content_cut", "openai_request_attributes",
+           "openai_response_attributes"]
 
 _DELTA_KINDS: dict[str, PieceKind] = {"content": "text", "refusal": "refusal", "reasoning_content": "reasoning",
                                       "reasoning": "reasoning", "reasoning_details": "reasoning", "audio": "text"}
@@ -59,6 +62,47 @@ _TOOL_ROLES = frozenset({"tool", "function"})
 _WHOLE_FIELDS = frozenset({"id", "type", "role", "name", "format", "signature", "data"})
 _new_tuple = tuple.__new__  # builds a Piece without its keyword constructor (once per string of every chunk)
 _CHOICES, _CHOICES_DELTA = ("choices",), ("choices", "delta")
+
+
+def content_cut(data: bytes, obj: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """``(prefix, suffix)``: the bytes of ``chat.completion.chunk`` payload ``data`` (parsed: ``obj``) before and
+    after the JSON string token of ``choices[0].delta.content``, or ``None``.
+
+    A payload ``prefix + T + suffix`` where ``T`` parses as one JSON string is then the same chunk as ``obj`` with
+    ``delta.content = loads(T)``: the cut is accepted only if ``prefix + "\\u0001" + suffix`` parses to ``obj`` with
+    exactly that one value changed (so ``T``'s place is the content a parser keeps, whatever duplicate keys, escaped
+    key spellings or spacing the upstream uses), and JSON being context-free, any other string token there gives the
+    same structure. Providers send the same bytes around every delta, so a reader of many chunks (the stream guard's
+    frame template, the recorder's :mod:`railcar.streams.chunk_template`) parses one short string per chunk."""
+    at = data.rfind(b'"content"')
+    if at < 0:
+        return None
+    i, n = at + 9, len(data)
+    while i < n and data[i] in b" \t\r\n:":
+        i += 1
+    if i >= n or data[i] != 0x22:  # '"'
+        return None
+    j = i + 1
+    while True:
+        j = data.find(b'"', j)
+        if j < 0:
+            return None
+        k = j - 1
+        while data[k] == 0x5C:  # count the backslashes before this quote
+            k -= 1
+        if (j - 1 - k) % 2 == 0:
+            break
+        j += 1
+    pre, suf = data[:i], data[j + 1:]
+    try:
+        test = orjson.loads(pre + b'"\\u0001"' + suf)
+        d = test["choices"][0]["delta"]
+        if d.get("content") != "\x01":
+            return None
+        d["content"] = obj["choices"][0]["delta"]["content"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return (pre, suf) if test == obj else None
 
 
 def openai_request_attributes(body: dict[str, Any], max_tokens_fields: tuple[str, ...]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import orjson
 
 from railcar.codecs.base import Path, Piece, get_at, set_at
 from railcar.codecs.chat_tools import ToolCallAssembler
-from railcar.codecs.openai_chat import OpenAIChatCodec
+from railcar.codecs.openai_chat import OpenAIChatCodec, content_cut
 from railcar.core import eager
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
@@ -96,48 +96,12 @@ _FC = "function_call"  # the tool gate of a choice's legacy function_call: (choi
 _Gate = tuple[int, int | str]
 
 
-def _template(data: bytes, obj: dict[str, Any], content: str, ci: int) -> _Template | None:
-    """The bytes around the content string of a simple content frame: ``(prefix, suffix, len(prefix) +
-    len(suffix), choice index)``, or ``None``.
-
-    A frame ``prefix + T + suffix`` where ``T`` parses as a JSON string is then the same event as ``data`` with
-    ``delta.content = loads(T)``: the template is accepted only if ``prefix + "\u0001" + suffix`` parses to
-    ``obj`` with exactly that one value changed (so ``T``'s position is ``choices[0].delta.content``, whatever
-    duplicate keys or spacing the upstream uses), and JSON being context-free, any other string token there
-    yields the same structure. Providers send the same bytes around every delta (ids, model, ``logprobs: null``
-    ...), so on_events then parses one short string per frame instead of the whole object."""
-    at = data.rfind(b'"content"')
-    if at < 0:
-        return None
-    i = at + 9
-    n = len(data)
-    while i < n and data[i] in b" \t\r\n:":
-        i += 1
-    if i >= n or data[i] != 0x22:  # '"'
-        return None
-    j = i + 1
-    while True:
-        j = data.find(b'"', j)
-        if j < 0:
-            return None
-        k = j - 1
-        while data[k] == 0x5C:  # count the backslashes before this quote
-            k -= 1
-        if (j - 1 - k) % 2 == 0:
-            break
-        j += 1
-    pre, suf = data[:i], data[j + 1:]
-    try:
-        test = orjson.loads(pre + b'"\\u0001"' + suf)
-        d = test["choices"][0]["delta"]
-        if d.get("content") != "\x01":
-            return None
-        d["content"] = content
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-        return None
-    if test != obj:
-        return None
-    return pre, suf, len(pre) + len(suf), ci
+def _template(data: bytes, obj: dict[str, Any], ci: int) -> _Template | None:
+    """The bytes around the content string of a simple content frame (:func:`railcar.codecs.openai_chat.content_cut`)
+    as ``(prefix, suffix, len(prefix) + len(suffix), choice index)``, or ``None``. Then on_events parses one short
+    string per frame instead of the whole object."""
+    cut = content_cut(data, obj)
+    return None if cut is None else (cut[0], cut[1], len(cut[0]) + len(cut[1]), ci)
 
 
 # (clean: whole values known to pass; whole_ok: judges one more and remembers it when it passes)
@@ -711,7 +675,7 @@ class RailsStreamGuard:
                 self._take_meta(obj)
             if self._tpl_tries:
                 self._tpl_tries -= 1
-                self._tpl = _template(data, obj, content, ci) or self._tpl
+                self._tpl = _template(data, obj, ci) or self._tpl
         run.items.append(item)
         return None
 

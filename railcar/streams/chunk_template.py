@@ -23,10 +23,12 @@ from typing import Any
 
 import orjson
 
+from railcar.codecs.openai_chat import content_cut
+
 __all__ = ["plain_chunks"]
 
-_KEY = b'"content":"'
 _SKIPPED = object()  # a payload a whole parse leaves out
+_TRIES = 4  # references in a row that read no payload: the stream varies per chunk, stop looking
 
 
 def _is_plain(obj: Any) -> bool:
@@ -46,43 +48,10 @@ def _is_plain(obj: Any) -> bool:
             and all(v is None for k, v in d.items() if k != "content" and k != "role"))
 
 
-def _string_end(raw: bytes, start: int) -> int:
-    """The index after the JSON string token opening at ``raw[start]`` (a ``"``); -1 when it does not close."""
-    i = start + 1
-    while (j := raw.find(b'"', i)) >= 0:
-        k = j
-        while raw[k - 1] == 0x5C:  # a backslash: count the run, an odd run escapes the quote
-            k -= 1
-        if (j - k) % 2 == 0:
-            return j + 1
-        i = j + 1
-    return -1
-
-
-_PROBE = "\x00railcar-cut\x00"
-_PROBE_TOKEN = b'"\\u0000railcar-cut\\u0000"'
-_TRIES = 4  # references found in a row that nothing matched: the stream varies per chunk, stop looking
-
-
 def _cut(raw: bytes, obj: Any) -> tuple[bytes, bytes] | None:
-    """``(prefix, suffix)`` around the content string of ``raw`` when its parse ``obj`` is plain and that string
-    is the content a parser keeps, else ``None``.
-
-    The first ``"content":"`` need not be it: a key spelled with an escape (``"\\u0063ontent"``) later in the
-    object wins (the last duplicate counts), and the same bytes may sit under another key (``logprobs``). So the
-    cut is proved once, by parsing the prefix, a probe string and the suffix: it must give the probe as content."""
-    if (at := raw.find(_KEY)) < 0 or not _is_plain(obj):
-        return None
-    start = at + len(_KEY) - 1
-    end = _string_end(raw, start)
-    if end < 0:
-        return None
-    prefix, suffix = raw[:start], raw[end:]
-    try:
-        probe = orjson.loads(prefix + _PROBE_TOKEN + suffix)
-    except orjson.JSONDecodeError:
-        return None
-    return (prefix, suffix) if _is_plain(probe) and probe["choices"][0]["delta"]["content"] == _PROBE else None
+    """``(prefix, suffix)`` around the content string of ``raw`` when its parse ``obj`` is plain and the cut is
+    proved (:func:`railcar.codecs.openai_chat.content_cut`, the stream guard's frame template), else ``None``."""
+    return content_cut(raw, obj) if _is_plain(obj) else None
 
 
 def plain_chunks(datas: list[bytes]) -> list[dict[str, Any] | tuple[dict[str, Any], str]]:

@@ -115,7 +115,7 @@ def test_a_chunk_that_says_more_is_no_reference(extra: dict[str, Any]) -> None:
     finish = orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]})
     assert not any(isinstance(c, tuple) for c in plain_chunks([finish] * 4))
     twice = _chunk("a").replace(b'"content":"a"', b'"content":"a","content":"b"')
-    chunks = plain_chunks([twice] * 4)  # "content" named twice: a parser keeps the last, so no cut is made
+    chunks = _expand([twice] * 4)  # "content" named twice: a parser keeps the last, and so does the cut
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["b"] * 4
 
 
