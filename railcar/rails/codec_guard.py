@@ -9,7 +9,9 @@ Request (:func:`guard_request`), in this order:
 1. catalog secrets in **every string** the agent sends (:meth:`Codec.request_strings`, JSON-escaped text decoded
    too: :func:`treat_value`) per ``[guardrails.inline] request_action``: ``redact`` replaces each value by the
    hold-back's placeholder (:meth:`railcar.rails.inline.HoldBack.redact_or_block`) before anything goes upstream or to a rail, with a
-   :class:`RedactionNote` per value (path: the request string's JSON path); ``block`` refuses; ``off`` leaves them;
+   :class:`RedactionNote` per value (path: the request string's JSON path); ``block`` refuses; ``off`` leaves them.
+   A string found clean is kept in the same :class:`~railcar.rails.turn_cache.TurnCache` by content hash
+   (kind :data:`CLEAN_REQUEST_STRING`), so re-sent history is not scanned again;
 2. input rails on **every input turn** and tool_output rails on every tool_output turn
    (:meth:`Codec.request_messages`, in request order), each distinct turn judged once: its verdict is kept in the
    guard's :class:`railcar.rails.turn_cache.TurnCache` by content hash, so re-sent history costs a hash.
@@ -29,7 +31,7 @@ block answers :meth:`Codec.refusal_body` (sent with :attr:`Codec.refusal_status`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -38,6 +40,7 @@ import orjson
 from railcar.codecs.base import Codec, Path, Piece, json_path, set_at
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import Refusal
+from railcar.core.jsonpath import walk_strings
 from railcar.rails import metrics
 from railcar.rails.engine_local import CheckResult
 from railcar.rails.inline import HoldBack
@@ -164,7 +167,7 @@ async def guard_request(rails: CodecRails, exchange: Exchange, codec: Codec) -> 
     holdback = rails.filter_factory if isinstance(rails.filter_factory, HoldBack) else None
     action = rails.settings.inline.request_action
     if holdback is not None and action != "off":
-        rail = _request_secrets(exchange, codec, request_treatment(holdback, action))
+        rail = _request_secrets(exchange, codec, request_treatment(holdback, action), rails.turn_cache)
         if rail is not None:
             return _refuse(exchange, rail, DEFAULT_REFUSAL)
     res = await _check_turns(rails, exchange, codec)
@@ -173,18 +176,64 @@ async def guard_request(rails: CodecRails, exchange: Exchange, codec: Codec) -> 
     return None
 
 
-def _request_secrets(exchange: Exchange, codec: Codec, treat: Treatment) -> str | None:
-    """Treat every request string; the blocking rail's name, or ``None`` after redacting in place."""
+CLEAN_REQUEST_STRING = "inline"  # the TurnCache kind of a request string the hold-back found nothing in
+_CLEAN = CheckResult("passed")
+
+
+def _request_secrets(exchange: Exchange, codec: Codec, treat: Treatment, cache: TurnCache) -> str | None:
+    """Treat every request string not found clean before (``cache``); the blocking rail's name, or ``None``
+    after redacting in place. Only "nothing found" is cached: a redaction or a block is decided again each time,
+    so its note and its refusal are the same on every call."""
     body = exchange.body
-    for piece in codec.request_strings(body):
-        new, match, notes = treat_value(treat, piece.text, "$")  # the path is rendered only for a note
+    for parts, text in walk_strings(body):  # Codec.request_strings without the kinds, which are not needed here
+        key = cache.key(CLEAN_REQUEST_STRING, text)
+        if cache.get(key) is not None:
+            continue
+        new, match, notes = treat_value(treat, text, "$")  # the path is rendered only for a note
         if match is not None:
             return match_rail(match)
-        if new is not piece.text:
-            set_at(body, piece.parts, new)
+        if new is text:
+            cache.put(key, _CLEAN)
+        else:
+            set_at(body, parts, new)
             exchange.body_changed = True
-            exchange.outcome.redactions.extend(replace(n, path=piece.path) for n in notes)
+            exchange.outcome.redactions.extend(replace(n, path=json_path(parts)) for n in notes)
+    return _request_keys(exchange, treat, cache)
+
+
+def _request_keys(exchange: Exchange, treat: Treatment, cache: TurnCache) -> str | None:
+    """The object keys of the request, treated like its strings: they go to the provider too, and some are
+    the agent's to choose (``metadata`` keys, a tool schema's property names). A redacted key is renamed in
+    place (the object's order kept; its note's path names the renamed key); a redaction that would collide with
+    a key already there refuses the request, as a block does."""
+    for obj, parts in _objects(exchange.body, ()):
+        for k in list(obj):
+            ck = cache.key(CLEAN_REQUEST_STRING, k)
+            if cache.get(ck) is not None:
+                continue
+            new, match, notes = treat_value(treat, k, "$")
+            if match is None and new is k:
+                cache.put(ck, _CLEAN)
+                continue
+            if match is not None or new in obj:
+                return match_rail(match) if match is not None else "inline"
+            items = [(new if key == k else key, v) for key, v in obj.items()]
+            obj.clear()
+            obj.update(items)
+            exchange.body_changed = True
+            exchange.outcome.redactions.extend(replace(n, path=json_path(parts + (new,))) for n in notes)
     return None
+
+
+def _objects(o: Any, parts: Path) -> Iterator[tuple[dict[str, Any], Path]]:
+    """Every object under ``o`` with its path, parents before children (a renamed key's path stays true)."""
+    if isinstance(o, dict):
+        yield o, parts
+        for k, v in list(o.items()):
+            yield from _objects(v, parts + (k,))
+    elif isinstance(o, list):
+        for i, v in enumerate(o):
+            yield from _objects(v, parts + (i,))
 
 
 async def _check_turns(rails: CodecRails, exchange: Exchange, codec: Codec) -> CheckResult | None:

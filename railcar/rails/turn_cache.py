@@ -6,7 +6,9 @@ previous call gets the same verdict again. :class:`TurnCache` keeps that verdict
 the turn's text)``: never the text itself (a turn can carry a secret), only the :class:`CheckResult` status, the
 blocking rail's name and its refusal message. The cache belongs to one guard (one guardrail config), so a verdict
 never outlives the rails that gave it; verdicts that came from a failing rail (``fail_mode``) are not stored, so a
-timeout is retried on the next call.
+timeout is retried on the next call. The request policy also keeps here, under kind ``"inline"``, the request
+strings in which the hold-back found no catalog value (:data:`railcar.rails.codec_guard.CLEAN_REQUEST_STRING`), so
+the history is not scanned again either.
 """
 
 from __future__ import annotations

@@ -416,10 +416,12 @@ class _Call:
             ex.outcome.block(refusal.rail)
             return await self._send_refusal(refusal.message, refusal.rail)
 
-        if had_options or ex.body_changed or ex.body is not original:
+        if had_options or ex.body_changed or ex.body is not original or guard.inspects:
+            # What the guard judged, not the bytes it came from: a key spelled twice in the raw JSON is one value
+            # to orjson (the last) and may be another to the provider's parser (the first), unscanned.
             data = orjson.dumps(ex.body)
         else:
-            data = raw  # untouched: the client's exact bytes
+            data = raw  # no guard judged it: the client's exact bytes
         headers = _upstream_request_headers(self.request, st, self.codec.name)
         headers["content-type"] = "application/json"
         t0 = time.perf_counter()

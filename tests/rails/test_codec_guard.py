@@ -230,6 +230,36 @@ async def test_history_is_judged_once(api: str, rid: str, append: Callable[[dict
     assert guard.engine.calls == []
 
 
+@pytest.mark.parametrize("api,rid,append", HISTORY_CASES, ids=[c[0] for c in HISTORY_CASES])
+async def test_history_is_scanned_once_and_a_secret_every_time(api: str, rid: str,
+                                                                 append: Callable[[dict[str, Any], str], None]) -> None:
+    guard = default_guard()  # request_action "redact"
+    holdback = guard.filter_factory
+    scanned: list[str] = []
+    scan = holdback.redact_or_block
+
+    def counting(text: str, path: str = "$", action: str | None = None) -> Any:
+        scanned.append(text)
+        return scan(text, path, action)
+
+    holdback.redact_or_block = counting
+    first = recorded(api, rid)[0]
+    assert await guard.check_request(Exchange(body=first, api=api)) is None
+    assert len(scanned) >= 3
+    second = recorded(api, rid)[0]
+    append(second, "And what about tomorrow?")
+    scanned.clear()
+    assert await guard.check_request(Exchange(body=second, api=api)) is None
+    assert "And what about tomorrow?" in scanned  # only strings the first call did not carry are scanned
+    assert not set(scanned) & {p.text for p in CODECS[api].request_strings(first)}
+    leaky = recorded(api, rid)[0]
+    append(leaky, f"my key is {KEY}")
+    for _ in range(2):  # a redaction is not a clean verdict: the key is found and redacted on every call
+        ex = Exchange(body=copy.deepcopy(leaky), api=api)
+        assert await guard.check_request(ex) is None
+        assert ex.body_changed and not leaks(ex.body) and len(ex.outcome.redactions) == 1
+
+
 async def test_a_failed_check_is_not_cached() -> None:
     class Failing(CountingEngine):
         async def check(self, kind: str, messages: list[dict[str, Any]]) -> Any:

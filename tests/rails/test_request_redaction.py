@@ -119,3 +119,45 @@ async def test_redacted_history_is_judged_once() -> None:
         assert await guard.check_request(ex) is None
     judged = [text for _, text in guard.engine.calls]
     assert len(judged) == len(set(judged)) and not any(KEY in t for t in judged)
+
+
+# Object keys go to the provider too, and some are the agent's to choose.
+KEY_CASES = [
+    ("chat-metadata-key", "openai_chat", lambda b: b.update(metadata={KEY: "deploy", "team": "red"}), ("metadata",)),
+    ("chat-tool-schema-property", "openai_chat",
+     lambda b: b.update(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+         "type": "object", "properties": {"city": {"type": "string"}, f"key_{KEY}": {"type": "string"}}}}}]),
+     ("tools", 0, "function", "parameters", "properties")),
+    ("anthropic-tool-use-input-key", "anthropic_messages",
+     lambda b: b["messages"][3]["content"][0]["input"].update({KEY: 1}), ("messages", 3, "content", 0, "input")),
+]
+_KEY_REQUESTS = {"openai_chat": lambda: recorded("openai_chat", "pai-dbos-dbos-agent-with-model-retry-1")[0],
+                 "anthropic_messages": lambda: recorded("anthropic_messages",
+                                                        "pai-anthropic-anthropic-mixed-strict-tool-run-2")[0]}
+
+
+def _at(body: Any, parts: tuple[Any, ...]) -> Any:
+    for p in parts:
+        body = body[p]
+    return body
+
+
+@pytest.mark.parametrize("case", KEY_CASES, ids=[c[0] for c in KEY_CASES])
+async def test_a_secret_in_an_object_key_is_redacted_in_place(case: tuple[Any, ...]) -> None:
+    _, api, plant, obj_parts = case
+    body = _KEY_REQUESTS[api]()
+    plant(body)
+    order = [k if KEY not in k else None for k in _at(body, obj_parts)]
+    guard = default_guard()
+    for _ in range(2):  # a redacted key is not cached as clean: found again on the next call
+        ex = Exchange(body=copy.deepcopy(body), api=api)
+        assert await guard.check_request(ex) is None and ex.body_changed
+        sent = orjson.dumps(ex.body)
+        assert KEY.encode() not in sent
+        renamed = list(_at(ex.body, obj_parts))
+        assert [k if "[REDACTED:aws_access_key_id:" not in k else None for k in renamed] == order  # order kept
+        (note,) = ex.outcome.redactions
+        assert note.detector == "aws_access_key_id" and KEY not in note.masked_preview and KEY not in note.path
+    blocked = Exchange(body=copy.deepcopy(body), api=api)
+    refusal = await default_guard(request_action="block").check_request(blocked)
+    assert refusal is not None and refusal.rail == "sensitive data" and blocked.outcome.blocked

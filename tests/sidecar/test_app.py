@@ -92,20 +92,26 @@ async def test_refusal_nonstream_and_stream_parse_with_openai(replay_upstream, m
     assert replay_upstream.requests == []  # no upstream call for a refused or rejected request
 
 
-async def test_body_bytes_forwarded_unless_changed(make_config, start_sidecar):
+async def test_body_forwarded_as_judged_and_bytes_untouched_without_a_guard(make_config, start_sidecar):
+    odd = b'{ "model" : "m",\n "messages": [{"role": "user", "content": "hi"}], "x": 1.50 }'
+    # A key spelled twice: orjson (and the guard) keep the last value, a provider's parser may keep the first.
+    twice = b'{"model": "m", "messages": [{"role": "user", "content": "unjudged", "content": "hi"}]}'
     async with ReplayUpstream(synthetic=True) as up:
-        sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=ScriptedGuard())
-        odd = b'{ "model" : "m",\n "messages": [{"role": "user", "content": "hi"}], "x": 1.50 }'
-        async with aiohttp.ClientSession() as s:
-            for data in (odd, orjson.dumps(dict(CHAT, guardrails={"options": {"log": {"activated_rails": True}}})),
-                         orjson.dumps(dict(CHAT, messages=[{"role": "user", "content": "edit"}]))):
-                async with s.post(sc.base_url + "/chat/completions", data=data) as r:
-                    answer = await r.json()
-                    assert r.status == 200 and answer["choices"][0]["message"]["content"].startswith("TOK")
-    bodies = [r.body for r in up.requests]
-    assert bodies[0] == odd  # untouched: byte for byte
-    assert orjson.loads(bodies[1]) == CHAT  # `guardrails` removed
-    assert orjson.loads(bodies[2])["messages"][0]["content"] == "edited"
+        for guard in (ScriptedGuard(), PassThrough()):
+            sc = await start_sidecar(make_config(upstream={"base_url": up.base_url}), guard=guard)
+            async with aiohttp.ClientSession() as s:
+                for data in (odd, twice, orjson.dumps(dict(CHAT, guardrails={"options": {"log": {}}})),
+                             orjson.dumps(dict(CHAT, messages=[{"role": "user", "content": "edit"}]))):
+                    async with s.post(sc.base_url + "/chat/completions", data=data) as r:
+                        answer = await r.json()
+                        assert r.status == 200 and answer["choices"][0]["message"]["content"].lower().startswith("tok")
+    judged, untouched = [r.body for r in up.requests[:4]], [r.body for r in up.requests[4:]]
+    assert orjson.loads(judged[0]) == orjson.loads(odd) and judged[0] != odd  # what the guard judged, re-serialized
+    assert judged[1] == orjson.dumps(orjson.loads(twice)) and b"unjudged" not in judged[1]
+    assert orjson.loads(judged[2]) == CHAT  # `guardrails` removed
+    assert orjson.loads(judged[3])["messages"][0]["content"] == "edited"
+    assert untouched[:2] == [odd, twice]  # no guard judges: byte for byte
+    assert orjson.loads(untouched[2]) == CHAT
 
 
 async def test_observer_gets_exchange_with_stream_data(make_config, start_sidecar):
