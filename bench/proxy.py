@@ -27,8 +27,11 @@ Contenders (each a ``railcar serve`` unless named otherwise):
   (stock, and with its logging off) with the same regex output rails (the catalog patterns expanded), streaming;
   the LiteLLM proxy (no rails) in front of the same upstream.
 
-Points: c=1 and c=32 at 0 and 5 ms per token (the 5 ms streams' starts staggered over one stream's duration, as
-independent agents would start), c=256 at 0 ms (tails, RSS). Then, when the upstream and the sidecar speak them,
+Points: c=1 and c=32 at 0 and 5 ms per token (paced streams' starts staggered over one stream's duration, as
+independent agents would start), c=256 at 0 ms (throughput, RSS) and at 20 ms per token (tails: the tail target's
+point; at 0 ms the load generator and the upstream saturate their core, and even the floor pipe's TTFT p99 there
+is a multiple of the bare sidecar's, so that p99 says more about the queue in front of the sidecar than about
+pauses in it). Then, when the upstream and the sidecar speak them,
 an OpenAI Responses and an Anthropic Messages stream (issue 12): CPU per stream at c=32 vs the chat codec's; "n/a"
 when either side does not. Last, the added TTFT the targets use (c=1, 5 ms per token, every format), paired
 (:func:`ttft_rounds`): rounds of one short stream to direct, bare, rails (and the floor) in turn, the median of each
@@ -206,6 +209,7 @@ async def run_point(session: aiohttp.ClientSession, c: Contender, point: Point, 
     return Run(total, seconds, ttft, cpu)
 
 
+TAIL_DELAY_MS = 20  # the c=256 tail point's pace: 12.8k deltas/s in all, within one core for every contender
 TTFT_TOKENS = 16  # a TTFT stream: only its first token is timed, so a short one gives many samples per second
 TTFT_CONTENDERS = ("direct", "bare", "rails", FLOOR)
 
@@ -369,9 +373,9 @@ def points(quick: bool) -> list[Point]:
     """The chat points (streams per contender, for Railcar / for the peers)."""
     if quick:
         return [Point(1, 0, 8, 4), Point(1, 5, 4, 1), Point(32, 0, 32, 32), Point(32, 5, 32, 32),
-                Point(256, 0, 256, 0)]
+                Point(256, 0, 256, 0), Point(256, TAIL_DELAY_MS, 256, 0)]
     return [Point(1, 0, 100, 20), Point(1, 5, 10, 4), Point(32, 0, 1024, 96), Point(32, 5, 128, 64),
-            Point(256, 0, 2048, 512)]
+            Point(256, 0, 2048, 512), Point(256, TAIL_DELAY_MS, 512, 0)]
 
 
 async def main_async(args: argparse.Namespace) -> str:
@@ -424,7 +428,7 @@ async def measure_one(s: aiohttp.ClientSession, c: Contender, point: Point, n: i
         reset_peak_rss(c.proc.pid)
     r = c.runs[point] = await run_point(s, c, point, n)
     if c.proc and point.concurrency == 256:
-        c.rss_c256_kb = memory_kb(c.proc.pid, "VmHWM")
+        c.rss_c256_kb = max(c.rss_c256_kb, memory_kb(c.proc.pid, "VmHWM"))  # the peak of both c=256 points
     print(f"{point.label} {c.name}: {r.streams / r.seconds:.1f} streams/s, TTFT p50 {pct(r.ttft, .5) * 1000:.1f} ms,"
           f" CPU {_f(r.cpu_ms_per_stream, '.2f')} ms/stream", file=sys.stderr, flush=True)
 
@@ -503,7 +507,7 @@ class Figures:
 def targets(f: Figures, chat: list[Point], fmt_points: dict[str, list]) -> list[str]:
     """The issues' targets, each as ``| target | measured | met / not met |``."""
     c1_5, c32_0, c32_5, c256 = (next(p for p in chat if (p.concurrency, p.delay_ms) == k)
-                                for k in ((1, 5), (32, 0), (32, 5), (256, 0)))
+                                for k in ((1, 5), (32, 0), (32, 5), (256, TAIL_DELAY_MS)))
     rows = []
     for name, limit in (("bare", 60), ("rails", 90)):
         vals = [f.run(name, p).us_per_delta for p in (c1_5, c32_5)]
@@ -512,7 +516,7 @@ def targets(f: Figures, chat: list[Point], fmt_points: dict[str, list]) -> list[
         rows.append((f"µs CPU per delta at 5 ms/token, c=1 and c=32, {name} <= {limit} (#15)",
                      f"{vals[0]:.1f} and {vals[1]:.1f}{shown}", all(v <= limit for v in vals)))
     bare99, rec99 = pct(f.run("bare", c256).ttft, .99), pct(f.run("rails + recording", c256).ttft, .99)
-    rows.append(("TTFT p99 at c=256, rails + recording <= 2x bare (#15)",
+    rows.append((f"TTFT p99 at c=256 {TAIL_DELAY_MS} ms/token, rails + recording <= 2x bare (#15)",
                  f"{rec99 * 1000:.0f} ms vs {bare99 * 1000:.0f} ms ({rec99 / bare99:.2f}x)", rec99 <= 2 * bare99))
     emb = f.by_name["embedded default"]
     rows.append(("embedded default RSS at c=256 <= 150 MB (#15)", f"{emb.rss_c256_kb / 1024:.0f} MB",

@@ -19,6 +19,7 @@ rendered once (the sidecar's own registry wins), so the exposition never holds a
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,6 +81,10 @@ class Metrics:
         self.refused_paths = Counter("railcar_refused_paths", "Requests refused before routing (no codec and not "
                                      "listed, a path with no single meaning, or the wrong method), by reason.",
                                      ("code",), registry=self.registry)
+        self.frozen = Gauge("railcar_gc_frozen_objects", "Objects moved out of the garbage collector's reach at "
+                            "start-up (gc.freeze, railcar serve); 0 when the heap was not frozen.",
+                            registry=self.registry)
+        self.frozen.set_function(gc.get_freeze_count)
         self._req_children: dict[tuple[str, int], Counter] = {}
 
     def count(self, route: str, status: int) -> None:

@@ -38,7 +38,12 @@ async def test_serve_logs_no_content(tmp_path, railcar_process):
             async with s.post(f"{rc.base}/v1/chat/completions",
                               json={"model": "m", "messages": [{"role": "user", "content": SECRET_PROMPT}]}) as r:
                 refused = await r.json()
+            async with s.get(f"{rc.base}/metrics") as r:
+                exposition = await r.text()
         assert await asyncio.to_thread(rc.stop) == 0
+        # the start-up heap (NeMo Guardrails and all) was frozen before /readyz said ready: out of gen-2 pauses
+        frozen = next(line for line in exposition.splitlines() if line.startswith("railcar_gc_frozen_objects "))
+        assert float(frozen.split()[1]) > 50_000, frozen
     # both rails acted (so there was something for NeMo to log) ...
     assert b"content_blocked" in streamed and LEAKED_KEY.encode() not in streamed
     assert refused["choices"][0]["finish_reason"] == "content_filter"
