@@ -60,7 +60,7 @@ from typing import Any
 import orjson
 
 from railcar.codecs.base import Codec, Piece, ToolCall, set_at, walk_strings
-from railcar.core import eager
+from railcar.core import eager, strict_json
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
 from railcar.core.jsonpath import Parts, json_path
@@ -160,7 +160,7 @@ def _template(data: bytes, obj: dict[str, Any], key: Any, kind: str, parts: Part
         mid, suf = mid[:cut], mid[cut + len(digits):]
     try:
         test = orjson.loads(pre + b'"\\u0001"' + mid + (str(_MARK).encode() if has else b"") + suf)
-        want = orjson.loads(data)
+        want = strict_json.loads(data)
         set_at(want, parts, "\x01")
         if has:
             want[counter] = _MARK
@@ -568,7 +568,7 @@ class CodecStreamGuard:
         strings are whole values that pass (judged here as :meth:`_whole` would, and remembered), of a stream that
         is no tool call; else ``None`` (the general path takes the event, parsing it again)."""
         try:
-            obj = orjson.loads(data)
+            obj = strict_json.loads(data)
         except orjson.JSONDecodeError:
             return None
         if type(obj) is not dict:
@@ -636,7 +636,7 @@ class CodecStreamGuard:
                 continue
             raw, _, _, _, _, obj, data, _ = run[n]
             n += 1
-            await self._on_obj(raw, obj if obj is not None else orjson.loads(data))
+            await self._on_obj(raw, obj if obj is not None else strict_json.loads(data))
             if self.stopped:
                 return n
         return total
@@ -698,7 +698,7 @@ class CodecStreamGuard:
             await self._place(_Frame(raw))
             return
         try:
-            obj = orjson.loads(data)
+            obj = strict_json.loads(data)
         except orjson.JSONDecodeError:
             await self._fail(INVALID_EVENT_MESSAGE)
             return

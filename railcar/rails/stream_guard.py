@@ -41,7 +41,7 @@ import orjson
 from railcar.codecs.base import Path, Piece, get_at, set_at
 from railcar.codecs.chat_tools import ToolCallAssembler
 from railcar.codecs.openai_chat import OpenAIChatCodec, content_cut
-from railcar.core import eager
+from railcar.core import eager, strict_json
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import SSEEvent, StreamSink
 from railcar.core.jsonpath import json_path
@@ -154,7 +154,7 @@ def _decode(data: bytes, ok: _WholeOk) -> tuple[Any, Any, Any]:
     """``(object, delta.content, choice index)`` of a payload parsed whole (:func:`_simple_content`); the object is
     ``_INVALID`` when the payload is not JSON."""
     try:
-        obj = orjson.loads(data)
+        obj = strict_json.loads(data)
     except orjson.JSONDecodeError:
         return _INVALID, None, 0
     content, ci = _simple_content(obj, ok)
@@ -579,7 +579,7 @@ class RailsStreamGuard:
             await self._finish(raw)
             return
         try:
-            obj = orjson.loads(data)
+            obj = strict_json.loads(data)
         except orjson.JSONDecodeError:
             await self._fail()  # not relayed as if checked
             return
@@ -651,7 +651,7 @@ class RailsStreamGuard:
             if not st.finished and not st.pending:
                 return await self._join(run, i, (raw, content, obj, data), ci)
             if obj is None:  # a template hit on a held or finished choice: the general path needs the object
-                obj = orjson.loads(data)
+                obj = strict_json.loads(data)
         stop = await self._flush(run)
         if stop is None:
             if obj is _INVALID:
@@ -705,7 +705,7 @@ class RailsStreamGuard:
                 continue
             raw, _, obj, data = run[n]
             n += 1
-            await self._on_obj(raw, obj if obj is not None else orjson.loads(data))
+            await self._on_obj(raw, obj if obj is not None else strict_json.loads(data))
             if self.stopped:
                 return n
         return total

@@ -40,7 +40,7 @@ from multidict import CIMultiDict
 
 from railcar.codecs.base import Codec
 from railcar.codecs.registry import CODECS
-from railcar.core import eager
+from railcar.core import eager, strict_json
 from railcar.core.exchange import Exchange
 from railcar.core.guard import ClientGone, ExchangeObserver, Guard, GuardRejected, StreamGuard
 from railcar.sidecar.direct import DirectBody
@@ -480,7 +480,7 @@ class _Call:
         st.metrics.upstream_latency.labels(self.label).observe(time.perf_counter() - t0)
         ex.response_body = payload
         try:
-            parsed = orjson.loads(payload) if payload else None
+            parsed = strict_json.loads(payload) if payload else None  # a key spelled twice is not JSON here
         except orjson.JSONDecodeError:
             parsed = None
         status = up.status

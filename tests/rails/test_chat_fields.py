@@ -280,3 +280,19 @@ async def test_property_key_never_delivered_whole(field, det_id, cuts, batched, 
     frames = stream(field, split_at(text, cuts))
     sink, sg, ex = await (one_read if batched else run_stream)(holdback_guard(first), frames)
     assert_blocked(sink, sg, ex, key)
+
+
+@pytest.mark.parametrize("where", ["first", "template"])
+async def test_a_chunk_spelling_a_key_twice_is_not_relayed(where: str) -> None:
+    # orjson keeps the last of two equal keys; a reader keeping the first would get the smuggled key. The chunk is
+    # refused as not JSON whether it is the stream's first content chunk or one the frame template would read.
+    key = KEYS["aws_access_key_id"]
+    rows = (json.loads(line) for line in RECORDED.read_text().splitlines() if line.strip())
+    rec = next(r for r in rows if r["stream"] and r["status"] == 200 and r["response_body"].count('"content":"') > 6)
+    frames = [raw for raw, _ in split_events(rec["response_body"].encode())]
+    hits = [i for i, f in enumerate(frames) if b'"content":"' in f and b'"content":""' not in f]
+    at = hits[0] if where == "first" else hits[4]
+    frames[at] = frames[at].replace(b'"content":"', b'"content":"' + key.encode() + b'","content":"', 1)
+    sink, sg, ex = await run_stream(holdback_guard(), frames, rec["request"])
+    assert key.encode() not in sink.body
+    assert sg.stopped and INVALID_EVENT_MESSAGE.encode() in sink.body

@@ -339,3 +339,23 @@ def test_unescape_decodes_json_string_escapes() -> None:
     assert unescape("ab\\ud83d", final=False) == ("ab", "\\ud83d")
     assert rewrite('x \\u0041BC y', "x ABC y", "x [R] y") == "x [R] y"
     assert rewrite('caf\\u00e9 ABC', "café ABC", "café [R]") == "caf\\u00e9 [R]"
+
+
+# --------------------------------------------------------------------------------------- a key spelled twice
+
+# The field the first duplicate smuggles the key in: what a text delta event of each API calls its text.
+_DUP_FIELD = {"openai_responses": b'"delta":"', "anthropic_messages": b'"text":"'}
+
+
+@pytest.mark.parametrize("api", list(_DUP_FIELD))
+async def test_an_event_spelling_a_key_twice_is_not_relayed(api: str) -> None:
+    # orjson keeps the last of two equal keys, a reader that keeps the first would get the smuggled key: the event
+    # is refused as not JSON, and its bytes never reach the client.
+    rec = next(r for r in RECORDS if r["api"] == api and _DUP_FIELD[api] in r["response_body"].encode())
+    field = _DUP_FIELD[api]
+    frames = [raw for raw, _ in split_events(rec["response_body"].encode())]
+    at = next(i for i, f in enumerate(frames) if field in f)
+    frames[at] = frames[at].replace(field, field + KEY.encode() + b'",' + field, 1)
+    sink, sg, ex, aborts = await run(rails_guard(), api, frames, rec["request"])
+    assert KEY.encode() not in sink.body
+    assert sg.stopped and aborts == [1] and INVALID_EVENT_MESSAGE.encode() in sink.body

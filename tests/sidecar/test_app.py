@@ -8,6 +8,8 @@ import asyncio
 import aiohttp
 import openai
 import orjson
+from aiohttp import web
+from rails_support import holdback_guard
 
 from railcar.core.exchange import Exchange
 from railcar.core.guard import ClientGone, GuardRejected, PassThrough, Refusal
@@ -382,3 +384,31 @@ async def test_uninspected_stream_is_relayed_as_read_and_recorded_when_observed(
     (ex,) = watched.exchanges
     payloads = [d for _, d in split_events(direct) if d is not None]
     assert len(payloads) > 20 and ex.stream_data == payloads
+
+
+async def test_whole_answer_spelling_a_key_twice_is_not_relayed(make_config, start_sidecar):
+    # The hold-back judged the last "content" (orjson's reading); the raw body relayed as it came would hand a
+    # reader that keeps the first duplicate the key. The agent gets the API's 502 instead.
+    key = "AKIA" + "Q3VZ7XKM" + "2PLRW5TN"
+    body = (b'{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,'
+            b'"finish_reason":"stop","message":{"role":"assistant","content":"' + key.encode()
+            + b'","content":"fine"}}]}')
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        up = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        sc = await start_sidecar(make_config(upstream={"base_url": up}), guard=holdback_guard())
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.base_url + "/chat/completions", json=CHAT) as r:
+                got = await r.read()
+                assert r.status == 502
+        assert key.encode() not in got and orjson.loads(got)["error"]["code"] == "upstream_not_json"
+    finally:
+        await runner.cleanup()
