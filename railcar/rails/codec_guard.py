@@ -6,7 +6,7 @@ module decides. Issue 12 (one policy path over the codecs) and issue 13 items 2 
 
 Request (:func:`guard_request`), in this order:
 
-1. catalog secrets in **every string** the agent sends (:meth:`Codec.request_strings`, JSON-escaped text decoded
+1. catalog secrets in **every string** the agent sends, object keys included (:meth:`Codec.request_strings`, JSON-escaped text decoded
    too: :func:`treat_value`) per ``[guardrails.inline] request_action``: ``redact`` replaces each value by the
    hold-back's placeholder (:meth:`railcar.rails.inline.HoldBack.redact_or_block`) before anything goes upstream or to a rail, with a
    :class:`RedactionNote` per value (path: the request string's JSON path); ``block`` refuses; ``off`` leaves them.
@@ -31,7 +31,7 @@ block answers :meth:`Codec.refusal_body` (sent with :attr:`Codec.refusal_status`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -40,13 +40,12 @@ import orjson
 from railcar.codecs.base import Codec, Path, Piece, json_path, set_at
 from railcar.core.exchange import Exchange, RedactionNote
 from railcar.core.guard import Refusal
-from railcar.core.jsonpath import walk_strings
 from railcar.rails import metrics
 from railcar.rails.engine_local import CheckResult
 from railcar.rails.inline import HoldBack
 from railcar.rails.json_escape import DEPTH, through_escapes
 from railcar.rails.settings import GuardrailsConfig
-from railcar.rails.text_filter import FilterMatch, TextFilter, match_rail, withheld_note
+from railcar.rails.text_filter import SENSITIVE_DATA, FilterMatch, TextFilter, match_rail, withheld_note
 from railcar.rails.turn_cache import TurnCache
 
 __all__ = ["DEFAULT_REFUSAL", "CodecRails", "Treatment", "treat_value", "request_treatment", "body_treatment",
@@ -167,7 +166,7 @@ async def guard_request(rails: CodecRails, exchange: Exchange, codec: Codec) -> 
     holdback = rails.filter_factory if isinstance(rails.filter_factory, HoldBack) else None
     action = rails.settings.inline.request_action
     if holdback is not None and action != "off":
-        rail = _request_secrets(exchange, codec, request_treatment(holdback, action), rails.turn_cache)
+        rail = _request_secrets(exchange, request_treatment(holdback, action), rails.turn_cache)
         if rail is not None:
             return _refuse(exchange, rail, DEFAULT_REFUSAL)
     res = await _check_turns(rails, exchange, codec)
@@ -180,60 +179,51 @@ CLEAN_REQUEST_STRING = "inline"  # the TurnCache kind of a request string the ho
 _CLEAN = CheckResult("passed")
 
 
-def _request_secrets(exchange: Exchange, codec: Codec, treat: Treatment, cache: TurnCache) -> str | None:
-    """Treat every request string not found clean before (``cache``); the blocking rail's name, or ``None``
-    after redacting in place. Only "nothing found" is cached: a redaction or a block is decided again each time,
-    so its note and its refusal are the same on every call."""
-    body = exchange.body
-    for parts, text in walk_strings(body):  # Codec.request_strings without the kinds, which are not needed here
+def _request_secrets(exchange: Exchange, treat: Treatment, cache: TurnCache) -> str | None:
+    """Treat every string of the request, object keys included (they go to the provider too, and some are the
+    agent's to choose: ``metadata`` keys, a tool schema's property names), in one walk; the blocking rail's name, or
+    ``None`` after redacting in place. A redacted key is renamed in place (the object's order kept; its note names
+    the renamed key); a rename onto a key already there refuses, as a block does. What the hold-back found
+    nothing in is remembered in ``cache`` by hash; a redaction or a block is decided again on every call, so its
+    note and its refusal are the same each time."""
+    notes_out = exchange.outcome.redactions
+
+    def treated(text: str) -> tuple[str, FilterMatch | None, list[RedactionNote]] | None:
         key = cache.key(CLEAN_REQUEST_STRING, text)
         if cache.get(key) is not None:
-            continue
+            return None
         new, match, notes = treat_value(treat, text, "$")  # the path is rendered only for a note
-        if match is not None:
-            return match_rail(match)
-        if new is text:
+        if match is None and new is text:
             cache.put(key, _CLEAN)
-        else:
-            set_at(body, parts, new)
-            exchange.body_changed = True
-            exchange.outcome.redactions.extend(replace(n, path=json_path(parts)) for n in notes)
-    return _request_keys(exchange, treat, cache)
+            return None
+        return new, match, notes
 
+    def walk(o: Any, parts: Path) -> str | None:
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in list(items):
+            if isinstance(k, str) and (t := treated(k)) is not None:
+                new, match, notes = t
+                if match is not None or new in o:
+                    return match_rail(match) if match is not None else SENSITIVE_DATA
+                renamed = [(new if key == k else key, val) for key, val in o.items()]
+                o.clear()
+                o.update(renamed)
+                notes_out.extend(replace(n, path=json_path(parts + (new,))) for n in notes)
+                exchange.body_changed = True
+                k = new
+            if isinstance(v, str):
+                if (t := treated(v)) is not None:
+                    new, match, notes = t
+                    if match is not None:
+                        return match_rail(match)
+                    o[k] = new
+                    notes_out.extend(replace(n, path=json_path(parts + (k,))) for n in notes)
+                    exchange.body_changed = True
+            elif (rail := walk(v, parts + (k,))) is not None:
+                return rail
+        return None
 
-def _request_keys(exchange: Exchange, treat: Treatment, cache: TurnCache) -> str | None:
-    """The object keys of the request, treated like its strings: they go to the provider too, and some are
-    the agent's to choose (``metadata`` keys, a tool schema's property names). A redacted key is renamed in
-    place (the object's order kept; its note's path names the renamed key); a redaction that would collide with
-    a key already there refuses the request, as a block does."""
-    for obj, parts in _objects(exchange.body, ()):
-        for k in list(obj):
-            ck = cache.key(CLEAN_REQUEST_STRING, k)
-            if cache.get(ck) is not None:
-                continue
-            new, match, notes = treat_value(treat, k, "$")
-            if match is None and new is k:
-                cache.put(ck, _CLEAN)
-                continue
-            if match is not None or new in obj:
-                return match_rail(match) if match is not None else "inline"
-            items = [(new if key == k else key, v) for key, v in obj.items()]
-            obj.clear()
-            obj.update(items)
-            exchange.body_changed = True
-            exchange.outcome.redactions.extend(replace(n, path=json_path(parts + (new,))) for n in notes)
-    return None
-
-
-def _objects(o: Any, parts: Path) -> Iterator[tuple[dict[str, Any], Path]]:
-    """Every object under ``o`` with its path, parents before children (a renamed key's path stays true)."""
-    if isinstance(o, dict):
-        yield o, parts
-        for k, v in list(o.items()):
-            yield from _objects(v, parts + (k,))
-    elif isinstance(o, list):
-        for i, v in enumerate(o):
-            yield from _objects(v, parts + (i,))
+    return walk(exchange.body, ())
 
 
 async def _check_turns(rails: CodecRails, exchange: Exchange, codec: Codec) -> CheckResult | None:

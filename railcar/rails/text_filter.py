@@ -22,7 +22,7 @@ from railcar.rails.engine_local import CheckResult
 from railcar.rails.redaction import note_from_match
 from railcar.rails.scanner import Match
 
-__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "match_rail", "end_stream",
+__all__ = ["TextFilter", "FilterMatch", "IdentityFilter", "StreamRails", "SENSITIVE_DATA", "match_rail", "end_stream",
            "withheld_note"]
 
 _log = logging.getLogger("railcar.rails")
@@ -110,9 +110,12 @@ class StreamRails(Protocol):
     def guardrails_data(self, exchange: Exchange) -> dict[str, Any] | None: ...
 
 
+SENSITIVE_DATA = "sensitive data"  # the rail name of the inline hold-back's blocks
+
+
 def match_rail(match: FilterMatch) -> str:
-    """The rail name a filter ``match`` reports (``match.rail``), else ``"sensitive data"``."""
-    return match.rail or "sensitive data"
+    """The rail name a filter ``match`` reports (``match.rail``), else :data:`SENSITIVE_DATA`."""
+    return match.rail or SENSITIVE_DATA
 
 
 async def end_stream(sink: StreamSink, lock: asyncio.Lock, frames: bytes, stop_event: asyncio.Event,
