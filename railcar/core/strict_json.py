@@ -20,21 +20,35 @@ import orjson
 
 __all__ = ["loads"]
 
-_KEY = re.compile(rb'"(?:[^"\\]|\\.)*"[ \t\r\n]*:', re.S)
+_KEY = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"[ \t\r\n]*:', re.S)  # a string token, then a colon
 
 
 def _keys(o: Any) -> int:
-    if type(o) is dict:
-        return len(o) + sum(_keys(v) for v in o.values() if type(v) is dict or type(v) is list)
-    if type(o) is list:
-        return sum(_keys(v) for v in o if type(v) is dict or type(v) is list)
-    return 0
+    """The keys of every object in ``o``, at any depth."""
+    n, todo = 0, [o]
+    while todo:
+        x = todo.pop()
+        if type(x) is dict:
+            n += len(x)
+            x = x.values()
+        for v in x:
+            if type(v) is dict or type(v) is list:
+                todo.append(v)
+    return n
 
 
 def loads(data: bytes) -> Any:
     """``orjson.loads(data)`` (``data``: UTF-8 JSON bytes), or ``orjson.JSONDecodeError`` when it is not JSON or
-    an object in it spells a key twice."""
+    an object in it spells a key twice.
+
+    Fast path (a stream event without a colon in its text: two byte counts and a walk of the object): when every
+    colon in the bytes follows a quote, every key ends in ``":`` and every other ``":`` is an escaped quote inside
+    a string, so that count is at least the keys the bytes spell, and equal to the object's keys only when none was
+    lost. Otherwise (a colon in a string, whitespace before a key's colon) the exact count decides."""
     obj = orjson.loads(data)
-    if (type(obj) is dict or type(obj) is list) and len(_KEY.findall(data)) != _keys(obj):
-        raise orjson.JSONDecodeError("an object spells a key twice", data.decode("utf-8", "replace"), 0)
+    if type(obj) is dict or type(obj) is list:
+        n = _keys(obj)
+        quoted = data.count(b'":')
+        if (quoted != n or data.count(b":") != quoted) and len(_KEY.findall(data)) != n:
+            raise orjson.JSONDecodeError("an object spells a key twice", data.decode("utf-8", "replace"), 0)
     return obj
