@@ -157,16 +157,17 @@ async def test_synthetic_streams_take_the_template_and_match(monkeypatch: pytest
 
 def _delta_frame(seq: bytes, token: bytes, pad: bytes = b"") -> bytes:
     return (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":"m",'
-            b'"output_index":0,"content_index":0,"delta":"dup","delta":' + token + pad
+            b'"output_index":0,"content_index":0,"delta":' + token + pad
             + b',"logprobs":[],"sequence_number":' + seq + b'}\n\n')
 
 
-@pytest.mark.parametrize("odd", [b'"x\\u0041y"', b'"ctl\x01"', b'"bad\xff"', b'"x"', b'""', b'"x" '])
+@pytest.mark.parametrize("odd", [b'"x\\u0041y"', b'"ctl\x01"', b'"bad\xff"', b'"x"', b'""', b'"x" ',
+                                 b'"x","delta":"y"'])  # (the last: a key spelled twice where the template applies)
 @pytest.mark.parametrize("seq", [b"7", b"07", b"7.5", b"-1", b"70000000000000000000"])
 async def test_template_edges_match_the_general_path(monkeypatch: pytest.MonkeyPatch, odd: bytes,
                                                      seq: bytes) -> None:
-    """Duplicate keys, escaped / empty / invalid tokens and odd counters where the template would apply: the same
-    frames (and the same fail-closed stop) as the general path."""
+    """Escaped / empty / invalid tokens, a key spelled twice and odd counters where the template would apply: the
+    same frames (and the same fail-closed stop) as the general path."""
     frames = [_delta_frame(str(i).encode(), b'"tok %d "' % i) for i in range(1, 6)]
     frames += [_delta_frame(seq, odd), _delta_frame(b"9", b'"after "')]
     frames.append(b'event: response.completed\ndata: {"type":"response.completed","sequence_number":10,'
